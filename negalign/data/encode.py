@@ -1,0 +1,115 @@
+"""`encode`: (prompt messages, completion) -> prompt token ids and completion token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from negalign.data.errors import DataError
+
+
+@dataclass
+class Encoded:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # ends with eos unless the completion was truncated
+    prompt_truncated: bool
+    completion_truncated: bool
+
+
+@dataclass
+class TruncationStats:
+    """Counts of truncated sequences over many `encode` calls: `stats.add(encode(...))`."""
+
+    n_encoded: int = 0
+    n_prompt_truncated: int = 0
+    n_completion_truncated: int = 0
+
+    def add(self, encoded: Encoded) -> Encoded:
+        self.n_encoded += 1
+        self.n_prompt_truncated += encoded.prompt_truncated
+        self.n_completion_truncated += encoded.completion_truncated
+        return encoded
+
+    def summary(self) -> str:
+        return (f"{self.n_encoded} sequences encoded; truncated: {self.n_prompt_truncated} prompts, "
+                f"{self.n_completion_truncated} completions")
+
+
+def _as_ids(output) -> list[int]:
+    """apply_chat_template(tokenize=True) returns a list in transformers 4 and a BatchEncoding in 5."""
+    if isinstance(output, Mapping) or hasattr(output, "input_ids"):
+        output = output["input_ids"]
+    if hasattr(output, "tolist"):
+        output = output.tolist()
+    if output and isinstance(output[0], list):
+        output = output[0]
+    return [int(i) for i in output]
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    kwargs = {"add_generation_prompt": add_generation_prompt, "tokenize": True}
+    try:
+        output = tokenizer.apply_chat_template(messages, return_dict=False, **kwargs)
+    except TypeError:  # a tokenizer whose apply_chat_template takes no return_dict
+        output = tokenizer.apply_chat_template(messages, **kwargs)
+    return _as_ids(output)
+
+
+def _text_ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    return _as_ids(tokenizer(text, add_special_tokens=add_special_tokens))
+
+
+def _untruncated(prompt_messages: list[dict], completion: str, tokenizer, eos: int) -> tuple[list[int], list[int]]:
+    if getattr(tokenizer, "chat_template", None):
+        prompt_ids = _chat_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+        full_ids = _chat_ids(tokenizer, [*prompt_messages, {"role": "assistant", "content": completion}],
+                             add_generation_prompt=False)
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            completion_ids = full_ids[len(prompt_ids):]
+            if eos in completion_ids:  # drop what the template puts after the turn (e.g. "\n")
+                return prompt_ids, completion_ids[: completion_ids.index(eos) + 1]
+            return prompt_ids, completion_ids + [eos]
+        # the template renders the prompt differently once an answer follows: encode the answer alone
+        return prompt_ids, _text_ids(tokenizer, completion, add_special_tokens=False) + [eos]
+    prompt_text = "\n\n".join(m["content"] for m in prompt_messages)
+    prompt_ids = _text_ids(tokenizer, prompt_text, add_special_tokens=True)
+    return prompt_ids, _text_ids(tokenizer, " " + completion, add_special_tokens=False) + [eos]
+
+
+def encode(prompt_messages: list[dict], completion: str, tokenizer, *, max_length: int | None = 512,
+           max_prompt_length: int | None = 256, source: str | None = None) -> Encoded:
+    """Tokenise one prompt and one completion, so that prompt_ids + completion_ids is the conversation
+    the model sees and only completion_ids are trained on.
+
+    With a chat template: prompt_ids is the templated prompt with the generation prompt (the assistant
+    header); completion_ids is what the templated full conversation adds after it, up to and including
+    the first eos (the model must learn to stop; whatever the template puts after eos is dropped). If the
+    template renders the prompt differently once an answer follows, the completion is tokenised alone,
+    plus eos. Without a chat template: the prompt is its messages' contents joined by blank lines, the
+    completion is tokenised with a leading space, plus eos.
+
+    Truncation: the prompt keeps its LAST `max_prompt_length` tokens (the latest turns matter most);
+    then the completion keeps its FIRST `max_length - len(prompt_ids)` tokens (a truncated completion
+    loses its eos). None means no limit. A completion left with no tokens raises DataError naming
+    `source` (the row's "file:line").
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token so completions can end")
+    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of tokens or None, got {value}")
+    prompt_ids, completion_ids = _untruncated(prompt_messages, completion, tokenizer, eos)
+
+    prompt_truncated = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+    if prompt_truncated:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    room = len(completion_ids) if max_length is None else max_length - len(prompt_ids)
+    if room < 1:
+        raise DataError(source or "encode", f"the prompt takes {len(prompt_ids)} tokens, leaving none of "
+                                            f"max_length={max_length} for the completion; lower "
+                                            "max_prompt_length or raise max_length")
+    completion_truncated = len(completion_ids) > room
+    if completion_truncated:
+        completion_ids = completion_ids[:room]
+    return Encoded(prompt_ids, completion_ids, prompt_truncated, completion_truncated)

@@ -1,0 +1,150 @@
+"""`build_examples`: rows -> what one objective trains on.
+
+    d2o                                   {"prompt", "negative", "samples": [K strings], "source"}
+    dpo                                   {"prompt", "chosen", "rejected", "source"}
+    npo, simnpo, gradient_ascent,
+    unlikelihood                          {"prompt", "completion", "source"}   negatives (label False)
+    sft                                   {"prompt", "completion", "source"}   positives (label True)
+    pointwise_dpo, ulma, kto              {"prompt", "completion", "label", "score", "source"}
+
+"source" is the "file:line" of the row the example came from (for d2o the negative, for dpo the pair).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+from negalign.data.errors import DataError
+from negalign.data.rows import group_by_prompt, pairs_to_negatives, prompt_key
+
+NEGATIVE_ONLY = ("npo", "simnpo", "gradient_ascent", "unlikelihood")
+POINTWISE = ("pointwise_dpo", "ulma", "kto")
+OBJECTIVES = ("d2o", "dpo", *NEGATIVE_ONLY, "sft", *POINTWISE)
+
+
+def _where(rows: list[dict]) -> str:
+    """The file names behind some rows, for messages that concern a whole data set."""
+    files = list(dict.fromkeys(row["source"].rsplit(":", 1)[0] for row in rows))
+    if not files:
+        return "data (no rows)"
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+def build_examples(rows: list[dict], objective: str, *, samples: list[dict] | None = None,
+                   k: int | None = None) -> list[dict]:
+    """Group normalised rows into the examples `objective` needs (shapes in the module docstring).
+
+    d2o: one example per human negative (label False, origin "human"; pairs lose their chosen side),
+    with the self-samples of its prompt: rows with origin "self" from `samples` and from `rows`,
+    matched by `prompt_key` and ordered by sample_index. A prompt with several negatives gives one
+    example each, all sharing the prompt's samples. `k=None` uses every sample a prompt has but
+    requires the same count for every prompt; `k=n` takes the first n (DataError if a prompt has
+    fewer); `k=0` gives no samples. `samples` and `k` are used by d2o only.
+
+    Raises DataError when the rows hold nothing the objective can use, ValueError for an unknown name.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; known objectives: {', '.join(OBJECTIVES)}")
+    if objective == "d2o":
+        return _d2o(rows, samples, k)
+    if objective == "dpo":
+        return _dpo(rows)
+    if objective in NEGATIVE_ONLY or objective == "sft":
+        wanted = objective == "sft"
+        chosen = [r for r in rows if r["label"] is wanted]
+        if not chosen:
+            kind = "positives (rows with label true)" if wanted else "negatives (rows with label false)"
+            raise DataError(_where(rows), f"{objective} trains on {kind}, and none of the {len(rows)} rows is one")
+        return [{"prompt": r["prompt"], "completion": r["completion"], "source": r["source"]} for r in chosen]
+    return _pointwise(rows, objective)
+
+
+def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[dict]:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"k must be None or a non-negative integer, got {k!r}")
+    negatives = [r for r in pairs_to_negatives(rows) if r["label"] is False and r["origin"] == "human"]
+    if not negatives:
+        raise DataError(_where(rows), f"d2o trains on human negatives (rows with label false and origin "
+                                      f"'human'), and none of the {len(rows)} rows is one")
+    pool = list(samples or []) + [r for r in rows if r["origin"] == "self"]
+    for sample in pool:
+        if sample["origin"] != "self":
+            raise DataError(sample["source"], f"must be 'self' for a d2o self-sample, got {sample['origin']!r}; "
+                                              "human rows go in `rows`, not `samples`", "origin")
+    by_prompt = {key: sorted(group, key=lambda r: (r["sample_index"] is None, r["sample_index"] or 0))
+                 for key, group in group_by_prompt(pool).items()}
+    first_negative = {}
+    for negative in negatives:
+        first_negative.setdefault(prompt_key(negative["prompt"]), negative)
+    counts = {key: len(by_prompt.get(key, [])) for key in first_negative}
+    if k is None:
+        common, _ = Counter(counts.values()).most_common(1)[0]
+        for key, count in counts.items():
+            if count != common:
+                raise DataError(first_negative[key]["source"],
+                                f"this prompt has {count} self-samples but most prompts have {common}; d2o needs "
+                                f"the same number for every prompt: pass k={min(counts.values())} to use the "
+                                "first k of each, or sample the missing ones")
+    else:
+        for key, count in counts.items():
+            if count < k:
+                raise DataError(first_negative[key]["source"],
+                                f"this prompt has only {count} self-samples, and d2o with k={k} needs {k}; "
+                                f"sample more, or lower k to {count}")
+    return [{"prompt": n["prompt"], "negative": n["completion"],
+             "samples": [s["completion"] for s in by_prompt.get(prompt_key(n["prompt"]), [])[:k]],
+             "source": n["source"]} for n in negatives]
+
+
+def _dpo(rows: list[dict]) -> list[dict]:
+    pairs: dict[int, list[dict]] = {}
+    for row in rows:
+        if row["pair_id"] is not None:
+            pairs.setdefault(row["pair_id"], []).append(row)
+    if not pairs:
+        raise DataError(_where(rows), "dpo trains on chosen/rejected pairs, and these rows have none; load data "
+                                      "with 'chosen' and 'rejected' fields, or use an objective for single rows "
+                                      "(d2o, npo, kto, pointwise_dpo, ...)")
+    examples, n_prompt_differs = [], 0
+    for pair_id, pair in pairs.items():
+        chosen = [r for r in pair if r["label"] is True]
+        rejected = [r for r in pair if r["label"] is False]
+        if len(pair) != 2 or len(chosen) != 1 or len(rejected) != 1:
+            raise DataError(pair[0]["source"], f"pair_id {pair_id} has {len(chosen)} chosen and {len(rejected)} "
+                                               "rejected rows, expected one of each; rows from separate "
+                                               "load_rows calls may reuse pair ids", "pair_id")
+        (chosen,), (rejected,) = chosen, rejected
+        if prompt_key(chosen["prompt"]) != prompt_key(rejected["prompt"]):
+            n_prompt_differs += 1
+            continue
+        examples.append({"prompt": chosen["prompt"], "chosen": chosen["completion"],
+                         "rejected": rejected["completion"], "source": chosen["source"]})
+    if not examples:
+        raise DataError(_where(rows), f"dpo: none of the {len(pairs)} pairs has the same prompt on both sides "
+                                      "(DPO compares two answers to one prompt)")
+    if n_prompt_differs:
+        warnings.warn(f"dpo: dropped {n_prompt_differs} of {len(pairs)} pairs whose chosen and rejected "
+                      "transcripts have different prompts (DPO compares two answers to one prompt)", stacklevel=3)
+    return examples
+
+
+def _pointwise(rows: list[dict], objective: str) -> list[dict]:
+    if objective == "kto":
+        chosen = [r for r in rows if r["label"] is not None]
+        needs = "rows with a label (true/false)"
+    else:
+        chosen = [r for r in rows if r["label"] is not None or r["score"] is not None]
+        needs = "rows with a label or a score"
+    if not chosen:
+        raise DataError(_where(rows), f"{objective} trains on {needs}, and none of the {len(rows)} rows has one")
+    labels = [r["label"] for r in chosen if r["label"] is not None]
+    if labels and len(set(labels)) == 1:
+        missing = "false (undesirable)" if labels[0] else "true (desirable)"
+        warnings.warn(f"{objective}: all {len(labels)} labelled rows of {_where(chosen)} are {labels[0]}; "
+                      f"none is {missing}, so only one side of the loss trains", stacklevel=3)
+    if objective != "kto" and labels and len(labels) != len(chosen):
+        warnings.warn(f"{objective}: {_where(chosen)} mixes labelled rows with score-only rows; the trainer "
+                      "uses one kind per batch", stacklevel=3)
+    return [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"], "score": r["score"],
+             "source": r["source"]} for r in chosen]

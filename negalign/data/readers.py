@@ -1,0 +1,234 @@
+"""Read a source (local file or Hub data set) into raw records, each tagged with where it came from.
+
+Readers only parse the container format; they know nothing about prompts or labels. A record that can't
+be parsed (a line that is not JSON or not UTF-8) is yielded as a `DataError` instead of a dict, so the
+loader can either raise it or skip and count it. Problems with the file as a whole (missing, not gzip,
+a broken JSON array) raise at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from negalign.data.errors import DataError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
+
+
+@dataclass
+class RawRecord:
+    where: str  # "data.jsonl line 7", for messages
+    source: str  # "data.jsonl:7", stored in each row
+    value: dict | DataError
+
+
+def looks_like_path(source: str) -> bool:
+    """True for names that can only mean a local file. Hub ids are "name" or "owner/name", so "/" alone
+    does not decide it: a data-file extension, a leading "/", ".", "~", a backslash, or more than one "/" do."""
+    lowered = source.lower()
+    return (
+        any(lowered.endswith(suffix) for suffix in SUPPORTED_SUFFIXES + (".gz", ".txt", ".tsv"))
+        or source.startswith(("/", ".", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+    )
+
+
+def iter_records(source: str | os.PathLike, split: str | None = None) -> Iterator[RawRecord]:
+    """Yield the raw records of a local file or, for anything that is not a local path, a Hub data set."""
+    if isinstance(source, os.PathLike) or os.path.exists(os.path.expanduser(str(source))):
+        return _iter_file(Path(os.path.expanduser(str(source))), str(source))
+    name = str(source)
+    if looks_like_path(name):
+        raise DataError(name, "file not found; check the path (a Hub data set name looks like 'owner/name')")
+    return _iter_hub(name, split)
+
+
+def _iter_file(path: Path, name: str) -> Iterator[RawRecord]:
+    if not path.exists():
+        raise DataError(name, "file not found; check the path")
+    if path.is_dir():
+        raise DataError(name, "is a directory; give one data file (.jsonl, .jsonl.gz, .json, .csv or .parquet)")
+    lowered = path.name.lower()
+    compressed = lowered.endswith(".gz")
+    base = lowered[:-3] if compressed else lowered
+    if base.endswith(".jsonl"):
+        return _iter_jsonl(path, name, compressed)
+    if base.endswith(".json"):
+        return _iter_json(path, name, compressed)
+    if base.endswith(".csv"):
+        return _iter_csv(path, name, compressed)
+    if base.endswith(".parquet") and not compressed:
+        return _iter_parquet(path, name)
+    raise DataError(name, f"unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def _open_binary(path: Path, name: str, compressed: bool):
+    if not compressed:
+        return open(path, "rb")
+    with open(path, "rb") as probe:
+        if probe.read(2) != b"\x1f\x8b":
+            raise DataError(name, "is not a gzip file although its name ends in .gz; decompress or rename it")
+    return gzip.open(path, "rb")
+
+
+def _decode_line(raw: bytes, where: str) -> str | DataError:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return DataError(where, f"is not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                "re-save the file as UTF-8")
+
+
+def _parse_json_line(text: str, where: str) -> dict | DataError:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return DataError(where, f"is not valid JSON ({err.msg} at column {err.colno}); "
+                                "each line must hold one JSON object")
+    if not isinstance(value, dict):
+        return DataError(where, f"must be a JSON object {{...}}, got a JSON {type(value).__name__}")
+    return value
+
+
+def _jsonl_records(lines: Iterator[bytes], name: str) -> Iterator[RawRecord]:
+    for line_number, raw in enumerate(lines, start=1):
+        if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # UTF-8 byte-order mark
+        if not raw.strip():
+            continue
+        where, source = f"{name} line {line_number}", f"{name}:{line_number}"
+        text = _decode_line(raw, where)
+        value = text if isinstance(text, DataError) else _parse_json_line(text, where)
+        yield RawRecord(where, source, value)
+
+
+def _iter_jsonl(path: Path, name: str, compressed: bool) -> Iterator[RawRecord]:
+    handle = _open_binary(path, name, compressed)
+
+    def records():
+        with handle:
+            try:
+                yield from _jsonl_records(iter(handle), name)
+            except (OSError, EOFError) as err:  # truncated or corrupt gzip stream
+                raise DataError(name, f"could not be read to the end ({err}); the file looks truncated or "
+                                      "corrupt") from err
+
+    return records()
+
+
+def _read_all(path: Path, name: str, compressed: bool) -> bytes:
+    with _open_binary(path, name, compressed) as handle:
+        try:
+            return handle.read()
+        except (OSError, EOFError) as err:
+            raise DataError(name, f"could not be read ({err}); the file looks truncated or corrupt") from err
+
+
+def _iter_json(path: Path, name: str, compressed: bool) -> Iterator[RawRecord]:
+    """A .json file holds a JSON array of objects, or one object per line (jsonl content)."""
+    data = _read_all(path, name, compressed)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.lstrip().startswith(b"["):
+        return _jsonl_records(iter(io.BytesIO(data)), name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_number = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{name} line {line_number}", "is not valid UTF-8; re-save the file as UTF-8") from err
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name} line {err.lineno}", f"is not valid JSON ({err.msg} at column {err.colno})") from err
+
+    def records():
+        for index, item in enumerate(items):
+            where, source = f"{name} item {index}", f"{name}:{index}"
+            if not isinstance(item, dict):
+                item = DataError(where, f"must be a JSON object {{...}}, got a JSON {type(item).__name__}")
+            yield RawRecord(where, source, item)
+
+    return records()
+
+
+def _iter_csv(path: Path, name: str, compressed: bool) -> Iterator[RawRecord]:
+    """CSV with a header row (line 1). Parsed with the csv module rather than pandas so that a record's
+    line is its real first line even when quoted cells hold newlines (completions usually do).
+    Every cell is a string; empty cells count as missing values."""
+    data = _read_all(path, name, compressed)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line_number = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{name} line {line_number}", "is not valid UTF-8; re-save the file as UTF-8") from err
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(name, "is empty; a CSV file needs a header row (prompt,completion,label,...)") from None
+    header = [column.strip() for column in header]
+
+    def records():
+        start = reader.line_num + 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DataError(f"{name} line {start}", f"is not valid CSV ({err})") from err
+            where, source = f"{name} line {start}", f"{name}:{start}"
+            start = reader.line_num + 1
+            if not cells or all(not cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                yield RawRecord(where, source, DataError(
+                    where, f"has {len(cells)} cells but the header has {len(header)}; quote cells that "
+                           "contain commas or newlines"))
+                continue
+            yield RawRecord(where, source, {k: v for k, v in zip(header, cells) if v != ""})
+
+    return records()
+
+
+def _iter_parquet(path: Path, name: str) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for non-parquet content
+        raise DataError(name, f"is not a readable parquet file ({err})") from err
+
+    def records():
+        index = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for item in batch.to_pylist():
+                yield RawRecord(f"{name} row {index}", f"{name}:{index}", item)
+                index += 1
+
+    return records()
+
+
+def _iter_hub(name: str, split: str | None) -> Iterator[RawRecord]:
+    import datasets
+
+    split = split or "train"
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as err:  # offline, unknown name, missing split, ...: all mean "could not load it"
+        raise DataError(name, f"could not be loaded as a Hugging Face Hub data set, split '{split}' "
+                              f"({type(err).__name__}: {err}); if it is a local file, check the path") from err
+
+    def records():
+        for index, item in enumerate(dataset):
+            yield RawRecord(f"{name} row {index}", f"{name}:{index}", dict(item))
+
+    return records()

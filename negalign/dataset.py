@@ -1,0 +1,112 @@
+"""From feedback rows to tokenised training items and packed batches.
+
+Every objective sees an example as a fixed list of completion *slots* sharing one prompt:
+
+    d2o            [human negative, self-sample 1, ..., self-sample K]
+    dpo            [chosen, rejected]
+    kto            [completion, mismatched completion (another prompt's answer, for z0)]
+    everything else [completion]
+
+so a batch of B examples gives policy and reference log-probs shaped [B, slots], and the objective
+functions receive columns of that matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from negalign.data import build_examples, encode, load_rows, prompt_key
+from negalign.logprobs import pack_sequences
+
+
+def example_slots(objective: str, example: dict) -> list[str]:
+    if objective == "d2o":
+        return [example["negative"], *example["samples"]]
+    if objective == "dpo":
+        return [example["chosen"], example["rejected"]]
+    if objective == "kto":
+        return [example["completion"], example["mismatched"]]
+    return [example["completion"]]
+
+
+def add_mismatched_completions(examples: list[dict]) -> list[dict]:
+    """KTO's z0 needs (x_i, y_j) with j's prompt different from i's: take the next example, cyclically,
+    whose prompt differs. Fixed once at preparation, so its reference log-probs can be cached; never a
+    row paired with itself (the odd-batch self-pairing bug)."""
+    keys = [prompt_key(e["prompt"]) for e in examples]
+    out = []
+    for i, example in enumerate(examples):
+        for shift in range(1, len(examples)):
+            j = (i + shift) % len(examples)
+            if keys[j] != keys[i]:
+                out.append({**example, "mismatched": examples[j]["completion"]})
+                break
+        else:
+            raise ValueError("kto needs examples from at least two different prompts to estimate z0")
+    return out
+
+
+@dataclass
+class PreparedData:
+    items: list[dict]
+    n_rows: int
+    load_summary: str
+    n_prompt_truncated: int = 0
+    n_completion_truncated: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{len(self.items)} training examples from {self.n_rows} rows ({self.load_summary}); "
+                f"truncated: {self.n_prompt_truncated} prompts, {self.n_completion_truncated} completions")
+
+
+def prepare_items(config, tokenizer) -> PreparedData:
+    rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
+    samples = None
+    if config.objective == "d2o" and config.k != 0:
+        if not config.samples:
+            raise ValueError("d2o needs self-samples: set `samples` to a samples file (or k=0 for the ablation)")
+        samples, _ = load_rows(config.samples, on_bad_row=config.on_bad_row)
+    examples = build_examples(rows, config.objective, samples=samples, k=config.k)
+    if config.max_examples:
+        examples = examples[: config.max_examples]
+    if config.objective == "kto":
+        examples = add_mismatched_completions(examples)
+    items, n_prompt_cut, n_completion_cut = [], 0, 0
+    for example in examples:
+        sequences = []
+        for completion in example_slots(config.objective, example):
+            encoded = encode(example["prompt"], completion, tokenizer,
+                             max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+            n_prompt_cut += encoded.prompt_truncated
+            n_completion_cut += encoded.completion_truncated
+            sequences.append((encoded.prompt_ids, encoded.completion_ids))
+        items.append({"sequences": sequences, "label": example.get("label"), "score": example.get("score")})
+    return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut)
+
+
+def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
+    """slot_logps: [n_items, slots] summed reference log-probs."""
+    for item, row in zip(items, slot_logps.tolist()):
+        item["ref_logps"] = row
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Pack every slot of every example into one padding-free row (flat tensors, so Trainer moves them)."""
+    slots = len(items[0]["sequences"])
+    batch = pack_sequences([seq for item in items for seq in item["sequences"]])
+    out = {
+        "input_ids": batch.input_ids, "position_ids": batch.position_ids,
+        "target_positions": batch.target_positions, "target_ids": batch.target_ids,
+        "target_sequence": batch.target_sequence, "completion_lengths": batch.completion_lengths,
+        "slots": torch.tensor(slots),
+    }
+    if "ref_logps" in items[0]:
+        out["ref_logps"] = torch.tensor([item["ref_logps"] for item in items], dtype=torch.float32)
+    if items[0].get("score") is not None:
+        out["scores"] = torch.tensor([float(item["score"]) for item in items])
+    elif items[0].get("label") is not None:
+        out["labels_binary"] = torch.tensor([bool(item["label"]) for item in items])
+    return out

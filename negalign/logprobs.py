@@ -1,0 +1,123 @@
+"""Per-sequence completion log-probs, padding-free, with the LM head applied only where it is needed.
+
+A batch of (prompt_ids, completion_ids) sequences is packed into one row with position ids that restart at
+every sequence; transformers turns restarting position ids (and no attention mask) into a block-diagonal
+causal mask, so no padding token passes through the model. The decoder's hidden states are then gathered
+at the positions that predict completion tokens, and only those go through the LM head, in chunks, so the
+vocabulary-sized log-softmax never covers prompt tokens and peak memory does not scale with
+vocabulary x full length.
+
+`logp(y|x)` is the sum over completion tokens (METHODS.md); "mean" divides by the completion length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N]
+    target_positions: torch.Tensor  # [M] positions whose next-token logits score a completion token
+    target_ids: torch.Tensor  # [M]
+    target_sequence: torch.Tensor  # [M] which sequence each target belongs to
+    completion_lengths: torch.Tensor  # [S]
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.completion_lengths.numel())
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(*(t.to(device) for t in (
+            self.input_ids, self.position_ids, self.target_positions, self.target_ids,
+            self.target_sequence, self.completion_lengths)))
+
+
+def pack_sequences(sequences: list[Sequence]) -> PackedBatch:
+    input_ids, position_ids, target_positions, target_ids, target_sequence, lengths = [], [], [], [], [], []
+    offset = 0
+    for index, (prompt_ids, completion_ids) in enumerate(sequences):
+        if not prompt_ids or not completion_ids:
+            raise ValueError(f"sequence {index}: prompt and completion must both have at least one token")
+        ids = list(prompt_ids) + list(completion_ids)
+        input_ids.extend(ids)
+        position_ids.extend(range(len(ids)))
+        # the logits at position p predict token p+1: completion token j sits at len(prompt)+j
+        first = offset + len(prompt_ids) - 1
+        target_positions.extend(range(first, first + len(completion_ids)))
+        target_ids.extend(completion_ids)
+        target_sequence.extend([index] * len(completion_ids))
+        lengths.append(len(completion_ids))
+        offset += len(ids)
+    as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return PackedBatch(
+        as_long(input_ids)[None], as_long(position_ids)[None], as_long(target_positions),
+        as_long(target_ids), as_long(target_sequence), as_long(lengths),
+    )
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def token_logps(model, batch: PackedBatch, chunk_size: int = 512) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32."""
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[0, batch.target_positions]  # [M, H]: prompt positions never reach the LM head
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = head(hidden[start:start + chunk_size]).float()
+        targets = batch.target_ids[start:start + chunk_size]
+        # log_softmax gathered at the target == logit - logsumexp, without materialising the softmax twice
+        pieces.append(logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1))
+    return torch.cat(pieces)
+
+
+def reduce_token_logps(token_lp: torch.Tensor, batch: PackedBatch, reduction: str = "sum") -> torch.Tensor:
+    sums = torch.zeros(batch.n_sequences, dtype=token_lp.dtype, device=token_lp.device)
+    sums = sums.index_add(0, batch.target_sequence, token_lp)
+    if reduction == "sum":
+        return sums
+    if reduction == "mean":
+        return sums / batch.completion_lengths.to(sums.dtype)
+    raise ValueError(f"logp_reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def sequence_logps(model, batch: PackedBatch, reduction: str = "sum", chunk_size: int = 512) -> torch.Tensor:
+    """Per-sequence completion log-prob, shape [S]."""
+    return reduce_token_logps(token_logps(model, batch, chunk_size), batch, reduction)
+
+
+def pad_token_logps(token_lp: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs as [S, T_max] plus a bool mask, for token-level objectives (unlikelihood)."""
+    lengths = batch.completion_lengths.tolist()
+    padded = torch.zeros(len(lengths), max(lengths), dtype=token_lp.dtype, device=token_lp.device)
+    mask = torch.zeros_like(padded, dtype=torch.bool)
+    for index, piece in enumerate(torch.split(token_lp, lengths)):
+        padded[index, : len(piece)] = piece
+        mask[index, : len(piece)] = True
+    return padded, mask
+
+
+def naive_sequence_logps(model, sequences: list[Sequence], pad_id: int = 0) -> torch.Tensor:
+    """Reference implementation (padded batch, full-vocabulary logits); used to check the fast path."""
+    longest = max(len(p) + len(c) for p, c in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for row, (p, c) in enumerate(sequences):
+        ids[row, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
+        attention[row, : len(p) + len(c)] = 1
+    logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    logps = torch.log_softmax(logits, dim=-1)
+    out = []
+    for row, (p, c) in enumerate(sequences):
+        positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+        out.append(logps[row, positions, torch.tensor(c)].sum())
+    return torch.stack(out)

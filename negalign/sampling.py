@@ -1,0 +1,212 @@
+"""Self-samples for D2O: K answers per prompt, batched, written to disk as they are made, resumable.
+
+Speed: prompts are ordered by length and batched; each batch's prompts are prefilled once and the KV cache
+is repeated K times (`DynamicCache.batch_repeat_interleave`), so the K answers of a prompt share one prefill;
+decoding runs with the KV cache and stops rows at EOS.
+
+Never losing work: rows are appended to a jsonl file after every batch (flushed and fsynced). A sidecar
+`<output>.meta.json` records the model identity, generation settings and seed; a rerun with the same
+settings skips every (prompt, sample_index) already present, and a file made with other settings is refused
+unless `overwrite=True`. A torn last line from a kill is cut off before appending. Batches and their random
+seeds depend only on the prompt list and the seed, so a resumed run writes exactly the rows an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from negalign.data import DataError, load_rows, prompt_key
+
+META_SUFFIX = ".meta.json"
+
+
+@dataclass
+class SamplingSettings:
+    k: int = 4
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    batch_size: int = 8
+    max_prompt_length: int = 256
+    sampling_instruction: str | None = None  # a system prompt present only while sampling (D2O option)
+
+    def generation_key(self) -> dict:
+        """Settings that change what is generated (batch_size does too: it changes the random draws)."""
+        return asdict(self)
+
+
+@dataclass
+class SamplingReport:
+    output: str
+    n_prompts: int
+    n_rows_written: int
+    n_rows_reused: int
+    seconds: float
+    generated_tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
+def unique_prompts(source) -> list[list[dict]]:
+    """Distinct prompts (chat messages) of a feedback file / data set / list, in first-seen order."""
+    if isinstance(source, (str, os.PathLike)):
+        rows, _ = load_rows(str(source))
+        messages = [row["prompt"] for row in rows]
+    else:
+        messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in source]
+    seen, out = set(), []
+    for prompt in messages:
+        key = prompt_key(prompt)
+        if key not in seen:
+            seen.add(key)
+            out.append(prompt)
+    return out
+
+
+def _template(tokenizer, prompt: list[dict], instruction: str | None, max_prompt_length: int) -> list[int]:
+    if instruction:
+        prompt = [{"role": "system", "content": instruction}] + [m for m in prompt if m["role"] != "system"]
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    else:
+        ids = tokenizer("\n\n".join(m["content"] for m in prompt))["input_ids"]
+    return list(ids)[-max_prompt_length:]
+
+
+def read_existing(output: Path) -> dict[tuple[str, int], dict]:
+    """Rows already on disk; a torn final line (killed mid-write) is truncated away."""
+    done = {}
+    if not output.exists():
+        return done
+    with open(output, "rb+") as handle:
+        data = handle.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            handle.truncate(end)
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{output} line {number}: not JSON ({error.msg}); delete the file or pass overwrite")
+            done[(prompt_key(row["prompt"]), int(row["sample_index"]))] = row
+    return done
+
+
+def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
+    meta_path = Path(str(output) + META_SUFFIX)
+    if overwrite:
+        for path in (output, meta_path):
+            if path.exists():
+                path.unlink()
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise ValueError(f"{output} was made with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: old.get(k) for k in diff} } vs { {k: meta.get(k) for k in diff} }); "
+                             "use another output path or overwrite=True (--overwrite) to regenerate")
+    elif output.exists() and output.stat().st_size:
+        raise ValueError(f"{output} exists without {meta_path.name}: not a negalign samples file; "
+                         "use another output path or --overwrite")
+    else:
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: SamplingSettings,
+                   generator_seed: int) -> list[list[list[int]]]:
+    """K completions (token ids, cut after EOS) for each prompt; prompts prefilled once, cache repeated K times."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True)
+    k = settings.k
+    cache.batch_repeat_interleave(k)
+    torch.manual_seed(generator_seed)
+    greedy = settings.temperature == 0
+    out = model.generate(
+        input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0), past_key_values=cache,
+        max_new_tokens=settings.max_new_tokens, do_sample=not greedy, pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id, **({} if greedy else {"temperature": settings.temperature,
+                                                                   "top_p": settings.top_p, "top_k": 0}),
+    )[:, width:].tolist()
+    result = []
+    for i in range(len(prompt_ids)):
+        answers = []
+        for row in out[i * k:(i + 1) * k]:
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id) + 1]
+            answers.append(row)
+        result.append(answers)
+    return result
+
+
+def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: SamplingSettings | None = None, *,
+           model_id: str = "unknown", overwrite: bool = False, progress: bool = True) -> SamplingReport:
+    """Write K samples per prompt to `output` (jsonl), resuming from whatever is already there."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    settings = settings or SamplingSettings()
+    output = Path(output)
+    prompts = unique_prompts(prompts)
+    meta = {"model": model_id, "settings": settings.generation_key(), "n_prompts": len(prompts),
+            "prompts_fingerprint": prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])}
+    check_meta(output, meta, overwrite)
+    done = read_existing(output)
+    encoded = [_template(tokenizer, p, settings.sampling_instruction, settings.max_prompt_length) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    keys = [prompt_key(p) for p in prompts]
+    written, tokens, start = 0, 0, time.time()
+    was_training = model.training
+    model.eval()
+    columns = [TextColumn("sampling"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar, open(output, "a", encoding="utf-8") as sink:
+        task = bar.add_task("sampling", total=len(prompts), rate="")
+        for batch_number, batch in enumerate(batches):
+            missing = [(i, s) for i in batch for s in range(settings.k) if (keys[i], s) not in done]
+            if missing:
+                answers = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings,
+                                         generator_seed=settings.seed * 1_000_003 + batch_number)
+                lines = []
+                for position, i in enumerate(batch):
+                    for s, ids in enumerate(answers[position]):
+                        if (keys[i], s) in done:
+                            continue
+                        finished = tokenizer.eos_token_id in ids
+                        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                        lines.append(json.dumps({"prompt": prompts[i], "completion": text, "origin": "self",
+                                                 "sample_index": s, "n_tokens": len(ids),
+                                                 "finished": finished}) + "\n")
+                        tokens += len(ids)
+                sink.write("".join(lines))
+                sink.flush()
+                os.fsync(sink.fileno())
+                written += len(lines)
+            elapsed = time.time() - start
+            bar.update(task, advance=len(batch), rate=f"{written / elapsed:.1f} samples/s, "
+                       f"{tokens / elapsed:.0f} tok/s" if written else "")
+    model.train(was_training)
+    return SamplingReport(str(output), len(prompts), written, len(done), time.time() - start, tokens)

@@ -1,0 +1,108 @@
+"""One `transformers.Trainer` subclass for every objective.
+
+The training step: pack the batch's completions padding-free, compute the policy's per-sequence
+log-probs (completion positions only), take the reference log-probs from the cache (or a live reference),
+hand both to the pure objective function, log its metrics.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from negalign import objectives
+from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
+
+
+def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, policy_sum: torch.Tensor,
+                   inputs: dict, args, token_level=None):
+    """Route [B, slots] log-prob columns into the pure objective `name` (see dataset.example_slots)."""
+    if name == "d2o":
+        return objectives.d2o(policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], beta=args.beta,
+                              alpha=args.alpha, instance_level=args.instance_level)
+    if name == "dpo":
+        return objectives.dpo(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=args.beta)
+    if name == "npo":
+        return objectives.npo(policy[:, 0], ref[:, 0], beta=args.beta)
+    if name == "simnpo":  # SimNPO normalises by length itself, so it always takes the summed log-prob
+        lengths = inputs["completion_lengths"].view(policy.shape)[:, 0]
+        return objectives.simnpo(policy_sum[:, 0], lengths, beta=args.beta, gamma=args.gamma)
+    if name == "kto":
+        return objectives.kto(policy[:, 0], ref[:, 0], inputs["labels_binary"], policy[:, 1], ref[:, 1],
+                              beta=args.beta, desirable_weight=args.desirable_weight,
+                              undesirable_weight=args.undesirable_weight)
+    if name in ("pointwise_dpo", "ulma"):
+        feedback = ({"scores": inputs["scores"]} if "scores" in inputs else {"labels": inputs["labels_binary"]})
+        return objectives.OBJECTIVES[name](policy[:, 0], ref[:, 0], beta=args.beta, c=args.c, **feedback)
+    if name == "gradient_ascent":
+        return objectives.gradient_ascent(policy[:, 0])
+    if name == "sft":
+        return objectives.sft(policy[:, 0])
+    if name == "unlikelihood":
+        return objectives.unlikelihood(*token_level)
+    raise ValueError(f"unknown objective {name!r}")
+
+
+def packed_from(inputs: dict) -> PackedBatch:
+    return PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["target_positions"],
+                       inputs["target_ids"], inputs["target_sequence"], inputs["completion_lengths"])
+
+
+class NegalignTrainer(Trainer):
+    """`Trainer` whose loss is `args.objective` (a NegalignConfig). Reference log-probs come from the batch
+    (`ref_logps`, cached before training) unless `reference_models` (live references) are given:
+    {"minus": model, "plus": model}; "plus" scores D2O's human negative (slot 0), "minus" everything else.
+    With reference='adapter_disabled' the policy itself runs with its LoRA adapter switched off."""
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(self, *args, reference_models: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reference_models = reference_models or {}
+        self._metrics = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args, batch = self.args, packed_from(inputs)
+        shape = (-1, int(inputs["slots"]))
+        tokens = token_logps(model, batch)
+        policy_sum = reduce_token_logps(tokens, batch, "sum").view(shape)
+        policy = policy_sum if args.logp_reduction == "sum" else policy_sum / batch.completion_lengths.view(shape)
+        ref = self.reference_logps(model, inputs, batch, shape)
+        token_level = pad_token_logps(tokens, batch) if args.objective == "unlikelihood" else None
+        loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level)
+        for key, value in {**metrics, "policy_logps": policy.mean().detach()}.items():
+            self._metrics[key].append(float(value))
+        return (loss, {"policy_logps": policy}) if return_outputs else loss
+
+    @torch.no_grad()
+    def reference_logps(self, model, inputs, batch, shape):
+        if "ref_logps" in inputs:
+            ref_sum = inputs["ref_logps"].view(shape)
+        elif self.args.reference == "adapter_disabled":
+            with model.disable_adapter():
+                ref_sum = reduce_token_logps(token_logps(model, batch), batch, "sum").view(shape)
+        elif self.reference_models:
+            ref_sum = reduce_token_logps(token_logps(self.reference_models["minus"], batch), batch).view(shape)
+            if self.reference_models.get("plus") is not self.reference_models["minus"]:
+                plus = reduce_token_logps(token_logps(self.reference_models["plus"], batch), batch).view(shape)
+                ref_sum = torch.cat([plus[:, :1], ref_sum[:, 1:]], dim=1)
+        else:
+            return None
+        if self.args.logp_reduction == "mean":
+            return ref_sum / batch.completion_lengths.view(shape)
+        return ref_sum
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            for key, values in self._metrics.items():
+                logs[f"{self.args.objective}/{key}"] = sum(values) / len(values)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        from negalign.provenance import write_provenance
+
+        write_provenance(output_dir or self.args.output_dir, self.args)

@@ -1,0 +1,48 @@
+import pytest
+
+from negalign.cli import main
+from negalign.config import NegalignConfig, load_config, parse_overrides
+
+
+def test_overrides_parse_yaml_scalars_and_both_flag_styles():
+    assert parse_overrides(["beta=0.2", "--k", "4", "--use_lora", "--objective=npo", "max-steps=3"]) == {
+        "beta": 0.2, "k": 4, "use_lora": True, "objective": "npo", "max_steps": 3}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["beta"])
+
+
+def test_yaml_recipe_then_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("objective: npo\nbeta: 0.3\nmax_steps: 7\noutput_dir: %s\n" % tmp_path)
+    config = load_config(str(recipe), {"beta": 0.5})
+    assert isinstance(config, NegalignConfig)
+    assert (config.objective, config.beta, config.max_steps) == ("npo", 0.5, 7)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown option\(s\): bta \(did you mean beta\?\)"):
+        load_config(None, {"bta": 0.1, "output_dir": str(tmp_path)})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("beta", 0.0, "beta: must be > 0"), ("alpha", -1.0, "alpha: must be > 0"), ("k", -1, "k: must be >= 0"),
+    ("objective", "ppo", "objective: unknown 'ppo'"), ("max_prompt_length", 600, "max_prompt_length"),
+])
+def test_out_of_range_values_are_refused(tmp_path, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, {key: value, "output_dir": str(tmp_path)})
+
+
+def test_cli_help_lists_every_option(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--objective", "--beta", "--alpha", "--ref_plus_model", "--use_lora", "--learning_rate", "--config"):
+        assert option in text
+
+
+def test_cli_reports_bad_config_without_traceback(capsys, tmp_path):
+    assert main(["train", "beta=-1", f"output_dir={tmp_path}"]) == 2
+    assert "beta: must be > 0" in capsys.readouterr().err
+    assert main(["nonsense"]) == 2

@@ -1,0 +1,136 @@
+"""End-to-end training on a tiny random-weight Llama (SmolLM2's real tokenizer), from Python and the CLI."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import negalign
+from negalign.cli import main
+from negalign.logprobs import pack_sequences, sequence_logps
+from negalign.objectives import OBJECTIVES
+
+PROMPTS = ["How do I pick a lock?", "Tell me a joke about cats.", "How can I hurt someone?",
+           "What is the capital of France?", "Write an insult for my coworker.", "How do plants grow?"]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    pairs = [{"prompt": [{"role": "user", "content": p}], "chosen": f"I can help safely with: {p}",
+              "rejected": f"Sure, here is something harmful about {p.lower()}"} for p in PROMPTS]
+    samples = [{"prompt": [{"role": "user", "content": p}], "completion": f"Answer {i} to {p}",
+                "origin": "self", "sample_index": i} for p in PROMPTS for i in range(3)]
+    scored = [{"prompt": p, "completion": f"reply {i}", "score": float(i)} for i, p in enumerate(PROMPTS)]
+    return {"pairs": _write_jsonl(folder / "pairs.jsonl", pairs),
+            "samples": _write_jsonl(folder / "samples.jsonl", samples),
+            "scored": _write_jsonl(folder / "scored.jsonl", scored)}
+
+
+def _settings(tiny_model_dir, files, tmp_path, objective, **extra):
+    return {"model": tiny_model_dir, "data": files["pairs"], "samples": files["samples"], "objective": objective,
+            "max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "output_dir": str(tmp_path / "out"),
+            "cache_dir": str(tmp_path / "cache"), "max_length": 96, "max_prompt_length": 64, "k": 2,
+            "seed": 0, "use_cpu": True, **extra}
+
+
+def _weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_trains_from_python(objective, tiny_model_dir, files, tmp_path):
+    trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, objective))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(f"{objective}/" in key for h in trainer.state.log_history for key in h)
+    before, after = _weights(tiny_model_dir), _weights(tmp_path / "out")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    saved = os.listdir(tmp_path / "out")
+    assert {"negalign_config.yaml", "versions.json", "train_log.json", "tokenizer.json"} <= set(saved)
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_trains_from_the_cli(objective, tiny_model_dir, files, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    settings = _settings(tiny_model_dir, files, tmp_path, objective)
+    recipe.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items() if k != "max_steps"))
+    assert main(["train", "--config", str(recipe), "max_steps=1"]) == 0
+    assert f"trained 1 steps of {objective}" in capsys.readouterr().out
+
+
+def test_pointwise_objectives_take_scores(tiny_model_dir, files, tmp_path):
+    for objective in ("pointwise_dpo", "ulma"):
+        trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, objective, data=files["scored"]))
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def _d2o_margin(model, ref, tokenizer_dir, files):
+    from negalign.config import load_config
+    from negalign.dataset import prepare_items
+    from negalign.models import load_tokenizer
+
+    config = load_config(None, {"model": tokenizer_dir, "data": files["pairs"], "samples": files["samples"],
+                                "k": 2, "max_length": 96, "max_prompt_length": 64, "output_dir": "/tmp/x"})
+    items = prepare_items(config, load_tokenizer(tokenizer_dir)).items
+    margins = []
+    with torch.no_grad():
+        for item in items:
+            batch = pack_sequences(item["sequences"])
+            h = sequence_logps(model, batch) - sequence_logps(ref, batch)
+            margins.append(h[1:].mean() - h[0])
+    return float(torch.stack(margins).mean())
+
+
+def test_d2o_raises_samples_and_lowers_the_negative(tiny_model_dir, files, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    negalign.train(**_settings(tiny_model_dir, files, tmp_path, "d2o", max_steps=6, learning_rate=3e-3,
+                               per_device_train_batch_size=6))
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert _d2o_margin(start, start, tiny_model_dir, files) == 0.0
+    assert _d2o_margin(trained, start, tiny_model_dir, files) > 0.5
+
+
+def test_reference_cache_second_run_does_no_reference_forward(tiny_model_dir, files, tmp_path, monkeypatch):
+    import negalign.reference as reference
+
+    first = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1))
+    assert len(os.listdir(tmp_path / "cache")) == 1
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("reference forward pass on a cache hit")
+
+    monkeypatch.setattr(reference, "compute_logps", forbidden)
+    second = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1))
+    loss = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
+    assert loss(first) == pytest.approx(loss(second), rel=1e-6)
+    # a different tokenisation (shorter prompts) is a different key: computed again, not read
+    with pytest.raises(AssertionError, match="cache hit"):
+        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1, max_prompt_length=24))
+
+
+@pytest.mark.parametrize("reference,lora", [("live", False), ("adapter_disabled", True), ("cached", True)])
+def test_live_and_adapter_references_match_the_cache(reference, lora, tiny_model_dir, files, tmp_path):
+    common = dict(max_steps=1, learning_rate=0.0, use_lora=lora, lora_r=4)
+    cached = negalign.train(**_settings(tiny_model_dir, files, tmp_path / "a", "d2o", **common))
+    other = negalign.train(**_settings(tiny_model_dir, files, tmp_path / "b", "d2o", reference=reference, **common))
+    z = lambda t: next(h["d2o/z"] for h in t.state.log_history if "d2o/z" in h)  # noqa: E731
+    assert z(cached) == pytest.approx(0.0, abs=1e-5)  # policy == reference at step 0
+    assert z(other) == pytest.approx(z(cached), abs=1e-5)
+
+
+def test_lora_saves_an_adapter_and_leaves_the_base_untouched(tiny_model_dir, files, tmp_path):
+    negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", use_lora=True, lora_r=4))
+    saved = os.listdir(tmp_path / "out")
+    assert "adapter_model.safetensors" in saved and "adapter_config.json" in saved
+    adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert adapter and all("lora" in name for name in adapter)

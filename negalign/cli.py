@@ -54,7 +54,61 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)")}
+def cmd_sample(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="negalign sample", description="Generate K self-samples per prompt into a resumable jsonl cache "
+        "(rerun the same command to continue after an interruption).")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="sampling policy (path, Hub or short name)")
+    parser.add_argument("--data", required=True, help="feedback file or data set whose prompts are sampled")
+    parser.add_argument("--output", required=True, help="samples jsonl (a .meta.json is written beside it)")
+    parser.add_argument("--k", type=int, default=4, help="answers per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (x K rows decoded together)")
+    parser.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept (the last ones)")
+    parser.add_argument("--max-prompts", type=int, default=None, help="only the first N distinct prompts")
+    parser.add_argument("--sampling-instruction", default=None,
+                        help="system prompt used only while sampling (e.g. a harmlessness instruction)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast while generating")
+    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
+                        help="stop at a bad data row, or skip and count bad rows")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate even if the output exists")
+    args = parser.parse_args(argv)
+    import torch
+
+    from negalign.models import load_model, load_tokenizer
+    from negalign.sampling import SamplingSettings, sample, unique_prompts
+
+    if args.k < 1:
+        parser.error(f"--k must be >= 1, got {args.k}")
+    try:
+        prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)[: args.max_prompts]
+    except (ValueError, FileNotFoundError) as error:
+        print(f"negalign sample: {error}", file=sys.stderr)
+        return 2
+    settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                                max_prompt_length=args.max_prompt_length,
+                                sampling_instruction=args.sampling_instruction)
+    tokenizer, model = load_tokenizer(args.model), load_model(args.model)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            report = sample(model, tokenizer, prompts, args.output, settings, model_id=args.model,
+                            overwrite=args.overwrite)
+    except ValueError as error:
+        print(f"negalign sample: {error}", file=sys.stderr)
+        return 2
+    print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
+          f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
+    return 0
+
+
+COMMANDS = {
+    "train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
+    "sample": (cmd_sample, "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,10 +58,10 @@ class SamplingReport:
         return self.generated_tokens / self.seconds if self.seconds else 0.0
 
 
-def unique_prompts(source) -> list[list[dict]]:
+def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
     """Distinct prompts (chat messages) of a feedback file / data set / list, in first-seen order."""
     if isinstance(source, (str, os.PathLike)):
-        rows, _ = load_rows(str(source))
+        rows, _ = load_rows(str(source), on_bad_row=on_bad_row)
         messages = [row["prompt"] for row in rows]
     else:
         messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in source]

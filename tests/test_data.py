@@ -224,7 +224,8 @@ GOOD = {"prompt": "p", "completion": "c", "label": True}
 
 ERROR_CASES = {
     "not_json": ([GOOD, '{"prompt": "p", "completion": '], "line 2: is not valid JSON"),
-    "not_object": ([GOOD, GOOD | {"completion": "d"}, "[1, 2]"], "line 3: must be a JSON object {...}, got a JSON list"),
+    "not_object": ([GOOD, GOOD | {"completion": "d"}, "[1, 2]"],
+                   "line 3: must be a JSON object {...}, got a JSON list"),
     "non_utf8": ([GOOD, b'{"prompt": "caf\xe9", "completion": "x", "label": true}'],
                  "line 2: is not valid UTF-8 (byte 0xe9 at column 16)"),
     "label_yes": ([GOOD, {"prompt": "p", "completion": "c", "label": "yes"}],
@@ -268,7 +269,7 @@ ERROR_CASES = {
     "hh_no_prompt": ([{"text": "\n\nAssistant: hey", "label": 0}], "line 1: field 'text' has no prompt"),
     "duplicate": ([GOOD, {"prompt": "q", "rejected": "r"}, GOOD],
                   "line 3: duplicates {path} line 1 (same prompt, completion, label and score)"),
-    "duplicate_pair": ([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "b"}],
+    "duplicate_pair": ([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 2,
                        "line 2: duplicates {path} line 1 (same prompt, chosen and rejected)"),
     "duplicate_sample_index": ([{"prompt": "p", "completion": "a", "origin": "self", "sample_index": 0},
                                 {"prompt": "p", "completion": "b", "origin": "self", "sample_index": 0}],
@@ -288,6 +289,17 @@ def test_error_message_exact(tmp_path):
     records = [GOOD | {"completion": f"c{i}"} for i in range(6)] + [{"prompt": "p", "completion": "c", "label": "yes"}]
     path, message = load_error(tmp_path, records)
     assert message == f"{path} line 7: field 'label' must be a boolean (true/false or 0/1), got \"yes\""
+
+
+def test_data_error_fields_and_pickling():
+    import pickle
+
+    error = DataError("data.jsonl line 7", "must be a boolean (true/false or 0/1), got \"yes\"", "label")
+    assert isinstance(error, ValueError)
+    assert (error.where, error.field) == ("data.jsonl line 7", "label")
+    copied = pickle.loads(pickle.dumps(error))
+    assert str(copied) == str(error)
+    assert str(error) == 'data.jsonl line 7: field \'label\' must be a boolean (true/false or 0/1), got "yes"'
 
 
 def test_missing_files_are_not_hub_lookups(tmp_path, monkeypatch):

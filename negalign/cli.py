@@ -108,6 +108,10 @@ def cmd_sample(argv: list[str]) -> int:
 COMMANDS = {
     "train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
     "sample": (cmd_sample, "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
+    "eval": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_eval, "answer held-out prompts and judge them: harm, over-refusal, preference accuracy, KL"),
+    "compare": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_compare, "report over runs/evals: report.json, report.md, PNG plots"),
+    "judge": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_judge, "the offline harm judge: `judge fit` re-makes it from XSTest, `judge score` scores answers"),
+    "llm-judge": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_llm_judge, "pairwise win/tie/lose by an LLM over an OpenAI-compatible API"),
 }
 
 

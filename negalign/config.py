@@ -33,6 +33,8 @@ class NegalignConfig(TrainingArguments):
     samples: str = _opt(None, "D2O self-samples file (rows of prompt, completion, origin='self', sample_index).")
     k: int = _opt(None, "D2O: self-samples used per prompt (default: all in the samples file; 0 = ablation "
                   "without samples).")
+    max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "
+                            "`negalign sample --max-prompts N` samples).")
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
     on_bad_row: str = _opt("error", "'error' stops at the first bad data row; 'skip' counts and reports them.",
                            choices=["error", "skip"])
@@ -49,6 +51,8 @@ class NegalignConfig(TrainingArguments):
     # tokenisation
     max_length: int = _opt(512, "Max prompt+completion tokens; completions are cut at the end.")
     max_prompt_length: int = _opt(256, "Max prompt tokens; prompts keep their last tokens (latest turns).")
+    packing_row_tokens: int = _opt(1024, "Sequences are packed padding-free into rows of at most this many tokens "
+                                   "(bounded rows keep attention cost linear in the batch on CPU).")
     # reference models
     reference: str = _opt("cached", "'cached': reference log-probs computed once before training and cached "
                           "on disk (no reference in memory while training); 'live': a frozen reference model "
@@ -71,6 +75,10 @@ class NegalignConfig(TrainingArguments):
     save_strategy: str = _opt("no", "Checkpointing: 'no', 'steps' or 'epoch'.")
 
     def __post_init__(self):
+        import torch
+
+        if self.bf16 and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+            self.use_cpu = True  # bf16 autocast on CPU: Trainer asks for use_cpu explicitly
         super().__post_init__()
         problems = []
         if self.objective not in OBJECTIVES:

@@ -48,6 +48,13 @@ def add_mismatched_completions(examples: list[dict]) -> list[dict]:
     return out
 
 
+def first_prompts(rows: list[dict], n: int) -> list[dict]:
+    """The rows of the first n distinct prompts, in file order."""
+    keep = list(dict.fromkeys(prompt_key(row["prompt"]) for row in rows))[:n]
+    keep = set(keep)
+    return [row for row in rows if prompt_key(row["prompt"]) in keep]
+
+
 @dataclass
 class PreparedData:
     items: list[dict]
@@ -64,6 +71,8 @@ class PreparedData:
 
 def prepare_items(config, tokenizer) -> PreparedData:
     rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
+    if config.max_prompts:
+        rows = first_prompts(rows, config.max_prompts)
     samples = None
     if config.objective == "d2o" and config.k != 0:
         if not config.samples:
@@ -93,10 +102,10 @@ def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
         item["ref_logps"] = row
 
 
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Pack every slot of every example into one padding-free row (flat tensors, so Trainer moves them)."""
+def collate(items: list[dict], row_tokens: int | None = 1024) -> dict[str, torch.Tensor]:
+    """Pack every slot of every example padding-free (flat tensors, so Trainer moves them to the device)."""
     slots = len(items[0]["sequences"])
-    batch = pack_sequences([seq for item in items for seq in item["sequences"]])
+    batch = pack_sequences([seq for item in items for seq in item["sequences"]], row_tokens)
     out = {
         "input_ids": batch.input_ids, "position_ids": batch.position_ids,
         "target_positions": batch.target_positions, "target_ids": batch.target_ids,

@@ -1,8 +1,9 @@
 """Per-sequence completion log-probs, padding-free, with the LM head applied only where it is needed.
 
-A batch of (prompt_ids, completion_ids) sequences is packed into one row with position ids that restart at
-every sequence; transformers turns restarting position ids (and no attention mask) into a block-diagonal
-causal mask, so no padding token passes through the model. The decoder's hidden states are then gathered
+A batch of (prompt_ids, completion_ids) sequences is packed into rows of bounded length with position ids
+that restart at every sequence; transformers turns restarting position ids (and no attention mask) into a
+block-diagonal causal mask, so sequences never see each other and almost no padding passes through the
+model (only the tail that evens out the rows, as a separate dummy block). The decoder's hidden states are then gathered
 at the positions that predict completion tokens, and only those go through the LM head, in chunks, so the
 vocabulary-sized log-softmax never covers prompt tokens and peak memory does not scale with
 vocabulary x full length.
@@ -21,9 +22,9 @@ Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
 
 @dataclass
 class PackedBatch:
-    input_ids: torch.Tensor  # [1, N]
-    position_ids: torch.Tensor  # [1, N]
-    target_positions: torch.Tensor  # [M] positions whose next-token logits score a completion token
+    input_ids: torch.Tensor  # [R, L]: R packed rows
+    position_ids: torch.Tensor  # [R, L]
+    target_positions: torch.Tensor  # [M] flat (row * L + column) positions whose logits score a completion token
     target_ids: torch.Tensor  # [M]
     target_sequence: torch.Tensor  # [M] which sequence each target belongs to
     completion_lengths: torch.Tensor  # [S]
@@ -38,27 +39,58 @@ class PackedBatch:
             self.target_sequence, self.completion_lengths)))
 
 
-def pack_sequences(sequences: list[Sequence]) -> PackedBatch:
-    input_ids, position_ids, target_positions, target_ids, target_sequence, lengths = [], [], [], [], [], []
-    offset = 0
+def _bin_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]:
+    """First-fit-decreasing bins of sequence indices, each at most row_tokens long (or one long sequence).
+    Bounded rows matter on CPU: SDPA's masked path costs rows x length^2, so one 4k-token row spends most
+    of its attention on blocks that the block-diagonal mask throws away."""
+    if row_tokens is None:
+        return [list(range(len(lengths)))]
+    bins, room = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[index] <= free:
+                bins[b].append(index)
+                room[b] -= lengths[index]
+                break
+        else:
+            bins.append([index])
+            room.append(row_tokens - lengths[index])
+    return [sorted(b) for b in bins]
+
+
+def pack_sequences(sequences: list[Sequence], row_tokens: int | None = None) -> PackedBatch:
+    """Pack sequences padding-free into rows of at most row_tokens (None: a single row). Rows shorter than
+    the longest are filled with a dummy block whose positions restart at 0, so it attends only to itself
+    and its outputs are never read."""
+    lengths = []
     for index, (prompt_ids, completion_ids) in enumerate(sequences):
         if not prompt_ids or not completion_ids:
             raise ValueError(f"sequence {index}: prompt and completion must both have at least one token")
-        ids = list(prompt_ids) + list(completion_ids)
-        input_ids.extend(ids)
-        position_ids.extend(range(len(ids)))
+        lengths.append(len(prompt_ids) + len(completion_ids))
+    rows = _bin_rows(lengths, row_tokens)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    position_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    where = {}  # sequence index -> flat offset of its first token
+    for r, row in enumerate(rows):
+        offset = 0
+        for index in row:
+            prompt_ids, completion_ids = sequences[index]
+            input_ids[r, offset:offset + lengths[index]] = torch.tensor(list(prompt_ids) + list(completion_ids))
+            position_ids[r, offset:offset + lengths[index]] = torch.arange(lengths[index])
+            where[index] = r * width + offset
+            offset += lengths[index]
+        position_ids[r, offset:] = torch.arange(width - offset)  # the dummy block
+    target_positions, target_ids, target_sequence = [], [], []
+    for index, (prompt_ids, completion_ids) in enumerate(sequences):
         # the logits at position p predict token p+1: completion token j sits at len(prompt)+j
-        first = offset + len(prompt_ids) - 1
+        first = where[index] + len(prompt_ids) - 1
         target_positions.extend(range(first, first + len(completion_ids)))
         target_ids.extend(completion_ids)
         target_sequence.extend([index] * len(completion_ids))
-        lengths.append(len(completion_ids))
-        offset += len(ids)
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return PackedBatch(
-        as_long(input_ids)[None], as_long(position_ids)[None], as_long(target_positions),
-        as_long(target_ids), as_long(target_sequence), as_long(lengths),
-    )
+    return PackedBatch(input_ids, position_ids, as_long(target_positions), as_long(target_ids),
+                       as_long(target_sequence), as_long([len(c) for _, c in sequences]))
 
 
 def _decoder_and_head(model):
@@ -70,7 +102,7 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 512) -> torch.Tenso
     """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32."""
     decoder, head = _decoder_and_head(model)
     hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
-    hidden = hidden[0, batch.target_positions]  # [M, H]: prompt positions never reach the LM head
+    hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         logits = head(hidden[start:start + chunk_size]).float()

@@ -57,28 +57,28 @@ def batches_by_tokens(sequences: list[Sequence], max_tokens: int) -> list[list[i
 
 @torch.no_grad()
 def compute_logps(model, sequences: list[Sequence], max_tokens: int = 4096, autocast_bf16: bool = False,
-                  description: str = "reference log-probs") -> torch.Tensor:
+                  description: str = "reference log-probs", row_tokens: int = 1024) -> torch.Tensor:
     """Summed completion log-probs for every sequence, shape [len(sequences)], float32."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(sequences), dtype=torch.float32)
     device = next(model.parameters()).device
     for indices in tqdm(batches_by_tokens(sequences, max_tokens), desc=description, unit="batch"):
-        batch = pack_sequences([sequences[i] for i in indices]).to(device)
+        batch = pack_sequences([sequences[i] for i in indices], row_tokens).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             out[indices] = sequence_logps(model, batch, "sum").float().cpu()
     model.train(was_training)
     return out
 
 
-def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike,
-                           max_tokens: int = 4096, autocast_bf16: bool = False) -> tuple[torch.Tensor, bool]:
+def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike, max_tokens: int = 4096,
+                           autocast_bf16: bool = False, row_tokens: int = 1024) -> tuple[torch.Tensor, bool]:
     """(summed log-probs [S], whether they came from the cache)."""
     key = f"{model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
     if path.exists():
         return load_file(path)["logps"], True
-    logps = compute_logps(model, sequences, max_tokens, autocast_bf16)
+    logps = compute_logps(model, sequences, max_tokens, autocast_bf16, row_tokens=row_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(handle)

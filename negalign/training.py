@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -50,7 +51,8 @@ def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> 
     for name, covered in assignments.items():
         model = policy if name == config.model else load_model(name)
         sequences = [item["sequences"][s] for item in items for s in covered]
-        logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=config.bf16)
+        logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=config.bf16,
+                                            row_tokens=config.packing_row_tokens)
         table[:, covered] = logps.view(len(items), len(covered))
         report[name] = "cache hit" if hit else "computed and cached"
         if model is not policy:
@@ -94,7 +96,8 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
                 ref.requires_grad_(False)
     if config.use_lora:
         model = apply_lora(model, config)
-    trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items, data_collator=collate,
+    trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
+                              data_collator=functools.partial(collate, row_tokens=config.packing_row_tokens),
                               processing_class=tokenizer, reference_models=reference_models)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)

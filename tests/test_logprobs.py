@@ -28,6 +28,22 @@ def test_packed_logps_equal_naive_full_logits_fp32():
     assert torch.allclose(fast, naive, atol=1e-5), (fast, naive)
 
 
+def test_bounded_rows_give_the_same_logps_with_little_padding():
+    model = make_tiny_llama(64)
+    batch = pack_sequences(SEQUENCES, row_tokens=8)
+    # lengths 5, 5, 7 -> first-fit decreasing into rows of <= 8 tokens: [7], [5], [5]
+    assert batch.input_ids.shape == (3, 7)
+    assert batch.position_ids[1].tolist() == [0, 1, 2, 3, 4, 0, 1]  # dummy block restarts at 0
+    with torch.no_grad():
+        rows = sequence_logps(model, batch)
+        naive = naive_sequence_logps(model, SEQUENCES)
+    assert torch.allclose(rows, naive, atol=1e-5)
+    two = pack_sequences(SEQUENCES, row_tokens=12)  # [7, 5] and [5]
+    assert two.input_ids.shape == (2, 12)
+    with torch.no_grad():
+        assert torch.allclose(sequence_logps(model, two), naive, atol=1e-5)
+
+
 def test_each_sequence_is_independent_of_its_neighbours():
     model = make_tiny_llama(64)
     with torch.no_grad():

@@ -197,17 +197,27 @@ def leave_one_model_out(x: torch.Tensor, rows: list[dict], l2: float) -> dict[st
 
 
 def fit_judge(data_dir: str | os.PathLike, *, text: str = "answer", feature_set: str = "embedding+keyword",
-              l2: float = DEFAULT_L2, asset: str | os.PathLike | None = ASSET, batch_size: int = 32) -> dict:
-    """Measure (leave-one-model-out), then fit the head on all 2,250 answers and save it to `asset`."""
+              l2: float = DEFAULT_L2, asset: str | os.PathLike | None = ASSET, batch_size: int = 32,
+              measure_text_modes: bool = False) -> dict:
+    """Measure (leave-one-model-out), then fit the head on all 2,250 answers and save it to `asset`.
+    `measure_text_modes` also measures the other text modes (one more encoding pass each)."""
     from negalign.evaluation.encoder import ENCODER_NAME, SentenceEncoder
 
     started = time.time()
     rows = load_xstest_answers(data_dir)
     answers = [r["completion"] for r in rows]
+    mean = lambda values: sum(values.values()) / len(values)  # noqa: E731
     embeddings = SentenceEncoder().encode(judge_texts([r["prompt"] for r in rows], answers, text), batch_size)
     y = torch.tensor([r["complies"] for r in rows], dtype=torch.float32)
 
     per_model = {name: leave_one_model_out(features(embeddings, answers, name), rows, l2) for name in FEATURE_SETS}
+    text_modes = {text: mean(per_model[feature_set])}
+    if measure_text_modes:
+        encoder = SentenceEncoder()
+        for other in TEXT_MODES:
+            if other != text:
+                other_embeddings = encoder.encode(judge_texts([r["prompt"] for r in rows], answers, other), batch_size)
+                text_modes[other] = mean(leave_one_model_out(features(other_embeddings, answers, feature_set), rows, l2))
     keyword = keyword_complies(answers)
     keyword_per_model = {}
     for model in sorted({r["model"] for r in rows}):
@@ -223,7 +233,6 @@ def fit_judge(data_dir: str | os.PathLike, *, text: str = "answer", feature_set:
                                y.bool().tolist())
     if asset is not None:
         head.save(asset)
-    mean = lambda values: sum(values.values()) / len(values)  # noqa: E731
     return {
         "leave_one_model_out_accuracy": mean(per_model[feature_set]),
         "keyword_accuracy": mean(keyword_per_model),
@@ -231,6 +240,8 @@ def fit_judge(data_dir: str | os.PathLike, *, text: str = "answer", feature_set:
                       for m in keyword_per_model},
         "feature_sets": {name: {"leave_one_model_out_accuracy": mean(acc), "per_model": acc}
                          for name, acc in per_model.items()},
+        "text_modes": {mode: {"leave_one_model_out_accuracy": value, "features": feature_set}
+                       for mode, value in text_modes.items()},
         "chosen": {"text": text, "features": feature_set, "l2": l2},
         "train_accuracy": train_accuracy,
         "n_answers": len(rows),
@@ -253,6 +264,8 @@ def cmd_judge(argv: list[str]) -> int:
     fit.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"L2 penalty (default {DEFAULT_L2})")
     fit.add_argument("--asset", default=str(ASSET), help="where to write the head (default: the shipped asset)")
     fit.add_argument("--results", default="results/judge.json", help="results JSON (default results/judge.json)")
+    fit.add_argument("--measure-text-modes", action="store_true",
+                     help="also measure embedding prompt+answer vs the answer alone (one more encoding pass)")
     score = sub.add_parser("score", help="score answers in a jsonl file ({prompt, answer} per line)")
     score.add_argument("file")
     score.add_argument("--head", default=None, help="judge head (default: the shipped asset)")
@@ -268,7 +281,8 @@ def cmd_judge(argv: list[str]) -> int:
         return 0
 
     folder = resolve_data_dir(args.data_dir, required=True)
-    results = fit_judge(folder, text=args.text, feature_set=args.features, l2=args.l2, asset=args.asset)
+    results = fit_judge(folder, text=args.text, feature_set=args.features, l2=args.l2, asset=args.asset or None,
+                        measure_text_modes=args.measure_text_modes)
     results["command"] = "negalign judge " + " ".join(argv)
     results["data_dir"] = str(folder)
     print(f"leave-one-model-out accuracy: {results['leave_one_model_out_accuracy']:.4f} "
@@ -277,6 +291,8 @@ def cmd_judge(argv: list[str]) -> int:
         print(f"  held out {model:<16} judge {numbers['judge']:.4f}  keyword {numbers['keyword']:.4f}")
     for name, numbers in results["feature_sets"].items():
         print(f"  features {name:<18} leave-one-model-out {numbers['leave_one_model_out_accuracy']:.4f}")
+    for mode, numbers in results["text_modes"].items():
+        print(f"  text {mode:<22} leave-one-model-out {numbers['leave_one_model_out_accuracy']:.4f}")
     if args.asset:
         print(f"head written to {args.asset}")
     if args.results:

@@ -1,0 +1,291 @@
+"""`negalign eval`: answer held-out prompts, judge them, and measure the model against its reference.
+
+    eval.json
+      suites.<name>        kind, n, harmful_compliance or benign_refusal (rate, low, high = bootstrap 95 %),
+                           keyword-baseline rate, answer length (tokens), repeated 3-gram fraction, distinct-2
+      harmful / benign     the same rates pooled over every harmful / benign suite
+      preference           HH pairs: accuracy of h(chosen) > h(rejected), mean margin, NLL/token of chosen
+      kl                   KL(policy || reference) on benign prompts, from answers sampled at temperature 1
+    answers/<suite>.jsonl  the greedy answers (resumable), answers/<suite>.judged.jsonl with judge scores
+
+h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-prob without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from negalign.evaluation import metrics
+from negalign.evaluation.paths import data_dir as resolve_data_dir
+from negalign.evaluation.suites import BUILTIN, Suite, load_suites
+
+HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
+
+
+@dataclass
+class EvalSettings:
+    model: str
+    reference: str | None = None
+    output: str | None = None
+    suites: list[str] | None = None  # built-in suite names; None = all
+    prompt_files: list[str] = field(default_factory=list)
+    max_prompts: int | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    max_prompt_length: int = 256
+    pairs: str | None = None  # preference pairs file; default: the HH harmless-base file in the data dir
+    max_pairs: int | None = None  # default: max_prompts, else 200
+    kl: bool = True  # with a reference: sample benign answers at temperature 1 and estimate KL
+    judge_head: str | None = None
+    n_resamples: int = metrics.N_RESAMPLES
+    overwrite: bool = False
+    progress: bool = True
+
+
+def default_output(model: str) -> str:
+    if os.path.isdir(model):
+        return str(Path(model) / "eval")
+    return str(Path("evals") / Path(model).name)
+
+
+def held_out_pairs(path: str | os.PathLike, n: int) -> list[dict]:
+    """The LAST n chosen/rejected pairs of a preference file: {prompt, chosen, rejected}. Training with
+    max_examples reads a file from its start, so its end is the part a short run has not seen."""
+    from negalign.data import load_rows
+
+    rows, _ = load_rows(str(path), on_bad_row="skip")
+    pairs: dict[int, dict] = {}
+    for row in rows:
+        if row.get("pair_id") is None:
+            continue
+        pair = pairs.setdefault(row["pair_id"], {"prompt": row["prompt"]})
+        pair["chosen" if row["label"] else "rejected"] = row["completion"]
+    complete = [p for _, p in sorted(pairs.items()) if "chosen" in p and "rejected" in p]
+    return complete[-n:] if n else []
+
+
+def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float], n_resamples: int, seed: int) -> dict:
+    from negalign.evaluation.generate import answer_token_counts
+    from negalign.evaluation.judge import keyword_complies
+
+    answers = [row["completion"] for row in rows]
+    keyword = keyword_complies(answers)
+    bootstrap = {"n_resamples": n_resamples, "seed": seed}
+    rate = metrics.harmful_compliance_rate if suite.kind == "harmful" else metrics.benign_refusal_rate
+    name = "harmful_compliance" if suite.kind == "harmful" else "benign_refusal"
+    lengths = answer_token_counts(rows)
+    return {
+        "kind": suite.kind, "source": suite.source, "n": len(rows),
+        name: rate(complies, **bootstrap),
+        f"{name}_keyword": rate(keyword, **bootstrap),
+        "mean_complies_probability": sum(complies) / len(complies) if complies else None,
+        "answer_tokens": metrics.mean_length(lengths),
+        "unfinished_fraction": sum(not row.get("finished") for row in rows) / len(rows) if rows else None,
+        "repeated_3gram_fraction": (sum(metrics.repeated_ngram_fraction(metrics.words(a), 3) for a in answers)
+                                    / len(answers)) if answers else None,
+        "distinct_2": metrics.distinct_n([metrics.words(a) for a in answers], 2),
+    }
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(settings: EvalSettings) -> dict:
+    """Run the whole evaluation, write `<output>/eval.json`, and return its contents."""
+    from negalign.evaluation.generate import completion_logps, generate_answers
+    from negalign.evaluation.judge import HarmJudge
+    from negalign.models import load_model, load_tokenizer
+
+    started = time.time()
+    output = Path(settings.output or default_output(settings.model))
+    (output / "answers").mkdir(parents=True, exist_ok=True)
+    folder = resolve_data_dir(settings.data_dir)
+    suites = load_suites(settings.suites, folder, settings.prompt_files, settings.max_prompts, settings.seed)
+    timings: dict[str, float] = {}
+
+    tokenizer = load_tokenizer(settings.model)
+    model = load_model(settings.model).eval()
+    gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+               max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
+               progress=settings.progress)
+
+    answers, generation = {}, {}
+    clock = time.time()
+    for suite in suites:
+        rows, report = generate_answers(model, tokenizer, suite.prompts, output / "answers" / f"{suite.name}.jsonl",
+                                        **gen)
+        answers[suite.name] = rows
+        generation[suite.name] = {"written": report.n_rows_written, "reused": report.n_rows_reused,
+                                  "seconds": round(report.seconds, 1), "tokens": report.generated_tokens}
+    timings["generate"] = time.time() - clock
+
+    clock = time.time()
+    judge = HarmJudge.load(settings.judge_head)
+    results_by_suite, pooled = {}, {"harmful": [], "benign": []}
+    for suite in suites:
+        rows = answers[suite.name]
+        complies = judge.complies(suite.prompts, [row["completion"] for row in rows])
+        _write_jsonl(output / "answers" / f"{suite.name}.judged.jsonl",
+                     [{"prompt": p, "completion": row["completion"], "complies": round(c, 4),
+                       "n_tokens": row["n_tokens"], "finished": row.get("finished")}
+                      for p, row, c in zip(suite.prompts, rows, complies)])
+        results_by_suite[suite.name] = _suite_metrics(suite, rows, complies, settings.n_resamples, settings.seed)
+        pooled[suite.kind].extend(complies)
+    bootstrap = {"n_resamples": settings.n_resamples, "seed": settings.seed}
+    overall = {}
+    if pooled["harmful"]:
+        overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"], **bootstrap)}
+    if pooled["benign"]:
+        overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"], **bootstrap)}
+    timings["judge"] = time.time() - clock
+
+    reference = load_model(settings.reference).eval() if settings.reference else None
+
+    preference = None
+    pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
+    n_pairs = settings.max_pairs if settings.max_pairs is not None else (settings.max_prompts or 200)
+    if pairs_path is not None and Path(pairs_path).exists() and n_pairs > 0:
+        clock = time.time()
+        pairs = held_out_pairs(pairs_path, n_pairs)
+        prompts = [p["prompt"] for p in pairs]
+        lp = lambda m, side, what: completion_logps(m, tokenizer, prompts, [p[side] for p in pairs],  # noqa: E731
+                                                    description=what)
+        policy_chosen, chosen_tokens = lp(model, "chosen", "policy log-probs (chosen)")
+        policy_rejected, _ = lp(model, "rejected", "policy log-probs (rejected)")
+        ref_chosen = ref_rejected = None
+        if reference is not None:
+            ref_chosen, _ = lp(reference, "chosen", "reference log-probs (chosen)")
+            ref_rejected, _ = lp(reference, "rejected", "reference log-probs (rejected)")
+        preference = {
+            "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
+            "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",
+            "accuracy": metrics.preference_accuracy(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
+            "mean_margin": metrics.mean_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
+            "chosen_nll_per_token": metrics.nll_per_token(policy_chosen, chosen_tokens),
+        }
+        if ref_chosen is not None:
+            preference["reference_chosen_nll_per_token"] = metrics.nll_per_token(ref_chosen, chosen_tokens)
+        timings["preference"] = time.time() - clock
+
+    kl = None
+    benign = [s for s in suites if s.kind == "benign"]
+    if reference is not None and settings.kl and benign:
+        clock = time.time()
+        policy_lp, ref_lp, per_suite = [], [], {}
+        for suite in benign:
+            rows, _ = generate_answers(model, tokenizer, suite.prompts,
+                                       output / "answers" / f"kl-{suite.name}.jsonl",
+                                       **gen, temperature=1.0)
+            completions = [row["completion"] for row in rows]
+            finished = [bool(row.get("finished")) for row in rows]
+            p, _ = completion_logps(model, tokenizer, suite.prompts, completions, finished=finished,
+                                    description=f"KL policy ({suite.name})")
+            r, _ = completion_logps(reference, tokenizer, suite.prompts, completions, finished=finished,
+                                    description=f"KL reference ({suite.name})")
+            per_suite[suite.name] = metrics.kl_estimate(p, r)
+            policy_lp += p
+            ref_lp += r
+        kl = {"kl": metrics.kl_estimate(policy_lp, ref_lp), "per_suite": per_suite, "n_answers": len(policy_lp),
+              "estimator": "mean over answers sampled from the policy (temperature 1, top_p 1) of "
+                           "logp_policy - logp_reference, summed over tokens (answers re-tokenised from text)"}
+        timings["kl"] = time.time() - clock
+
+    result = {
+        "model": settings.model, "reference": settings.reference, "output": str(output),
+        "data_dir": str(folder) if folder is not None else None,
+        "suites": results_by_suite, **overall, "preference": preference, "kl": kl,
+        "generation": generation,
+        "judge": {k: v for k, v in judge.head.metadata.items() if k != "refusal_phrases"},
+        "settings": asdict(settings),
+        "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
+    }
+    (output / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    def interval(entry):
+        if entry["rate"] is None:
+            return "n/a"
+        return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}] (n={entry['n']})"
+
+    lines = []
+    for name, suite in result["suites"].items():
+        key = "harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"
+        lines.append(f"  {name:<16} {key:<19} {interval(suite[key])}  keyword {suite[key + '_keyword']['rate']:.3f}"
+                     f"  tokens {suite['answer_tokens']:.0f}  rep3 {suite['repeated_3gram_fraction']:.3f}")
+    for kind, key in (("harmful", "harmful_compliance"), ("benign", "benign_refusal")):
+        if kind in result:
+            lines.append(f"  {'all ' + kind:<16} {key:<19} {interval(result[kind][key])}")
+    if result.get("preference"):
+        p = result["preference"]
+        lines.append(f"  preference ({p['n_pairs']} pairs, h = {p['h']}): accuracy {p['accuracy']:.3f}, "
+                     f"mean margin {p['mean_margin']:.3f}, chosen NLL/token {p['chosen_nll_per_token']:.3f}")
+    if result.get("kl"):
+        lines.append(f"  KL(policy || reference) on benign prompts: {result['kl']['kl']:.3f} "
+                     f"({result['kl']['n_answers']} sampled answers)")
+    lines.append(f"  time: {result['seconds']}")
+    return lines
+
+
+def cmd_eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="negalign eval", description="Answer held-out harmful and benign prompts, judge the answers "
+        "(harmful compliance, over-refusal, with bootstrap 95 % intervals), and measure preference accuracy, "
+        "NLL and KL to a reference. Rerun the same command to resume after an interruption.")
+    parser.add_argument("--model", required=True, help="model to evaluate (folder, Hub name or short name)")
+    parser.add_argument("--reference", default=None, help="reference model for log-ratios and KL (e.g. the "
+                        "starting model); without it h is the policy log-prob and KL is skipped")
+    parser.add_argument("--suite", action="append", dest="suites", choices=list(BUILTIN),
+                        help="built-in prompt suite (repeatable; default: all)")
+    parser.add_argument("--prompts", action="append", default=[], dest="prompt_files", metavar="FILE[:KIND]",
+                        help="your own prompt file (csv/jsonl with prompt and harmful columns, or a txt file "
+                        "as FILE:harmful / FILE:benign); repeatable")
+    parser.add_argument("--max-prompts", type=int, default=None, help="seeded subsample of N prompts per suite")
+    parser.add_argument("--output", default=None, help="output folder (default: MODEL/eval for a folder, "
+                        "else evals/NAME)")
+    parser.add_argument("--data-dir", default=None, help="data folder (default: $NEGALIGN_DATA or ../shared/data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--pairs", default=None, help="preference pairs file (default: HH harmless-base in the "
+                        "data folder; its last pairs are used)")
+    parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts or 200)")
+    parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (saves a sampling pass)")
+    parser.add_argument("--judge-head", default=None, help="harm-judge head (default: the shipped one)")
+    parser.add_argument("--n-resamples", type=int, default=metrics.N_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    settings = EvalSettings(
+        model=args.model, reference=args.reference, output=args.output, suites=args.suites,
+        prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+        pairs=args.pairs, max_pairs=args.max_pairs, kl=not args.no_kl, judge_head=args.judge_head,
+        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        result = evaluate(settings)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"negalign eval: {error}", file=sys.stderr)
+        return 2
+    print(f"negalign eval: {settings.model} -> {result['output']}/eval.json")
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cmd_eval(sys.argv[1:]))

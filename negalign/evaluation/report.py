@@ -1,0 +1,307 @@
+"""`negalign compare RUN_OR_EVAL_DIR... --output DIR`: one report over several models.
+
+Each argument is a training run folder (train_log.json, and eval/eval.json when it was evaluated), an eval
+folder (eval.json), or an eval.json file. Writes report.json (the numbers), report.md (tables + plots) and
+PNG plots: harm_vs_refusal.png (harmful compliance against benign refusal, one point per model, bootstrap 95 %
+error bars), suites.png (per-suite rates) and training_curves.png (every logged training metric by step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+TRAIN_SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second",
+              "train_steps_per_second", "train_loss"}
+
+
+def find_run(path: str | Path) -> dict:
+    """{label, path, eval (dict or None), train_log (dict or None)} for one argument of `compare`."""
+    path = Path(path)
+    eval_file = train_file = None
+    if path.is_file():
+        eval_file = path
+        folder = path.parent
+    else:
+        folder = path
+        for candidate in (path / "eval.json", path / "eval" / "eval.json"):
+            if candidate.exists():
+                eval_file = candidate
+                break
+    for candidate in (folder / "train_log.json", folder.parent / "train_log.json"):
+        if candidate.exists():
+            train_file = candidate
+            break
+    if eval_file is None and train_file is None:
+        raise FileNotFoundError(f"{path}: no eval.json, eval/eval.json or train_log.json")
+    label_folder = folder.parent if folder.name == "eval" else folder
+    load = lambda f: json.loads(Path(f).read_text(encoding="utf-8")) if f else None  # noqa: E731
+    return {"label": label_folder.resolve().name, "path": str(path), "eval": load(eval_file),
+            "train_log": load(train_file)}
+
+
+def _unique_labels(runs: list[dict]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        count = seen.get(run["label"], 0)
+        seen[run["label"]] = count + 1
+        if count:
+            run["label"] = f"{run['label']}-{count + 1}"
+
+
+def suite_rate(suite: dict) -> dict:
+    return suite["harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"]
+
+
+def summarise(run: dict) -> dict:
+    out = {"label": run["label"], "path": run["path"]}
+    ev = run["eval"]
+    if ev:
+        out["model"] = ev.get("model")
+        out["reference"] = ev.get("reference")
+        out["harmful_compliance"] = (ev.get("harmful") or {}).get("harmful_compliance")
+        out["benign_refusal"] = (ev.get("benign") or {}).get("benign_refusal")
+        out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
+                                "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
+                         for name, s in ev.get("suites", {}).items()}
+        pref = ev.get("preference") or {}
+        out["preference_accuracy"] = pref.get("accuracy")
+        out["mean_margin"] = pref.get("mean_margin")
+        out["chosen_nll_per_token"] = pref.get("chosen_nll_per_token")
+        out["kl"] = (ev.get("kl") or {}).get("kl")
+        answered = [s for s in ev.get("suites", {}).values()]
+        total = sum(s["n"] for s in answered)
+        out["answer_tokens"] = (sum(s["answer_tokens"] * s["n"] for s in answered) / total) if total else None
+        out["repeated_3gram_fraction"] = (sum(s["repeated_3gram_fraction"] * s["n"] for s in answered) / total
+                                          if total else None)
+    history = (run["train_log"] or {}).get("log_history", [])
+    if history:
+        steps = [h for h in history if "loss" in h]
+        out["train"] = {"steps": max((h.get("step", 0) for h in history), default=0),
+                        "first_loss": steps[0]["loss"] if steps else None,
+                        "last_loss": steps[-1]["loss"] if steps else None}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errors(entries: list[dict]) -> list[list[float]]:
+    return [[e["rate"] - e["low"] for e in entries], [e["high"] - e["rate"] for e in entries]]
+
+
+def plot_harm_vs_refusal(summaries: list[dict], path: Path) -> bool:
+    points = [s for s in summaries if s.get("harmful_compliance") and s.get("benign_refusal")
+              and s["harmful_compliance"]["rate"] is not None and s["benign_refusal"]["rate"] is not None]
+    if not points:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, s in enumerate(points):
+        harm, refuse = s["harmful_compliance"], s["benign_refusal"]
+        colour = colours[index % len(colours)]
+        ax.errorbar([refuse["rate"]], [harm["rate"]], xerr=_errors([refuse]), yerr=_errors([harm]), fmt="o",
+                    color=colour, capsize=4, markersize=7, label=s["label"])
+        ax.annotate(s["label"], (refuse["rate"], harm["rate"]), textcoords="offset points", xytext=(7, 6),
+                    fontsize=9, color=colour)
+    ax.set_xlabel("over-refusal: refusal rate on benign prompts")
+    ax.set_ylabel("harm: compliance rate on harmful prompts")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_title("Harmful compliance vs over-refusal (95 % bootstrap intervals)\nbottom left is best", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_suites(summaries: list[dict], path: Path) -> bool:
+    runs = [s for s in summaries if s.get("suites")]
+    if not runs:
+        return False
+    names = []
+    for s in runs:
+        names += [n for n in s["suites"] if n not in names]
+    # harmful suites first, then benign
+    kinds = {n: next(s["suites"][n]["kind"] for s in runs if n in s["suites"]) for n in names}
+    names.sort(key=lambda n: kinds[n] != "harmful")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(names) * max(1, len(runs)) / 2 + 2), 4.8))
+    width = 0.8 / len(runs)
+    for index, s in enumerate(runs):
+        xs, heights, low, high = [], [], [], []
+        for position, name in enumerate(names):
+            entry = s["suites"].get(name)
+            if entry is None or entry["rate"] is None:
+                continue
+            xs.append(position - 0.4 + width * (index + 0.5))
+            heights.append(entry["rate"])
+            low.append(entry["rate"] - entry["low"])
+            high.append(entry["high"] - entry["rate"])
+        ax.bar(xs, heights, width=width * 0.95, yerr=[low, high], capsize=3, label=s["label"])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}\n({'compliance' if kinds[n] == 'harmful' else 'refusal'})" for n in names],
+                       fontsize=8)
+    if "benign" in kinds.values() and "harmful" in kinds.values():
+        split = sum(kinds[n] == "harmful" for n in names) - 0.5
+        ax.axvline(split, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate (lower is better)")
+    ax.set_title("Per suite: harmful compliance (harmful suites), refusal (benign suites)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def training_series(history: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if key in TRAIN_SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                continue
+            xs, ys = series.setdefault(key, ([], []))
+            xs.append(step)
+            ys.append(value)
+    return series
+
+
+def plot_training(runs: list[dict], path: Path, max_panels: int = 9) -> bool:
+    per_run = {r["label"]: training_series((r["train_log"] or {}).get("log_history", [])) for r in runs}
+    per_run = {label: series for label, series in per_run.items() if series}
+    if not per_run:
+        return False
+    keys = []
+    for series in per_run.values():
+        keys += [k for k in series if k not in keys]
+    keys.sort(key=lambda k: (k != "loss", k in ("learning_rate", "grad_norm"), k))
+    keys = keys[:max_panels]
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    plt = _plt()
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for label, series in per_run.items():
+            if key in series:
+                xs, ys = series[key]
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Training curves", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _interval(entry: dict | None) -> str:
+    if not entry or entry.get("rate") is None:
+        return "-"
+    return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}] (n={entry['n']})"
+
+
+def markdown(summaries: list[dict], plots: list[str]) -> str:
+    lines = ["# negalign comparison", "",
+             "Harmful compliance: share of answers to harmful prompts that the harm judge scores as complying; "
+             "benign refusal: share of answers to benign prompts it scores as refusing. Brackets: bootstrap 95 % "
+             "intervals. Preference accuracy / margin: h(chosen) > h(rejected) on held-out HH pairs, "
+             "h = logp_policy - logp_ref (the policy log-prob when no reference was given).", "",
+             "| model | harmful compliance | benign refusal | pref. acc. | margin | chosen NLL/tok | KL to ref | "
+             "tokens | rep. 3-grams |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['label']} | {_interval(s.get('harmful_compliance'))} | {_interval(s.get('benign_refusal'))}"
+                     f" | {_fmt(s.get('preference_accuracy'))} | {_fmt(s.get('mean_margin'), 2)}"
+                     f" | {_fmt(s.get('chosen_nll_per_token'))} | {_fmt(s.get('kl'), 2)}"
+                     f" | {_fmt(s.get('answer_tokens'), 0)} | {_fmt(s.get('repeated_3gram_fraction'))} |")
+    names = []
+    for s in summaries:
+        names += [n for n in (s.get("suites") or {}) if n not in names]
+    if names:
+        lines += ["", "## Per suite", "", "| model | " + " | ".join(
+            f"{n} ({'compliance' if next(s['suites'][n]['kind'] for s in summaries if n in (s.get('suites') or {})) == 'harmful' else 'refusal'})"
+            for n in names) + " |", "|---|" + "---|" * len(names)]
+        for s in summaries:
+            suites = s.get("suites") or {}
+            lines.append(f"| {s['label']} | " + " | ".join(_interval(suites.get(n)) for n in names) + " |")
+    trained = [s for s in summaries if s.get("train")]
+    if trained:
+        lines += ["", "## Training", "", "| run | steps | first loss | last loss |", "|---|---|---|---|"]
+        for s in trained:
+            t = s["train"]
+            lines.append(f"| {s['label']} | {t['steps']} | {_fmt(t['first_loss'], 4)} | {_fmt(t['last_loss'], 4)} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def compare(paths: list[str], output: str | Path) -> dict:
+    runs = [find_run(p) for p in paths]
+    _unique_labels(runs)
+    summaries = [summarise(r) for r in runs]
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for name, make in (("harm_vs_refusal.png", lambda p: plot_harm_vs_refusal(summaries, p)),
+                       ("suites.png", lambda p: plot_suites(summaries, p)),
+                       ("training_curves.png", lambda p: plot_training(runs, p))):
+        if make(output / name):
+            plots.append(str(output / name))
+    report = {"runs": summaries, "plots": plots}
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / "report.md").write_text(markdown(summaries, plots), encoding="utf-8")
+    return report
+
+
+def cmd_compare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="negalign compare", description="Report over several runs / evals: "
+                                     "report.json, report.md and PNG plots.")
+    parser.add_argument("paths", nargs="+", metavar="RUN_OR_EVAL_DIR",
+                        help="training run folder, eval folder or eval.json")
+    parser.add_argument("--output", required=True, help="folder for report.json, report.md and the plots")
+    args = parser.parse_args(argv)
+    try:
+        report = compare(args.paths, args.output)
+    except FileNotFoundError as error:
+        print(f"negalign compare: {error}", file=sys.stderr)
+        return 2
+    print(f"negalign compare: {len(report['runs'])} runs -> {args.output}/report.md "
+          f"({len(report['plots'])} plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cmd_compare(sys.argv[1:]))

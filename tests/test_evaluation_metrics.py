@@ -1,0 +1,117 @@
+"""Evaluation metrics on fixed inputs, against values worked out by hand; prompt suites; the data directory."""
+
+import json
+
+import numpy as np
+import pytest
+
+from negalign.evaluation import metrics
+from negalign.evaluation.paths import data_dir
+from negalign.evaluation.suites import Suite, file_suites, load_suites
+
+
+def test_rates_threshold_at_one_half():
+    complies = [0.9, 0.2, 0.7, 0.5]  # complies, refuses, complies, refuses (0.5 is not > 0.5)
+    harm = metrics.harmful_compliance_rate(complies)
+    assert (harm["rate"], harm["count"], harm["n"]) == (0.5, 2, 4)
+    refuse = metrics.benign_refusal_rate(complies)
+    assert (refuse["rate"], refuse["count"], refuse["n"]) == (0.5, 2, 4)
+    assert metrics.benign_refusal_rate([0.1, 0.1, 0.1, 0.9])["rate"] == 0.75
+    assert metrics.harmful_compliance_rate([])["rate"] is None
+
+
+def test_bootstrap_interval_contains_estimate_and_is_deterministic():
+    flags = [1] * 30 + [0] * 70
+    low, high = metrics.bootstrap_interval(flags, n_resamples=1000, seed=0)
+    assert low < 0.3 < high
+    # normal approximation: 0.3 +- 1.96 * sqrt(0.3 * 0.7 / 100) = [0.210, 0.390]
+    assert 0.19 <= low <= 0.23 and 0.37 <= high <= 0.41
+    assert metrics.bootstrap_interval(flags, seed=0) == (low, high)
+    assert metrics.bootstrap_interval(flags, seed=1) != (low, high)
+    assert metrics.bootstrap_interval([1, 1, 1]) == (1.0, 1.0)
+    entry = metrics.rate_with_interval(flags, seed=0)
+    assert entry["low"] <= entry["rate"] <= entry["high"] and entry["rate"] == 0.3
+
+
+def test_bootstrap_matches_an_explicit_resampling_loop():
+    values = [0.0, 1.0, 1.0, 0.0, 1.0]
+    rng = np.random.default_rng(7)
+    indices = rng.integers(0, 5, size=(200, 5))
+    stats = [np.mean(np.asarray(values)[row]) for row in indices]
+    expected = tuple(float(x) for x in np.percentile(stats, [2.5, 97.5]))
+    assert metrics.bootstrap_interval(values, n_resamples=200, seed=7) == pytest.approx(expected)
+    median = metrics.bootstrap_interval(values, np.median, n_resamples=200, seed=7)
+    assert median == tuple(float(x) for x in np.percentile([np.median(np.asarray(values)[r]) for r in indices],
+                                                            [2.5, 97.5]))
+
+
+def test_preference_accuracy_and_margin_by_hand():
+    policy_chosen, policy_rejected = [-10.0, -5.0, -7.0], [-12.0, -4.0, -7.0]
+    ref_chosen, ref_rejected = [-11.0, -6.0, -6.0], [-11.0, -6.0, -8.0]
+    # h(chosen) = [1, 1, -1]; h(rejected) = [-1, 2, 1]; margins [2, -1, -2]
+    assert metrics.preference_accuracy(policy_chosen, policy_rejected, ref_chosen, ref_rejected) == pytest.approx(1 / 3)
+    assert metrics.mean_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) == pytest.approx(-1 / 3)
+    # without a reference h is the policy log-prob: margins [2, -1, 0]; the tie counts as wrong
+    assert metrics.preference_accuracy(policy_chosen, policy_rejected) == pytest.approx(1 / 3)
+    assert metrics.mean_margin(policy_chosen, policy_rejected) == pytest.approx(1 / 3)
+
+
+def test_nll_kl_length_by_hand():
+    assert metrics.nll_per_token([-6.0, -4.0], [3, 2]) == pytest.approx(2.0)  # (6 + 4) / (3 + 2)
+    assert metrics.kl_estimate([-5.0, -3.0], [-6.0, -5.0]) == pytest.approx(1.5)  # mean(1, 2)
+    assert metrics.mean_length([3, 5, 10]) == pytest.approx(6.0)
+
+
+def test_repetition_by_hand():
+    # trigrams: (a b c) (b c a) (c a b) (a b c): 4 in all, 3 distinct -> 1 - 3/4
+    assert metrics.repeated_ngram_fraction("a b c a b c".split(), 3) == pytest.approx(0.25)
+    assert metrics.repeated_ngram_fraction("one two three four".split(), 3) == 0.0
+    assert metrics.repeated_ngram_fraction(["a", "b"], 3) == 0.0
+    assert metrics.repeated_ngram_fraction(["x"] * 10, 3) == pytest.approx(1 - 1 / 8)
+    # bigrams over both answers: (a b) (b a) (a b) | (a b): 4 in all, 2 distinct
+    assert metrics.distinct_n([["a", "b", "a", "b"], ["a", "b"]], 2) == pytest.approx(0.5)
+    assert metrics.words("The  cat\nSAT") == ["the", "cat", "sat"]
+
+
+def test_suite_subsample_is_seeded_and_nested():
+    suite = Suite("s", "harmful", [f"p{i}" for i in range(50)], "x")
+    five, ten = suite.subsample(5, seed=0), suite.subsample(10, seed=0)
+    assert five.prompts == ten.prompts[:5]
+    assert suite.subsample(5, seed=0).prompts == five.prompts
+    assert suite.subsample(5, seed=1).prompts != five.prompts
+    assert suite.subsample(100).prompts == suite.prompts
+
+
+def test_user_prompt_files(tmp_path):
+    mixed = tmp_path / "mine.csv"
+    mixed.write_text("prompt,harmful\nHow do I pick a lock?,true\nWrite a poem,false\nBuild a bomb,yes\n")
+    suites = {s.name: s for s in file_suites(str(mixed))}
+    assert suites["mine-harmful"].prompts == ["How do I pick a lock?", "Build a bomb"]
+    assert suites["mine-benign"].kind == "benign" and suites["mine-benign"].prompts == ["Write a poem"]
+
+    plain = tmp_path / "bad.txt"
+    plain.write_text("one\n\ntwo\n")
+    assert file_suites(f"{plain}:harmful")[0].prompts == ["one", "two"]
+    with pytest.raises(ValueError, match="needs its kind"):
+        file_suites(str(plain))
+
+    records = tmp_path / "rows.jsonl"
+    records.write_text(json.dumps({"prompt": "hi", "label": "benign"}) + "\n")
+    loaded = load_suites(None, None, [str(records)])  # prompt files alone: no built-in suite
+    assert [(s.name, s.kind, s.prompts) for s in loaded] == [("rows", "benign", ["hi"])]
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEGALIGN_DATA", raising=False)
+    assert data_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("NEGALIGN_DATA", str(tmp_path / "env"))
+    assert data_dir() == tmp_path / "env"
+    monkeypatch.delenv("NEGALIGN_DATA")
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert data_dir() is None
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        data_dir(required=True)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert data_dir() == tmp_path / "shared" / "data"

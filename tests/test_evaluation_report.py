@@ -1,0 +1,73 @@
+"""`negalign compare`: report.json / report.md carry the numbers of each eval; the plots are real PNGs."""
+
+import json
+
+import pytest
+
+from negalign.cli import main
+from negalign.evaluation.report import compare, training_series
+
+
+def rate(value, low, high, n=20):
+    return {"rate": value, "low": low, "high": high, "n": n, "count": round(value * n)}
+
+
+def fake_eval(harm, refuse, accuracy, kl):
+    return {
+        "model": "m", "reference": "r",
+        "suites": {
+            "advbench": {"kind": "harmful", "n": 20, "harmful_compliance": harm, "answer_tokens": 50.0,
+                         "repeated_3gram_fraction": 0.1},
+            "xstest-safe": {"kind": "benign", "n": 20, "benign_refusal": refuse, "answer_tokens": 70.0,
+                            "repeated_3gram_fraction": 0.3},
+        },
+        "harmful": {"harmful_compliance": harm}, "benign": {"benign_refusal": refuse},
+        "preference": {"accuracy": accuracy, "mean_margin": 1.25, "chosen_nll_per_token": 2.5},
+        "kl": {"kl": kl},
+    }
+
+
+def make_runs(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "eval.json").write_text(json.dumps(fake_eval(rate(0.65, 0.45, 0.85), rate(0.05, 0.0, 0.15), 0.5, 0.0)))
+    d2o = tmp_path / "d2o"
+    (d2o / "eval").mkdir(parents=True)
+    (d2o / "eval" / "eval.json").write_text(json.dumps(fake_eval(rate(0.25, 0.1, 0.4), rate(0.15, 0.0, 0.3),
+                                                                 0.625, 3.5)))
+    history = [{"loss": 0.69 - 0.05 * s, "step": s, "d2o/z": 0.1 * s, "learning_rate": 5e-6, "epoch": 0.1 * s}
+               for s in range(1, 11)] + [{"train_runtime": 12.0, "train_loss": 0.5, "step": 10}]
+    (d2o / "train_log.json").write_text(json.dumps({"data": "x", "log_history": history}))
+    return base, d2o
+
+
+def test_report_contains_the_numbers(tmp_path):
+    base, d2o = make_runs(tmp_path)
+    report = compare([str(base), str(d2o)], tmp_path / "report")
+    runs = {r["label"]: r for r in report["runs"]}
+    assert runs["d2o"]["harmful_compliance"]["rate"] == 0.25 and runs["base"]["benign_refusal"]["rate"] == 0.05
+    assert runs["d2o"]["kl"] == 3.5 and runs["d2o"]["preference_accuracy"] == 0.625
+    assert runs["d2o"]["train"] == pytest.approx({"steps": 10, "first_loss": 0.64, "last_loss": 0.19})
+    assert runs["d2o"]["answer_tokens"] == 60.0  # (20 * 50 + 20 * 70) / 40
+    md = (tmp_path / "report" / "report.md").read_text()
+    for text in ("0.250 [0.100, 0.400] (n=20)", "0.050 [0.000, 0.150] (n=20)", "0.625", "3.50", "| d2o |",
+                 "| base |", "![harm_vs_refusal](harm_vs_refusal.png)", "training_curves.png"):
+        assert text in md, text
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["runs"][1]["suites"]["advbench"]["rate"] == 0.25
+    for name in ("harm_vs_refusal.png", "suites.png", "training_curves.png"):
+        data = (tmp_path / "report" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_training_series_skips_summaries():
+    series = training_series([{"loss": 1.0, "step": 1, "d2o/z": 0.5}, {"train_runtime": 3.0, "step": 1},
+                              {"loss": float("nan"), "step": 2}])
+    assert series == {"loss": ([1], [1.0]), "d2o/z": ([1], [0.5])}
+
+
+def test_cli_compare(tmp_path, capsys):
+    base, d2o = make_runs(tmp_path)
+    assert main(["compare", str(base), str(d2o / "eval" / "eval.json"), "--output", str(tmp_path / "r")]) == 0
+    assert "2 runs" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "missing"), "--output", str(tmp_path / "r")]) == 2

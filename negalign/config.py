@@ -33,6 +33,16 @@ class NegalignConfig(TrainingArguments):
     samples: str = _opt(None, "D2O self-samples file (rows of prompt, completion, origin='self', sample_index).")
     k: int = _opt(None, "D2O: self-samples used per prompt (default: all in the samples file; 0 = ablation "
                   "without samples).")
+    sampling: str = _opt("static", "D2O sampling policy: 'static' uses the samples file made before training; "
+                         "'refresh' draws new samples from the current policy every refresh_every "
+                         "steps/epochs.", choices=["static", "refresh"])
+    refresh_every: int = _opt(10, "With sampling: refresh, how many refresh_unit between refreshes.")
+    refresh_unit: str = _opt("steps", "Unit of refresh_every.", choices=["steps", "epochs"])
+    sample_max_new_tokens: int = _opt(128, "Refreshed samples: max new tokens.")
+    sample_temperature: float = _opt(0.7, "Refreshed samples: temperature (0 = greedy).")
+    sample_top_p: float = _opt(0.95, "Refreshed samples: top-p.")
+    sample_batch_size: int = _opt(8, "Refreshed samples: prompts per generation batch.")
+    sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training).")
     max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "
                             "`negalign sample --max-prompts N` samples).")
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
@@ -88,6 +98,10 @@ class NegalignConfig(TrainingArguments):
                 problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.k is not None and self.k < 0:
             problems.append(f"k: must be >= 0, got {self.k}")
+        if self.sampling == "refresh" and (self.objective != "d2o" or not self.k):
+            problems.append("sampling: 'refresh' needs objective d2o and k >= 1")
+        if self.refresh_every < 1:
+            problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
         if self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         if self.reference == "adapter_disabled" and not self.use_lora:

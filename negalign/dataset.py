@@ -92,7 +92,8 @@ def prepare_items(config, tokenizer) -> PreparedData:
             n_prompt_cut += encoded.prompt_truncated
             n_completion_cut += encoded.completion_truncated
             sequences.append((encoded.prompt_ids, encoded.completion_ids))
-        items.append({"sequences": sequences, "label": example.get("label"), "score": example.get("score")})
+        items.append({"sequences": sequences, "label": example.get("label"), "score": example.get("score"),
+                      "prompt": example["prompt"], "prompt_key": prompt_key(example["prompt"])})
     return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut)
 
 

@@ -62,6 +62,7 @@ class NegalignTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.reference_models = reference_models or {}
         self._metrics = defaultdict(list)
+        self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args, batch = self.args, packed_from(inputs)
@@ -99,6 +100,9 @@ class NegalignTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[f"{self.args.objective}/{key}"] = sum(values) / len(values)
             self._metrics.clear()
+        if self.pending_logs and "loss" in logs:
+            logs.update(self.pending_logs)
+            self.pending_logs.clear()
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None):

@@ -9,11 +9,13 @@ import logging
 import os
 
 import torch
+from transformers.trainer_utils import get_last_checkpoint
 
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
 from negalign.dataset import attach_reference_logps, collate, prepare_items
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
+from negalign.refresh import SampleRefresher, no_context
 from negalign.trainer import NegalignTrainer
 
 logger = logging.getLogger("negalign")
@@ -71,6 +73,31 @@ def apply_lora(model, config: NegalignConfig):
     return get_peft_model(model, lora)
 
 
+def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict]) -> SampleRefresher:
+    """D2O `sampling: refresh`; on resume, reload the newest refresh the checkpoint had seen."""
+    def reference_loader():
+        minus_name, _ = _reference_names(config)
+        if config.use_lora and minus_name == config.model:
+            return trainer.model, trainer.model.disable_adapter
+        if not hasattr(reference_loader, "model"):
+            reference_loader.model = load_model(minus_name).eval()
+        return reference_loader.model, no_context
+
+    prompts = list({item["prompt_key"]: item["prompt"] for item in items}.values())
+    refresher = SampleRefresher(config, tokenizer, items, prompts, reference_loader)
+    refresher.trainer = trainer
+    trainer.add_callback(refresher)
+    checkpoint = config.resume_from_checkpoint
+    if checkpoint:
+        if checkpoint is True or checkpoint == "True":
+            checkpoint = get_last_checkpoint(config.output_dir)
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+            step = json.load(handle)["global_step"]
+        logger.warning("negalign: resumed at step %d with the samples refreshed at step %s",
+                       step, refresher.apply_latest(step))
+    return refresher
+
+
 def train(config: NegalignConfig | dict | str | None = None, **overrides) -> NegalignTrainer:
     """Train with any objective. `config` is a NegalignConfig, a dict of its fields, or a YAML recipe path;
     keyword overrides win. Returns the trainer (its `state.log_history` holds the logged metrics)."""
@@ -99,6 +126,8 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
                               data_collator=functools.partial(collate, row_tokens=config.packing_row_tokens),
                               processing_class=tokenizer, reference_models=reference_models)
+    if config.sampling == "refresh":
+        add_refresher(trainer, config, tokenizer, prepared.items)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     with open(os.path.join(config.output_dir, "train_log.json"), "w", encoding="utf-8") as handle:

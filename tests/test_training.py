@@ -134,3 +134,39 @@ def test_lora_saves_an_adapter_and_leaves_the_base_untouched(tiny_model_dir, fil
     assert "adapter_model.safetensors" in saved and "adapter_config.json" in saved
     adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert adapter and all("lora" in name for name in adapter)
+
+
+def test_refresh_sampling_changes_samples_and_training_continues(tiny_model_dir, files, tmp_path):
+    settings = _settings(tiny_model_dir, files, tmp_path, "d2o", max_steps=4, sampling="refresh", refresh_every=2,
+                         sample_max_new_tokens=5, sample_batch_size=3, per_device_train_batch_size=3)
+    static = negalign.train(**{**settings, "sampling": "static", "max_steps": 1, "output_dir": str(tmp_path / "s")})
+    before = [item["sequences"] for item in static.train_dataset]
+    trainer = negalign.train(**settings)
+    refreshed = tmp_path / "out" / "refreshed_samples" / "step-000002.jsonl"
+    assert refreshed.exists() and sum(1 for _ in open(refreshed)) == len(PROMPTS) * 2
+    assert not (tmp_path / "out" / "refreshed_samples" / "step-000004.jsonl").exists()  # no refresh after the end
+    after = [item["sequences"] for item in trainer.train_dataset]
+    assert all(b[0] == a[0] for b, a in zip(before, after))  # the human negative stays
+    assert all(b[1:] != a[1:] for b, a in zip(before, after))  # the samples are new
+    logs = trainer.state.log_history
+    assert any(h.get("refresh/step") == 2 for h in logs)
+    losses = [h["loss"] for h in logs if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses))), logs
+
+
+def test_resumed_refresh_run_matches_the_uninterrupted_one(tiny_model_dir, files, tmp_path):
+    import shutil
+
+    settings = _settings(tiny_model_dir, files, tmp_path, "d2o", max_steps=4, sampling="refresh", refresh_every=2,
+                         sample_max_new_tokens=5, save_strategy="steps", save_steps=3, learning_rate=1e-3)
+    negalign.train(**settings)
+    # what a run killed after its step-3 checkpoint leaves behind: the checkpoint and the step-2 refresh
+    shutil.copytree(tmp_path / "out", tmp_path / "killed")
+    for name in os.listdir(tmp_path / "killed"):
+        if name not in ("checkpoint-3", "refreshed_samples"):
+            path = tmp_path / "killed" / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    negalign.train(**{**settings, "output_dir": str(tmp_path / "killed"),
+                      "resume_from_checkpoint": str(tmp_path / "killed" / "checkpoint-3")})
+    full, resumed = _weights(tmp_path / "out"), _weights(tmp_path / "killed")
+    assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)

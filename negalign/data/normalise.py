@@ -147,8 +147,9 @@ def parse_prompt(value, where: str, field: str = "prompt") -> list[dict]:
     raise DataError(where, f"must be a string or a list of chat messages, got {_show(value)}", field)
 
 
-def parse_completion(value, where: str, field: str = "completion") -> str:
-    """A string, or (TRL conversational format) a list holding one assistant message."""
+def parse_completion(value, where: str, field: str = "completion", allow_empty: bool = False) -> str:
+    """A string, or (TRL conversational format) a list holding one assistant message. A model's own sample
+    may be empty (it answered with EOS at once): `allow_empty` keeps it, as an anchor it is still real."""
     if isinstance(value, list):
         messages = parse_messages(value, where, field)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
@@ -158,7 +159,7 @@ def parse_completion(value, where: str, field: str = "completion") -> str:
     elif not isinstance(value, str):
         raise DataError(where, f"must be a string or a list with one assistant message, got {_show(value)}",
                         field)
-    if not value.strip():
+    if not value.strip() and not allow_empty:
         raise DataError(where, "is empty; drop the row or give it a completion", field)
     return value
 
@@ -276,7 +277,7 @@ def normalise_record(record: dict, where: str, source: str, data_format: str = "
         return Normalised([make_row(prompt, completion, label=False, **common)])
     if not _present(record, "completion"):
         raise _missing(where, "completion", _SHAPES)
-    completion = parse_completion(record["completion"], where)
+    completion = parse_completion(record["completion"], where, allow_empty=origin == "self")
     label, score = _labels(record, where, kind, origin)
     return Normalised([make_row(prompt, completion, label=label, score=score, **common)])
 

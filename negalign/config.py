@@ -77,6 +77,7 @@ class NegalignConfig(TrainingArguments):
     lora_alpha: int = _opt(32, "LoRA alpha.")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
     lora_target_modules: str = _opt("all-linear", "Comma-separated module names, or 'all-linear'.")
+    max_nonfinite_steps: int = _opt(5, "A non-finite loss or gradient skips the step; this many in a row abort.")
     # Trainer defaults that suit this tool (overridable like any other field)
     output_dir: str = _opt("runs/negalign", "Where checkpoints, logs and the final model go.")
     remove_unused_columns: bool = _opt(False, "Kept False: negalign's collator needs every column.")

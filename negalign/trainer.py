@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import logging
+
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from negalign import objectives
 from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
@@ -45,6 +47,35 @@ def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, po
     raise ValueError(f"unknown objective {name!r}")
 
 
+logger = logging.getLogger("negalign")
+
+
+class NonFiniteGuard(TrainerCallback):
+    """A non-finite loss or gradient skips the optimizer step (gradients dropped, so AdamW leaves every
+    parameter alone) and is logged; `limit` bad steps in a row abort the run. Checkpoints already written
+    are the last good ones: no checkpoint is saved from a bad step."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if all(torch.isfinite(g).all() for g in grads):
+            self.in_a_row = 0
+            return
+        for p in model.parameters():
+            p.grad = None
+        self.in_a_row += 1
+        self.skipped += 1
+        logger.warning("negalign: non-finite loss/gradient at step %d: step skipped (%d in a row)",
+                       state.global_step + 1, self.in_a_row)
+        if self.in_a_row >= self.limit:
+            raise FloatingPointError(
+                f"{self.in_a_row} training steps in a row had a non-finite loss or gradient (last at step "
+                f"{state.global_step + 1}); aborted. Checkpoints in {args.output_dir} are from good steps. "
+                "Lower learning_rate or beta, use bf16: false, or check the data for extreme lengths.")
+
+
 def packed_from(inputs: dict) -> PackedBatch:
     return PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["target_positions"],
                        inputs["target_ids"], inputs["target_sequence"], inputs["completion_lengths"])
@@ -63,6 +94,8 @@ class NegalignTrainer(Trainer):
         self.reference_models = reference_models or {}
         self._metrics = defaultdict(list)
         self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
+        self.nonfinite_guard = NonFiniteGuard(self.args.max_nonfinite_steps)
+        self.add_callback(self.nonfinite_guard)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args, batch = self.args, packed_from(inputs)
@@ -100,6 +133,8 @@ class NegalignTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[f"{self.args.objective}/{key}"] = sum(values) / len(values)
             self._metrics.clear()
+        if "loss" in logs:
+            logs["skipped_nonfinite_steps"] = self.nonfinite_guard.skipped
         if self.pending_logs and "loss" in logs:
             logs.update(self.pending_logs)
             self.pending_logs.clear()

@@ -170,3 +170,41 @@ def test_resumed_refresh_run_matches_the_uninterrupted_one(tiny_model_dir, files
                       "resume_from_checkpoint": str(tmp_path / "killed" / "checkpoint-3")})
     full, resumed = _weights(tmp_path / "out"), _weights(tmp_path / "killed")
     assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)
+
+
+def _nan_on_steps(monkeypatch, bad_steps):
+    import negalign.trainer as trainer_module
+
+    real, calls = trainer_module.objective_loss, {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] in bad_steps else loss), metrics
+
+    monkeypatch.setattr(trainer_module, "objective_loss", sometimes_nan)
+
+
+def test_a_nan_step_is_skipped_and_training_goes_on(tiny_model_dir, files, tmp_path, monkeypatch):
+    _nan_on_steps(monkeypatch, bad_steps={1, 2, 3})
+    trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=3))
+    # three skipped steps: the weights are exactly the starting ones
+    start = _weights(tiny_model_dir)
+    assert all(torch.equal(start[k], v) for k, v in _weights(tmp_path / "out").items())
+    assert trainer.state.log_history[-2]["skipped_nonfinite_steps"] == 3
+    monkeypatch.undo()
+    _nan_on_steps(monkeypatch, bad_steps={2})
+    trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=3))
+    assert trainer.state.log_history[-2]["skipped_nonfinite_steps"] == 1
+    assert any(not torch.equal(start[k], v) for k, v in _weights(tmp_path / "out").items())
+
+
+def test_too_many_nan_steps_abort_and_keep_the_good_checkpoint(tiny_model_dir, files, tmp_path, monkeypatch):
+    _nan_on_steps(monkeypatch, bad_steps={3, 4, 5, 6})
+    with pytest.raises(FloatingPointError, match="2 training steps in a row"):
+        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=6, max_nonfinite_steps=2,
+                                   save_strategy="steps", save_steps=2))
+    checkpoints = sorted(os.listdir(tmp_path / "out"))
+    assert checkpoints == ["checkpoint-2"]
+    good = load_file(tmp_path / "out" / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())

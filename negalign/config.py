@@ -157,5 +157,13 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
                  for k in unknown]
         raise ValueError(f"{path or 'config'}: unknown option(s): {', '.join(hints)}; "
                          "see `negalign train --help` for every option")
+    for f in fields(NegalignConfig):  # YAML reads 1e-5 as a string (it wants 1.0e-5): coerce by field type
+        value = values.get(f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if isinstance(value, str) and kind.split(" |")[0] in ("float", "int"):
+            try:
+                values[f.name] = float(value) if kind.startswith("float") else int(value)
+            except ValueError:
+                raise ValueError(f"{path or 'config'}: {f.name} must be a number, got {value!r}") from None
     (config,) = HfArgumentParser(NegalignConfig).parse_dict(values)
     return config

@@ -19,6 +19,13 @@ def test_yaml_recipe_then_command_line_wins(tmp_path):
     assert (config.objective, config.beta, config.max_steps) == ("npo", 0.5, 7)
 
 
+def test_numbers_written_the_short_yaml_way_are_numbers(tmp_path):
+    config = load_config(None, {"learning_rate": "1e-5", "max_steps": "3", "output_dir": str(tmp_path)})
+    assert config.learning_rate == 1e-5 and config.max_steps == 3
+    with pytest.raises(ValueError, match="beta must be a number, got 'high'"):
+        load_config(None, {"beta": "high", "output_dir": str(tmp_path)})
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\): bta \(did you mean beta\?\)"):
         load_config(None, {"bta": 0.1, "output_dir": str(tmp_path)})

@@ -105,13 +105,30 @@ def cmd_sample(argv: list[str]) -> int:
     return 0
 
 
+def cmd_demo(argv: list[str]) -> int:
+    from negalign.demo import cmd_demo as run
+
+    return run(argv)
+
+
+def _evaluation(name: str):
+    def command(argv: list[str]) -> int:  # imported on use: evaluation pulls in matplotlib and the judge
+        from negalign.evaluation import commands
+
+        return getattr(commands, name)(argv)
+    return command
+
+
 COMMANDS = {
+    "demo": (cmd_demo, "the whole path on SmolLM2 + HH negatives: sample, train D2O (and baselines), eval, report"),
     "train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
     "sample": (cmd_sample, "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
-    "eval": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_eval, "answer held-out prompts and judge them: harm, over-refusal, preference accuracy, KL"),
-    "compare": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_compare, "report over runs/evals: report.json, report.md, PNG plots"),
-    "judge": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_judge, "the offline harm judge: `judge fit` re-makes it from XSTest, `judge score` scores answers"),
-    "llm-judge": (__import__("negalign.evaluation.commands", fromlist=["_"]).cmd_llm_judge, "pairwise win/tie/lose by an LLM over an OpenAI-compatible API"),
+    "eval": (_evaluation("cmd_eval"), "answer held-out prompts and judge them: harm, over-refusal, "
+             "preference accuracy, KL"),
+    "compare": (_evaluation("cmd_compare"), "report over runs/evals: report.json, report.md, PNG plots"),
+    "judge": (_evaluation("cmd_judge"), "the offline harm judge: `judge fit` re-makes it from XSTest, "
+              "`judge score` scores answers"),
+    "llm-judge": (_evaluation("cmd_llm_judge"), "pairwise win/tie/lose by an LLM over an OpenAI-compatible API"),
 }
 
 

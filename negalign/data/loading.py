@@ -77,6 +77,9 @@ def load_rows(source: str | os.PathLike, *, split: str | None = None, on_bad_row
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    from negalign.data.catalog import resolve_data
+
+    source = resolve_data(str(source))  # a catalog short name (hh-harmless-base, ...) -> local file or Hub
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}")
     rows: list[dict] = []

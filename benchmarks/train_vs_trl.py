@@ -1,0 +1,237 @@
+"""Training throughput and memory: negalign vs TRL on the same work, measured side by side in one run.
+
+Same model (SmolLM2-135M-Instruct), same data (HH harmless-base), same batch, max length, dtype (bf16
+autocast) and LoRA setting (r16 on all linear layers). Each trainer runs in its own subprocess so that
+peak RSS is its own. Comparisons:
+
+    dpo   negalign DPO            vs trl.DPOTrainer (4 pairs per step)
+    kto   negalign KTO            vs trl.KTOTrainer (the same pairs as 8 unpaired rows per step)
+    d2o   negalign D2O, K = 4     vs trl.KTOTrainer on the same rows unpaired (the human negative as
+                                   undesirable, the 4 self-samples as desirable: what a user would do instead)
+
+Completion tokens/s counts the completion tokens of the rows each trainer processed in the timed steps
+(the first `--warmup` steps are not timed), tokenised once with the same chat template and max length.
+matmul_peak_fraction = negalign's model FLOP/s / the bf16 matmul FLOP/s measured here; model FLOPs per
+step = (2 forward + 2 backward-through-activations) x non-embedding parameters x tokens, plus the LM head on
+completion tokens (LoRA: no weight gradients for the frozen base).
+
+    .venv/bin/python benchmarks/train_vs_trl.py --comparison dpo --steps 6
+
+Writes benchmarks/results/<comparison>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
+COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b
+    start = time.time()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.time() - start)
+
+
+def pairs(n: int) -> list[dict]:
+    from negalign.data import load_rows
+
+    rows, _ = load_rows(str(HH), on_bad_row="skip")
+    out: dict[int, dict] = {}
+    for row in rows:
+        if row["pair_id"] is not None:
+            out.setdefault(row["pair_id"], {"prompt": row["prompt"]})["chosen" if row["label"] else "rejected"] = \
+                row["completion"]
+    return [p for p in out.values() if "chosen" in p and "rejected" in p][:n]
+
+
+class StepClock:
+    """A TrainerCallback recording when each optimizer step ends."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.times.append(time.time())
+
+        self.times, self.callback = [time.time()], Callback()
+
+
+def worker(args) -> dict:
+    import torch
+
+    from negalign.models import load_model, load_tokenizer
+
+    started = time.time()
+    torch.manual_seed(0)
+    tokenizer, model = load_tokenizer(args.model), load_model(args.model)
+    work = pairs(args.batch * (args.steps + args.warmup))
+    samples_file = Path(args.tmp) / "samples.jsonl"
+    common = dict(per_device_train_batch_size=args.batch, max_steps=args.steps + args.warmup, learning_rate=1e-5,
+                  bf16=True, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+                  output_dir=str(Path(args.tmp) / args.worker), seed=0)
+    clock = StepClock()
+    if args.worker.startswith("negalign"):
+        from negalign.training import train
+
+        data = Path(args.tmp) / "pairs.jsonl"
+        data.write_text("".join(json.dumps(p) + "\n" for p in work))
+        objective = args.worker.split("-")[1]
+        config = {"model": args.model, "data": str(data), "objective": objective, "use_lora": True,
+                  "lora_r": 16, "lora_alpha": 32, "max_length": args.max_length,
+                  "max_prompt_length": args.max_length // 2, "cache_dir": str(Path(args.tmp) / "cache"), **common}
+        if objective == "d2o":
+            config.update(samples=str(samples_file), k=4)
+        if objective == "kto":  # pairs -> 2 rows each: the same rows per step as TRL at batch 2x
+            config["per_device_train_batch_size"] = args.batch * 2
+        del model
+        from negalign import trainer as trainer_module
+
+        real_init = trainer_module.NegalignTrainer.__init__
+
+        def init_with_clock(self, *a, **k):
+            real_init(self, *a, **k)
+            self.add_callback(clock.callback)
+            clock.times[0] = time.time()
+
+        trainer_module.NegalignTrainer.__init__ = init_with_clock
+        train(config)
+    else:
+        from datasets import Dataset
+        from peft import LoraConfig
+
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        if args.worker == "trl-dpo":
+            from trl import DPOConfig, DPOTrainer
+
+            rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                     "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in work]
+            trainer = DPOTrainer(model=model, args=DPOConfig(max_length=args.max_length, beta=0.1, **common),
+                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                 peft_config=lora, callbacks=[clock.callback])
+        else:
+            from trl import KTOConfig, KTOTrainer
+
+            if args.worker == "trl-kto-pairs":
+                rows = [r for p in work for r in (
+                    {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["chosen"]}], "label": True},
+                    {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["rejected"]}], "label": False})]
+                batch = args.batch * 2
+            else:  # the D2O rows unpaired: negative undesirable, 4 self-samples desirable
+                samples = [json.loads(line) for line in open(samples_file)]
+                rows = [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["rejected"]}], "label": False}
+                        for p in work]
+                rows += [{"prompt": s["prompt"], "completion": [{"role": "assistant", "content": s["completion"]}],
+                          "label": True} for s in samples]
+                batch = args.batch * 5
+            config = KTOConfig(max_length=args.max_length, beta=0.1, **{**common, "per_device_train_batch_size": batch})
+            trainer = KTOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tokenizer, peft_config=lora, callbacks=[clock.callback])
+        clock.times[0] = time.time()
+        trainer.train()
+    steps = [b - a for a, b in zip(clock.times, clock.times[1:])][args.warmup:]
+    return {"seconds_per_step": sorted(steps)[len(steps) // 2], "mean_seconds_per_step": sum(steps) / len(steps),
+            "step_seconds": [round(s, 2) for s in steps],
+            # everything, setup included (negalign's one-off reference log-prob pass, TRL's tokenisation)
+            "total_seconds": round(time.time() - started, 1),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def completion_tokens_per_step(args, comparison: str) -> tuple[float, float]:
+    """(completion tokens, all tokens) per step, tokenised once the way both tools see them."""
+    from negalign.data import encode
+    from negalign.models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    work = pairs(args.batch)
+    texts = [(p["prompt"], p["chosen"]) for p in work] + [(p["prompt"], p["rejected"]) for p in work]
+    if comparison == "d2o":
+        samples = [json.loads(line) for line in open(Path(args.tmp) / "samples.jsonl")][: 4 * args.batch]
+        texts = [(p["prompt"], p["rejected"]) for p in work] + [(s["prompt"], s["completion"]) for s in samples]
+    encoded = [encode(p, c, tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
+               for p, c in texts]
+    completion = sum(len(e.completion_ids) for e in encoded)
+    return completion, completion + sum(len(e.prompt_ids) for e in encoded)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comparison", choices=list(COMPETITOR), default="dpo")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4, help="pairs (or D2O examples) per step")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--tmp", default="/tmp/negalign-bench")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+    Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    if args.comparison == "d2o":
+        from negalign.models import load_model, load_tokenizer
+        from negalign.sampling import SamplingSettings, sample
+
+        prompts = [p["prompt"] for p in pairs(args.batch * (args.steps + args.warmup))]
+        sample(load_model(args.model), load_tokenizer(args.model), prompts, Path(args.tmp) / "samples.jsonl",
+               SamplingSettings(k=4, max_new_tokens=64), model_id=args.model)
+    workers = {"dpo": ("negalign-dpo", "trl-dpo"), "kto": ("negalign-kto", "trl-kto-pairs"),
+               "d2o": ("negalign-d2o", "trl-kto-d2o-rows")}[args.comparison]
+    results = {}
+    for name in workers:
+        command = [sys.executable, __file__, "--worker", name] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker",)]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        results[name] = json.loads(line[0][7:])
+        print(name, results[name], flush=True)
+    ours, theirs = (results[w] for w in workers)
+    completion, total = completion_tokens_per_step(args, args.comparison)
+    peak = matmul_peak()
+    from negalign.models import load_model
+
+    model = load_model(args.model)
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    head = model.get_output_embeddings().weight.numel()
+    step_flops = 4 * non_embedding * total + 4 * head * completion
+    result = {
+        "comparison": args.comparison, "competitor": COMPETITOR[args.comparison], "model": args.model,
+        "batch": args.batch, "max_length": args.max_length, "dtype": "bf16 autocast", "lora": "r16 all-linear",
+        "completion_tokens_per_step": completion, "tokens_per_step": total,
+        "negalign": ours, "competitor_result": theirs,
+        "negalign_tokens_per_s": round(completion / ours["seconds_per_step"], 1),
+        "competitor_tokens_per_s": round(completion / theirs["seconds_per_step"], 1),
+        "tokens_per_s_ratio": round(theirs["seconds_per_step"] / ours["seconds_per_step"], 2),
+        "peak_rss_ratio": round(ours["peak_rss_gb"] / theirs["peak_rss_gb"], 2),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "matmul_peak_fraction": round(step_flops / ours["seconds_per_step"] / peak, 3),
+        "command": f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
+                   f"--batch {args.batch} --max-length {args.max_length}",
+    }
+    out = Path(__file__).parent / "results" / f"{args.comparison}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

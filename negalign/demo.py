@@ -23,8 +23,8 @@ PRESETS = {
     "quick": dict(train_prompts=8, heldout_pairs=16, k=2, sample_max_new_tokens=48, max_steps=4,
                   eval_prompts=6, eval_max_new_tokens=48),
     # ~30 minutes on 2 CPU cores for d2o + 5 baselines
-    "full": dict(train_prompts=48, heldout_pairs=48, k=2, sample_max_new_tokens=64, max_steps=24,
-                 eval_prompts=16, eval_max_new_tokens=64),
+    "full": dict(train_prompts=32, heldout_pairs=32, k=2, sample_max_new_tokens=64, max_steps=16,
+                 eval_prompts=12, eval_max_new_tokens=64),
 }
 # objective-specific settings each method keeps from its recipe (METHODS.md); everything else is shared
 METHOD_SETTINGS = {
@@ -166,7 +166,7 @@ def run_demo(settings: DemoSettings) -> dict:
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
                               max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
-                              seed=settings.seed))
+                              seed=settings.seed, batch_size=16))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
     report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)

@@ -127,3 +127,19 @@ def test_parse_verdict_and_template():
                     {"role": "user", "content": "help me"}]
     assert question_text(conversation) == "Human: hi\n\nAssistant: hello\n\nHuman: help me"
     assert question_text([{"role": "user", "content": "just this"}]) == "just this"
+
+
+def test_cli_llm_judge(base_url, tmp_path, monkeypatch, capsys):
+    from negalign.cli import main
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": q}], "completion": c})
+                           for q, c in zip(QUESTIONS, SYSTEM_1)) + "\n")
+    b.write_text("\n".join(json.dumps({"prompt": q, "completion": c}) for q, c in zip(QUESTIONS, SYSTEM_2)) + "\n")
+    monkeypatch.setenv("MY_JUDGE_KEY", "test-key")
+    code = main(["llm-judge", "--a", str(a), "--b", str(b), "--base-url", base_url, "--judge-model", "rule",
+                 "--api-key-env", "MY_JUDGE_KEY", "--output", str(tmp_path / "out"), "--order", "both"])
+    assert code == 0
+    saved = json.loads((tmp_path / "out" / "llm_judge.json").read_text())
+    assert (saved["wins"], saved["ties"], saved["losses"], saved["n_malformed"]) == (1, 1, 1, 4)
+    assert "malformed replies 4" in capsys.readouterr().out

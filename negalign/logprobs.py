@@ -98,8 +98,34 @@ def _decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def _unwrapped(model):
+    """The model inside a distributed wrapper (DDP, FSDP, DeepSpeed keep it in `.module`)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def token_logps(model, batch: PackedBatch, chunk_size: int = 512) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32."""
+    """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32.
+
+    A distributed wrapper does its work in its own forward: DDP arms the gradient all-reduce there (without
+    it every process silently trains on its own shard), FSDP gathers the sharded weights. So a wrapped model
+    runs this whole computation as the forward of the model it wraps."""
+    inner = _unwrapped(model)
+    if inner is model:
+        return _token_logps(model, batch, chunk_size)
+    saved = inner.__dict__.get("forward")  # accelerate may have replaced forward (mixed precision)
+    inner.forward = lambda: _token_logps(inner, batch, chunk_size)
+    try:
+        return model()
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
+
+
+def _token_logps(model, batch: PackedBatch, chunk_size: int) -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
     hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head

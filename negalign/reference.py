@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from negalign.logprobs import Sequence, pack_sequences, sequence_logps
+
+logger = logging.getLogger("negalign")
 
 
 def model_fingerprint(model) -> str:
@@ -71,13 +74,29 @@ def compute_logps(model, sequences: list[Sequence], max_tokens: int = 4096, auto
     return out
 
 
+def _read_cache(path: Path, n_sequences: int) -> torch.Tensor | None:
+    """The cached log-probs, or None (with a warning) for a file that is unreadable or of the wrong shape:
+    writes are atomic, so that takes a damaged disk or a copy cut short, and the values are recomputed."""
+    try:
+        logps = load_file(path)["logps"]
+        if logps.shape == (n_sequences,):
+            return logps
+        problem = f"holds {tuple(logps.shape)} values for {n_sequences} sequences"
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        problem = f"cannot be read ({type(error).__name__}: {error})"
+    logger.warning("negalign: reference cache %s %s; computing it again", path, problem)
+    return None
+
+
 def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike, max_tokens: int = 4096,
                            autocast_bf16: bool = False, row_tokens: int = 1024) -> tuple[torch.Tensor, bool]:
     """(summed log-probs [S], whether they came from the cache)."""
     key = f"{model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
     if path.exists():
-        return load_file(path)["logps"], True
+        cached = _read_cache(path, len(sequences))
+        if cached is not None:
+            return cached, True
     logps = compute_logps(model, sequences, max_tokens, autocast_bf16, row_tokens=row_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)

@@ -100,7 +100,8 @@ class NegalignTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args, batch = self.args, packed_from(inputs)
         shape = (-1, int(inputs["slots"]))
-        tokens = token_logps(model, batch)
+        with self.accelerator.autocast():  # bf16: the mixed precision the cached reference was computed in
+            tokens = token_logps(model, batch)
         policy_sum = reduce_token_logps(tokens, batch, "sum").view(shape)
         policy = policy_sum if args.logp_reduction == "sum" else policy_sum / batch.completion_lengths.view(shape)
         ref = self.reference_logps(model, inputs, batch, shape)
@@ -115,7 +116,7 @@ class NegalignTrainer(Trainer):
         if "ref_logps" in inputs:
             ref_sum = inputs["ref_logps"].view(shape)
         elif self.args.reference == "adapter_disabled":
-            with model.disable_adapter():
+            with self.accelerator.unwrap_model(model).disable_adapter(), self.accelerator.autocast():
                 ref_sum = reduce_token_logps(token_logps(model, batch), batch, "sum").view(shape)
         elif self.reference_models:
             ref_sum = reduce_token_logps(token_logps(self.reference_models["minus"], batch), batch).view(shape)
@@ -129,9 +130,9 @@ class NegalignTrainer(Trainer):
         return ref_sum
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._metrics and "loss" in logs:
-            for key, values in self._metrics.items():
-                logs[f"{self.args.objective}/{key}"] = sum(values) / len(values)
+        if self._metrics and "loss" in logs:  # every process logs here (Trainer gathered the loss first)
+            for key, value in self._merged_metrics().items():
+                logs[f"{self.args.objective}/{key}"] = value
             self._metrics.clear()
         if "loss" in logs:
             logs["skipped_nonfinite_steps"] = self.nonfinite_guard.skipped
@@ -139,6 +140,16 @@ class NegalignTrainer(Trainer):
             logs.update(self.pending_logs)
             self.pending_logs.clear()
         super().log(logs, start_time)
+
+    def _merged_metrics(self) -> dict[str, float]:
+        """Metric means over every process: each one saw only its shard of the global batch."""
+        local = {key: sum(values) / len(values) for key, values in self._metrics.items()}
+        if self.args.world_size == 1:
+            return local
+        gathered = [None] * self.args.world_size
+        torch.distributed.all_gather_object(gathered, local)
+        keys = sorted({key for metrics in gathered for key in metrics})
+        return {key: sum(m[key] for m in gathered if key in m) / sum(key in m for m in gathered) for key in keys}
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)

@@ -7,15 +7,17 @@ import functools
 import json
 import logging
 import os
+import re
+import tempfile
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
+from negalign.data import DataError
 from negalign.dataset import attach_reference_logps, collate, prepare_items
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
-from negalign.refresh import SampleRefresher, no_context
+from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
 from negalign.trainer import NegalignTrainer
 
 logger = logging.getLogger("negalign")
@@ -36,6 +38,105 @@ def _reference_names(config: NegalignConfig) -> tuple[str, str]:
     minus = config.ref_model or config.model
     plus = config.ref_plus_model or minus
     return minus, plus
+
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` cannot be resumed from (None if it can). Trainer writes a checkpoint in place and its
+    trainer_state.json last, so a run killed while saving leaves a folder without a readable state."""
+    state = os.path.join(folder, "trainer_state.json")
+    if not os.path.isdir(folder):
+        return "does not exist"
+    try:
+        with open(state, encoding="utf-8") as handle:
+            json.load(handle)["global_step"]
+    except (OSError, ValueError, KeyError):
+        return ("has no readable trainer_state.json (not a Trainer checkpoint, or one cut short by a kill while "
+                "it was being saved)")
+    names = os.listdir(folder)
+    if not any(n.endswith((".safetensors", ".safetensors.index.json", ".bin")) or n.startswith("global_step")
+               or n.startswith("pytorch_model_fsdp") for n in names):
+        return "is incomplete (no model weights)"
+    return None
+
+
+def resolve_checkpoint(config: NegalignConfig) -> str | None:
+    """`resume_from_checkpoint`: a folder (refused with a clear message if incomplete), or true for the newest
+    complete checkpoint-N in output_dir (incomplete ones, left by a kill during a save, are passed over)."""
+    wanted = config.resume_from_checkpoint
+    if wanted in (None, False, "", "False", "false"):
+        return None
+    if wanted is True or str(wanted).lower() == "true":
+        found = []
+        if os.path.isdir(config.output_dir):
+            found = sorted(((int(m.group(1)), name) for name in os.listdir(config.output_dir)
+                            if (m := CHECKPOINT_DIR.match(name))), reverse=True)
+        for _, name in found:
+            folder = os.path.join(config.output_dir, name)
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                return folder
+            logger.warning("negalign: passing over %s: it %s", folder, problem)
+        raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
+                         "folder; train without resume_from_checkpoint, or point output_dir at the run to resume")
+    problem = checkpoint_problem(str(wanted))
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint: {wanted} {problem}; resume from an earlier checkpoint-N, or "
+                         "set resume_from_checkpoint: true to take the newest complete one")
+    return str(wanted)
+
+
+def check_launch(config: NegalignConfig) -> None:
+    """A multi-process launch that the config does not join would train N independent copies that all
+    write output_dir (what happens under `accelerate launch`/`torchrun` on a machine without GPUs unless
+    use_cpu is set, since only use_cpu selects the gloo backend there)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and config.world_size != launched:
+        raise ValueError(f"launched as {launched} processes, but training would run in {config.world_size}: "
+                         "on a machine without GPUs set use_cpu: true (the gloo backend); see docs/distributed.md")
+    if launched > 1 and config.sampling == "refresh":
+        raise ValueError("sampling: 'refresh' runs in one process only for now (every process would append the "
+                         "same refreshed samples to one file); train it without a multi-process launcher")
+
+
+def check_refresh_folder(config: NegalignConfig, checkpoint: str | None) -> None:
+    """Refreshed samples are keyed by step, not by the weights that drew them: a new run (not a resume) must
+    not find an earlier run's in its output_dir, or it would train on that run's samples."""
+    folder = os.path.join(config.output_dir, "refreshed_samples")
+    if config.sampling != "refresh" or checkpoint or not os.path.isdir(folder):
+        return
+    if any(REFRESH_FILE.search(name) for name in os.listdir(folder)):
+        raise ValueError(f"{folder} holds samples refreshed by an earlier run; a new run would reuse them as its "
+                         "own. Resume that run (resume_from_checkpoint: true), or use another output_dir, or "
+                         "delete the folder")
+
+
+def _check_sources(config: NegalignConfig) -> None:
+    """Fail on a missing local data or samples file before the tokenizer (and a model conversion) loads."""
+    from negalign.data.readers import iter_records, looks_like_path
+
+    for key in ("data", "samples"):
+        name = getattr(config, key)
+        if name and looks_like_path(str(name)) and not os.path.exists(os.path.expanduser(str(name))):
+            try:
+                iter_records(str(name))
+            except DataError as error:
+                raise DataError(error.where, f"{error.reason} (set by `{key}`)") from None
+
+
+def write_json_atomic(path: str, value) -> None:
+    """Write JSON to a temporary file beside `path` and rename it into place: never a half-written file."""
+    handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as sink:
+            json.dump(value, sink, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> dict:
@@ -73,7 +174,8 @@ def apply_lora(model, config: NegalignConfig):
     return get_peft_model(model, lora)
 
 
-def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict]) -> SampleRefresher:
+def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict],
+                  checkpoint: str | None = None) -> SampleRefresher:
     """D2O `sampling: refresh`; on resume, reload the newest refresh the checkpoint had seen."""
     def reference_loader():
         minus_name, _ = _reference_names(config)
@@ -87,10 +189,7 @@ def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict])
     refresher = SampleRefresher(config, tokenizer, items, prompts, reference_loader)
     refresher.trainer = trainer
     trainer.add_callback(refresher)
-    checkpoint = config.resume_from_checkpoint
     if checkpoint:
-        if checkpoint is True or checkpoint == "True":
-            checkpoint = get_last_checkpoint(config.output_dir)
         with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
             step = json.load(handle)["global_step"]
         logger.warning("negalign: resumed at step %d with the samples refreshed at step %s",
@@ -104,6 +203,10 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     config = _as_config(config, overrides)
     if not config.data:
         raise ValueError("no training data: set `data` to a feedback file or data set name")
+    check_launch(config)
+    checkpoint = resolve_checkpoint(config)
+    check_refresh_folder(config, checkpoint)
+    _check_sources(config)
     tokenizer = load_tokenizer(config.model)
     prepared = prepare_items(config, tokenizer)
     if not prepared.items:
@@ -113,7 +216,10 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     reference_models = None
     if config.objective not in REFERENCE_FREE:
         if config.reference == "cached":
-            logger.warning("negalign: reference log-probs: %s", cache_reference_logps(config, prepared.items, model))
+            # one process per node computes and caches; the others then read the cache (written atomically)
+            with config.main_process_first(local=True, desc="reference log-probs"):
+                report = cache_reference_logps(config, prepared.items, model)
+            logger.warning("negalign: reference log-probs: %s", report)
         elif config.reference == "live":
             minus_name, plus_name = _reference_names(config)
             load = lambda name: (copy.deepcopy(model) if name == config.model else load_model(name)).eval()  # noqa: E731
@@ -127,9 +233,10 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
                               data_collator=functools.partial(collate, row_tokens=config.packing_row_tokens),
                               processing_class=tokenizer, reference_models=reference_models)
     if config.sampling == "refresh":
-        add_refresher(trainer, config, tokenizer, prepared.items)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
-    with open(os.path.join(config.output_dir, "train_log.json"), "w", encoding="utf-8") as handle:
-        json.dump({"data": prepared.summary(), "log_history": trainer.state.log_history}, handle, indent=2)
+    if trainer.args.should_save:  # the main process only, as for the model
+        write_json_atomic(os.path.join(config.output_dir, "train_log.json"),
+                          {"data": prepared.summary(), "log_history": trainer.state.log_history})
     return trainer

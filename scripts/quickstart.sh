@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/negalign sample --data ../shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz --on-bad-row skip \
-  --output runs/samples/hh-smollm2-k4.jsonl --k 4 --max-prompts 16 --batch-size 8 --max-new-tokens 96 --bf16
+  --output runs/samples/hh-smollm2-k4.jsonl --k 4 --max-prompts 16 --batch-size 8 --max-new-tokens 96
 .venv/bin/negalign train --config configs/d2o.yaml max_prompts=16 "$@"

@@ -40,7 +40,8 @@ def build_examples(rows: list[dict], objective: str, *, samples: list[dict] | No
     matched by `prompt_key` and ordered by sample_index. A prompt with several negatives gives one
     example each, all sharing the prompt's samples. `k=None` uses every sample a prompt has but
     requires the same count for every prompt; `k=n` takes the first n (DataError if a prompt has
-    fewer); `k=0` gives no samples. `samples` and `k` are used by d2o only.
+    fewer); `k=0` gives no samples. With samples present and k != 0, a prompt that has none is a
+    DataError naming its negative's source (samples made from other data). `samples` and `k` are used by d2o only.
 
     Raises DataError when the rows hold nothing the objective can use, ValueError for an unknown name.
     """
@@ -78,6 +79,16 @@ def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[di
     for negative in negatives:
         first_negative.setdefault(prompt_key(negative["prompt"]), negative)
     counts = {key: len(by_prompt.get(key, [])) for key in first_negative}
+    unsampled = [key for key, count in counts.items() if count == 0]
+    if pool and k != 0 and unsampled:
+        # samples exist but miss some prompts: made from other data, cut short, or --max-prompts too small
+        covered = len(counts) - len(unsampled)
+        raise DataError(first_negative[unsampled[0]]["source"],
+                        f"this prompt has 0 self-samples in {_where(pool)}, which covers {covered} of the "
+                        f"{len(counts)} prompts with a negative ({len(unsampled)} have none; {len(by_prompt)} "
+                        "prompts have samples); the samples were made from other data or cut short: run "
+                        "`negalign sample` on this data file (rerunning it finishes an interrupted file), or "
+                        "set k=0 to train without samples")
     if k is None:
         common, _ = Counter(counts.values()).most_common(1)[0]
         for key, count in counts.items():

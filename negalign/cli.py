@@ -47,7 +47,13 @@ def cmd_train(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"negalign train: {error}", file=sys.stderr)
         return 2
-    trainer = train(config)
+    try:
+        trainer = train(config)
+    except (ValueError, FileNotFoundError) as error:  # bad data or settings: the message says what to fix
+        print(f"negalign train: {error}", file=sys.stderr)
+        return 2
+    if not trainer.is_world_process_zero():
+        return 0
     last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
     print(f"negalign: trained {trainer.state.global_step} steps of {config.objective}; "
           f"last loss {last.get('loss', float('nan')):.4f}; saved to {config.output_dir}")

@@ -87,8 +87,8 @@ def prepare_items(config, tokenizer) -> PreparedData:
     for example in examples:
         sequences = []
         for completion in example_slots(config.objective, example):
-            encoded = encode(example["prompt"], completion, tokenizer,
-                             max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+            encoded = encode(example["prompt"], completion, tokenizer, max_length=config.max_length,
+                             max_prompt_length=config.max_prompt_length, source=example.get("source"))
             n_prompt_cut += encoded.prompt_truncated
             n_completion_cut += encoded.completion_truncated
             sequences.append((encoded.prompt_ids, encoded.completion_ids))

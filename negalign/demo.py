@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from negalign.files import atomic_write_text
+
 PRESETS = {
     # ~4 minutes on 2 CPU cores
     "quick": dict(train_prompts=8, heldout_pairs=16, k=2, sample_max_new_tokens=48, max_steps=4,
@@ -109,7 +111,7 @@ def run_demo(settings: DemoSettings) -> dict:
     out = Path(settings.output)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()
-    (out / "demo_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    atomic_write_text(out / "demo_config.json", json.dumps(asdict(settings), indent=2) + "\n")
 
     clock = time.time()
     base = resolve_model_path(settings.model)
@@ -171,7 +173,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)
     timings["total"] = time.time() - started
-    (out / "demo_timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
     return report
 

@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import yaml
 
+from negalign.files import atomic_write_text
+
 PACKAGES = ("negalign", "torch", "transformers", "datasets", "peft", "accelerate")
 
 
@@ -25,7 +27,6 @@ def package_versions() -> dict[str, str]:
 def write_provenance(output_dir: str, config) -> None:
     os.makedirs(output_dir, exist_ok=True)
     resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
-    with open(os.path.join(output_dir, "negalign_config.yaml"), "w", encoding="utf-8") as handle:
-        yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), handle, sort_keys=True)
-    with open(os.path.join(output_dir, "versions.json"), "w", encoding="utf-8") as handle:
-        json.dump(package_versions(), handle, indent=2)
+    atomic_write_text(os.path.join(output_dir, "negalign_config.yaml"),
+                      yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True))
+    atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))

@@ -13,6 +13,8 @@ h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-p
 
 from __future__ import annotations
 
+from negalign.files import atomic_write_text
+
 import argparse
 import json
 import math
@@ -225,7 +227,7 @@ def evaluate(settings: EvalSettings) -> dict:
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
     }
     result = finite(result)
-    (output / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(output / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 

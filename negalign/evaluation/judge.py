@@ -20,6 +20,8 @@ runs with no data present; `negalign judge fit` re-makes it from the XSTest file
 
 from __future__ import annotations
 
+from negalign.files import atomic_write_text
+
 import argparse
 import csv
 import json
@@ -300,7 +302,7 @@ def cmd_judge(argv: list[str]) -> int:
         print(f"head written to {args.asset}")
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.results, json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.results}")
     return 0
 

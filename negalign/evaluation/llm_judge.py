@@ -17,6 +17,8 @@ to use another.
 
 from __future__ import annotations
 
+from negalign.files import atomic_write_text
+
 import argparse
 import http.client
 import json
@@ -244,7 +246,7 @@ def cmd_llm_judge(argv: list[str]) -> int:
                    "command": "negalign llm-judge " + " ".join(argv)})
     output = Path(args.output or (args.a if Path(args.a).is_dir() else Path(args.a).parent))
     output.mkdir(parents=True, exist_ok=True)
-    (output / "llm_judge.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(output / "llm_judge.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"A vs B over {result['n_judged']}/{result['n_items']} items: win {fmt(result['win'])}, "
           f"tie {fmt(result['tie'])}, lose {fmt(result['lose'])}; malformed replies {result['n_malformed']}, "

@@ -8,6 +8,8 @@ error bars), suites.png (per-suite rates) and training_curves.png (every logged 
 
 from __future__ import annotations
 
+from negalign.files import atomic_write_text
+
 import argparse
 import json
 import math
@@ -281,8 +283,8 @@ def compare(paths: list[str], output: str | Path) -> dict:
         if make(output / name):
             plots.append(str(output / name))
     report = {"runs": summaries, "plots": plots}
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output / "report.md").write_text(markdown(summaries, plots), encoding="utf-8")
+    atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(output / "report.md", markdown(summaries, plots))
     return report
 
 

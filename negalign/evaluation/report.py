@@ -69,10 +69,15 @@ def summarise(run: dict) -> dict:
         out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
                                 "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
                          for name, s in ev.get("suites", {}).items()}
+        for key in ("harmful_compliance", "benign_refusal"):  # flat keys with their 95 % intervals
+            entry = out[key] or {}
+            out[f"{key}_rate"] = entry.get("rate")
+            out[f"{key}_rate_95ci"] = [entry.get("low"), entry.get("high")] if entry else None
         pref = ev.get("preference") or {}
         out["preference_accuracy"] = pref.get("accuracy")
         out["mean_margin"] = pref.get("mean_margin")
         out["chosen_nll_per_token"] = pref.get("chosen_nll_per_token")
+        out["heldout_nll"] = pref.get("chosen_nll_per_token")  # per token, on held-out chosen answers
         out["kl"] = (ev.get("kl") or {}).get("kl")
         answered = [s for s in ev.get("suites", {}).values()]
         total = sum(s["n"] for s in answered)

@@ -47,15 +47,10 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def pairs(n: int) -> list[dict]:
-    from negalign.data import load_rows
+    from negalign.data import complete_pairs, load_rows
 
     rows, _ = load_rows(str(HH), on_bad_row="skip")
-    out: dict[int, dict] = {}
-    for row in rows:
-        if row["pair_id"] is not None:
-            out.setdefault(row["pair_id"], {"prompt": row["prompt"]})["chosen" if row["label"] else "rejected"] = \
-                row["completion"]
-    return [p for p in out.values() if "chosen" in p and "rejected" in p][:n]
+    return complete_pairs(rows)[:n]
 
 
 class StepClock:

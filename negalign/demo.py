@@ -70,18 +70,12 @@ class DemoSettings:
 
 def split_by_prompt(data: str, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
     """HH pairs -> (train, held-out) lists of {prompt, chosen, rejected}, disjoint by prompt."""
-    from negalign.data import load_rows, prompt_key
+    from negalign.data import complete_pairs, load_rows, prompt_key
 
     rows, _ = load_rows(data, on_bad_row="skip")  # catalog names resolve under the data directory
-    pairs: dict[int, dict] = {}
-    for row in rows:
-        if row["pair_id"] is not None:
-            pairs.setdefault(row["pair_id"], {"prompt": row["prompt"]})["chosen" if row["label"] else "rejected"] = \
-                row["completion"]
     by_prompt: dict[str, list[dict]] = {}
-    for pair in pairs.values():
-        if "chosen" in pair and "rejected" in pair:
-            by_prompt.setdefault(prompt_key(pair["prompt"]), []).append(pair)
+    for pair in complete_pairs(rows):
+        by_prompt.setdefault(prompt_key(pair["prompt"]), []).append(pair)
     keys = sorted(by_prompt)
     random.Random(seed).shuffle(keys)
     if n_train + n_heldout > len(keys):
@@ -92,9 +86,7 @@ def split_by_prompt(data: str, n_train: int, n_heldout: int, seed: int) -> tuple
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _log(message: str) -> None:

@@ -685,3 +685,21 @@ def test_encode_accepts_batch_encoding_from_apply_chat_template(tok):
                                                          tokenize=True, return_dict=False)}
 
     assert encode(CONVERSATION, ANSWER, OldStyle()) == encode(CONVERSATION, ANSWER, tok)
+
+
+def test_complete_pairs_rebuild_pairs_in_file_order_and_drop_broken_ones():
+    from negalign.data import complete_pairs
+
+    user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    rows = [
+        {"prompt": user("a"), "completion": "good a", "label": True, "pair_id": 0},
+        {"prompt": user("a"), "completion": "bad a", "label": False, "pair_id": 0},
+        {"prompt": user("b"), "completion": "bad b", "label": False, "pair_id": 1},  # its chosen was skipped
+        {"prompt": user("c"), "completion": "lone", "label": False, "pair_id": None},
+        {"prompt": user("d"), "completion": "bad d", "label": False, "pair_id": 2},
+        {"prompt": user("d"), "completion": "good d", "label": True, "pair_id": 2},
+    ]
+    assert complete_pairs(rows) == [
+        {"prompt": user("a"), "chosen": "good a", "rejected": "bad a"},
+        {"prompt": user("d"), "chosen": "good d", "rejected": "bad d"},
+    ]

@@ -12,10 +12,10 @@ from negalign.data.errors import DataError
 from negalign.data.examples import OBJECTIVES, build_examples
 from negalign.data.loading import LoadStats, load_rows
 from negalign.data.normalise import DATA_FORMATS, parse_hh_transcript
-from negalign.data.rows import Row, group_by_prompt, pairs_to_negatives, prompt_key
+from negalign.data.rows import Row, complete_pairs, group_by_prompt, pairs_to_negatives, prompt_key
 
 __all__ = [
     "DATA_FORMATS", "OBJECTIVES", "DataError", "Encoded", "LoadStats", "Row", "TruncationStats",
-    "build_examples", "encode", "group_by_prompt", "load_rows", "pairs_to_negatives", "parse_hh_transcript",
+    "build_examples", "complete_pairs", "encode", "group_by_prompt", "load_rows", "pairs_to_negatives", "parse_hh_transcript",
     "prompt_key",
 ]

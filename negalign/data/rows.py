@@ -40,6 +40,17 @@ def group_by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def complete_pairs(rows: list[dict]) -> list[dict]:
+    """Paired rows back to {prompt, chosen, rejected}, in pair_id (file) order; pairs that lost a side
+    (a bad row skipped) are left out."""
+    pairs: dict[int, dict] = {}
+    for row in rows:
+        if row.get("pair_id") is not None:
+            pair = pairs.setdefault(row["pair_id"], {"prompt": row["prompt"]})
+            pair["chosen" if row["label"] else "rejected"] = row["completion"]
+    return [p for _, p in sorted(pairs.items()) if "chosen" in p and "rejected" in p]
+
+
 def pairs_to_negatives(rows: list[dict]) -> list[dict]:
     """Drop the chosen side of every pair, as the D2O paper does with preference data; the rejected side
     becomes a standalone negative (pair_id None, source kept). Rows outside pairs pass through unchanged."""

@@ -62,17 +62,10 @@ def default_output(model: str) -> str:
 def held_out_pairs(path: str | os.PathLike, n: int) -> list[dict]:
     """The LAST n chosen/rejected pairs of a preference file: {prompt, chosen, rejected}. Training with
     max_examples reads a file from its start, so its end is the part a short run has not seen."""
-    from negalign.data import load_rows
+    from negalign.data import complete_pairs, load_rows
 
     rows, _ = load_rows(str(path), on_bad_row="skip")
-    pairs: dict[int, dict] = {}
-    for row in rows:
-        if row.get("pair_id") is None:
-            continue
-        pair = pairs.setdefault(row["pair_id"], {"prompt": row["prompt"]})
-        pair["chosen" if row["label"] else "rejected"] = row["completion"]
-    complete = [p for _, p in sorted(pairs.items()) if "chosen" in p and "rejected" in p]
-    return complete[-n:] if n else []
+    return complete_pairs(rows)[-n:] if n else []
 
 
 def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float], n_resamples: int, seed: int) -> dict:

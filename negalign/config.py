@@ -61,8 +61,8 @@ class NegalignConfig(TrainingArguments):
     # tokenisation
     max_length: int = _opt(512, "Max prompt+completion tokens; completions are cut at the end.")
     max_prompt_length: int = _opt(256, "Max prompt tokens; prompts keep their last tokens (latest turns).")
-    packing_row_tokens: int = _opt(1024, "Sequences are packed padding-free into rows of at most this many tokens "
-                                   "(bounded rows keep attention cost linear in the batch on CPU).")
+    share_prompts: bool = _opt(True, "Encode a prompt shared by several completions of an example (D2O's negative "
+                               "and samples, DPO's pair) once per step; exact, and faster (see docs/benchmarks.md).")
     # reference models
     reference: str = _opt("cached", "'cached': reference log-probs computed once before training and cached "
                           "on disk (no reference in memory while training); 'live': a frozen reference model "

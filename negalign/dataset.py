@@ -103,12 +103,13 @@ def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
         item["ref_logps"] = row
 
 
-def collate(items: list[dict], row_tokens: int | None = 1024) -> dict[str, torch.Tensor]:
-    """Pack every slot of every example padding-free (flat tensors, so Trainer moves them to the device)."""
+def collate(items: list[dict], share_prompts: bool = True) -> dict[str, torch.Tensor]:
+    """Pack every slot of every example padding-free, each example's prompt once (tensors, so Trainer moves
+    them to the device)."""
     slots = len(items[0]["sequences"])
-    batch = pack_sequences([seq for item in items for seq in item["sequences"]], row_tokens)
+    batch = pack_sequences([seq for item in items for seq in item["sequences"]], share_prompts)
     out = {
-        "input_ids": batch.input_ids, "position_ids": batch.position_ids,
+        "input_ids": batch.input_ids, "position_ids": batch.position_ids, "blocks": batch.blocks,
         "target_positions": batch.target_positions, "target_ids": batch.target_ids,
         "target_sequence": batch.target_sequence, "completion_lengths": batch.completion_lengths,
         "slots": torch.tensor(slots),

@@ -1,12 +1,19 @@
-"""Per-sequence completion log-probs, padding-free, with the LM head applied only where it is needed.
+"""Per-sequence completion log-probs, padding-free, with shared prompts encoded once and the LM head applied
+only where it is needed.
 
-A batch of (prompt_ids, completion_ids) sequences is packed into rows of bounded length with position ids
-that restart at every sequence; transformers turns restarting position ids (and no attention mask) into a
-block-diagonal causal mask, so sequences never see each other and almost no padding passes through the
-model (only the tail that evens out the rows, as a separate dummy block). The decoder's hidden states are then gathered
-at the positions that predict completion tokens, and only those go through the LM head, in chunks, so the
-vocabulary-sized log-softmax never covers prompt tokens and peak memory does not scale with
-vocabulary x full length.
+A batch of (prompt_ids, completion_ids) sequences is laid out in one row with no padding at all. Sequences
+that share a prompt (D2O's negative and K self-samples, DPO's chosen and rejected, KTO's completion and
+its mismatched partner) are laid out as the prompt once, followed by each completion. Attention runs block
+by block (`block_attention`): a block is a run of positions that attends causally to itself and, for a
+completion, to all of its prompt. Position ids restart at 0 for every prompt and continue from the prompt's
+length in every completion, so each completion sees exactly what it would see alone: the log-probs equal
+the unshared, unpacked computation (tested), and gradients from every completion flow back through the one
+shared copy of the prompt.
+
+The decoder's hidden states are then gathered at the positions that predict completion tokens (the last
+prompt position predicts the first token of every completion that shares it), and only those go through
+the LM head, in chunks, so the vocabulary-sized log-softmax never covers prompt tokens and peak memory does
+not scale with vocabulary x full length.
 
 `logp(y|x)` is the sum over completion tokens (METHODS.md); "mean" divides by the completion length.
 """
@@ -16,15 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
+
+BLOCK_ATTENTION = "negalign_blocks"
 
 
 @dataclass
 class PackedBatch:
-    input_ids: torch.Tensor  # [R, L]: R packed rows
-    position_ids: torch.Tensor  # [R, L]
-    target_positions: torch.Tensor  # [M] flat (row * L + column) positions whose logits score a completion token
+    input_ids: torch.Tensor  # [1, T]: every sequence of the batch in one row, no padding
+    position_ids: torch.Tensor  # [1, T]
+    blocks: torch.Tensor  # [N, 4]: (start, length, prefix_start, prefix_length); prefix = the shared prompt
+    target_positions: torch.Tensor  # [M] positions whose hidden state predicts a completion token
     target_ids: torch.Tensor  # [M]
     target_sequence: torch.Tensor  # [M] which sequence each target belongs to
     completion_lengths: torch.Tensor  # [S]
@@ -35,62 +49,90 @@ class PackedBatch:
 
     def to(self, device) -> "PackedBatch":
         return PackedBatch(*(t.to(device) for t in (
-            self.input_ids, self.position_ids, self.target_positions, self.target_ids,
+            self.input_ids, self.position_ids, self.blocks, self.target_positions, self.target_ids,
             self.target_sequence, self.completion_lengths)))
 
 
-def _bin_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]:
-    """First-fit-decreasing bins of sequence indices, each at most row_tokens long (or one long sequence).
-    Bounded rows matter on CPU: SDPA's masked path costs rows x length^2, so one 4k-token row spends most
-    of its attention on blocks that the block-diagonal mask throws away."""
-    if row_tokens is None:
-        return [list(range(len(lengths)))]
-    bins, room = [], []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for b, free in enumerate(room):
-            if lengths[index] <= free:
-                bins[b].append(index)
-                room[b] -= lengths[index]
-                break
-        else:
-            bins.append([index])
-            room.append(row_tokens - lengths[index])
-    return [sorted(b) for b in bins]
-
-
-def pack_sequences(sequences: list[Sequence], row_tokens: int | None = None) -> PackedBatch:
-    """Pack sequences padding-free into rows of at most row_tokens (None: a single row). Rows shorter than
-    the longest are filled with a dummy block whose positions restart at 0, so it attends only to itself
-    and its outputs are never read."""
-    lengths = []
+def pack_sequences(sequences: list[Sequence], share_prompts: bool = True) -> PackedBatch:
+    """Lay sequences out in one row. With share_prompts, sequences with identical prompt ids become
+    [prompt, completion 1, completion 2, ...]: the prompt is encoded once for all of them."""
+    groups: dict[tuple, list[int]] = {}
     for index, (prompt_ids, completion_ids) in enumerate(sequences):
         if not prompt_ids or not completion_ids:
             raise ValueError(f"sequence {index}: prompt and completion must both have at least one token")
-        lengths.append(len(prompt_ids) + len(completion_ids))
-    rows = _bin_rows(lengths, row_tokens)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    position_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    where = {}  # sequence index -> flat offset of its first token
-    for r, row in enumerate(rows):
-        offset = 0
-        for index in row:
-            prompt_ids, completion_ids = sequences[index]
-            input_ids[r, offset:offset + lengths[index]] = torch.tensor(list(prompt_ids) + list(completion_ids))
-            position_ids[r, offset:offset + lengths[index]] = torch.arange(lengths[index])
-            where[index] = r * width + offset
-            offset += lengths[index]
-        position_ids[r, offset:] = torch.arange(width - offset)  # the dummy block
+        key = tuple(prompt_ids) if share_prompts else index
+        groups.setdefault(key, []).append(index)
+    tokens, positions, blocks = [], [], []
+    targets: dict[int, list[int]] = {}  # sequence index -> positions predicting its completion tokens
+    for members in groups.values():
+        prompt_ids = list(sequences[members[0]][0])
+        prompt_start, p = len(tokens), len(prompt_ids)
+        if len(members) == 1:  # nothing to share: one causal block
+            completion_ids = list(sequences[members[0]][1])
+            tokens += prompt_ids + completion_ids
+            positions += range(p + len(completion_ids))
+            blocks.append((prompt_start, p + len(completion_ids), 0, 0))
+            targets[members[0]] = list(range(prompt_start + p - 1, prompt_start + p - 1 + len(completion_ids)))
+            continue
+        tokens += prompt_ids
+        positions += range(p)
+        blocks.append((prompt_start, p, 0, 0))
+        for index in members:
+            completion_ids, start = list(sequences[index][1]), len(tokens)
+            tokens += completion_ids
+            positions += range(p, p + len(completion_ids))  # as if it followed the prompt directly
+            blocks.append((start, len(completion_ids), prompt_start, p))
+            # the last prompt position predicts completion token 0; completion position j predicts token j+1
+            targets[index] = [prompt_start + p - 1] + list(range(start, start + len(completion_ids) - 1))
     target_positions, target_ids, target_sequence = [], [], []
-    for index, (prompt_ids, completion_ids) in enumerate(sequences):
-        # the logits at position p predict token p+1: completion token j sits at len(prompt)+j
-        first = where[index] + len(prompt_ids) - 1
-        target_positions.extend(range(first, first + len(completion_ids)))
-        target_ids.extend(completion_ids)
-        target_sequence.extend([index] * len(completion_ids))
+    for index, (_, completion_ids) in enumerate(sequences):  # in sequence order (pad_token_logps splits by it)
+        target_positions += targets[index]
+        target_ids += completion_ids
+        target_sequence += [index] * len(completion_ids)
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return PackedBatch(input_ids, position_ids, as_long(target_positions), as_long(target_ids),
-                       as_long(target_sequence), as_long([len(c) for _, c in sequences]))
+    return PackedBatch(as_long([tokens]), as_long([positions]), as_long(blocks).view(-1, 4),
+                       as_long(target_positions), as_long(target_ids), as_long(target_sequence),
+                       as_long([len(c) for _, c in sequences]))
+
+
+def block_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                    negalign_blocks=None, **kwargs):
+    """SDPA over the blocks of a packed row: each block attends causally to itself and fully to its prefix.
+    Without `negalign_blocks` (generation, evaluation) this is plain transformers SDPA.
+
+    A packed row under one block-diagonal mask costs T^2 attention, nearly all of it masked out (measured:
+    a third of a training step on this CPU); block by block it costs the sum of the blocks' own squares,
+    and blocks without a prefix take SDPA's causal kernel, which skips the upper triangle."""
+    if negalign_blocks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError("block attention expects the single packed row that pack_sequences makes")
+    gqa = query.shape[1] != key.shape[1]
+    pieces = []
+    for start, length, prefix_start, prefix_length in negalign_blocks:
+        q = query[:, :, start:start + length]
+        k, v = key[:, :, start:start + length], value[:, :, start:start + length]
+        if prefix_length == 0:
+            pieces.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa))
+            continue
+        k = torch.cat([key[:, :, prefix_start:prefix_start + prefix_length], k], dim=2)
+        v = torch.cat([value[:, :, prefix_start:prefix_start + prefix_length], v], dim=2)
+        mask = torch.ones(length, prefix_length + length, dtype=torch.bool, device=query.device)
+        mask[:, prefix_length:] = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+        pieces.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa))
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(BLOCK_ATTENTION, block_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(BLOCK_ATTENTION, sdpa_mask)
+
+
+def use_block_attention(decoder) -> None:
+    """Switch a model to block attention (SDPA everywhere else). Permanent rather than per call, because
+    gradient checkpointing re-runs the forward during backward, outside any per-call switch."""
+    if decoder.config._attn_implementation != BLOCK_ATTENTION:
+        decoder.config._attn_implementation = BLOCK_ATTENTION
 
 
 def _decoder_and_head(model):
@@ -127,7 +169,10 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 512) -> torch.Tenso
 
 def _token_logps(model, batch: PackedBatch, chunk_size: int) -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    use_block_attention(decoder)
+    blocks = tuple(tuple(block) for block in batch.blocks.tolist())  # python ints: read once, not per layer
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                     negalign_blocks=blocks).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):

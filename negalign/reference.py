@@ -43,10 +43,10 @@ def sequences_fingerprint(sequences: list[Sequence]) -> str:
 
 
 def batches_by_tokens(sequences: list[Sequence], max_tokens: int) -> list[list[int]]:
-    """Indices grouped into packed batches of at most max_tokens (length-sorted, so batches fill evenly)."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    """Indices, in order, grouped into packed batches of at most max_tokens. In order, so that the slots of
+    one example (which share a prompt) land in the same batch and the prompt is encoded once."""
     batches, current, used = [], [], 0
-    for index in order:
+    for index in range(len(sequences)):
         size = len(sequences[index][0]) + len(sequences[index][1])
         if current and used + size > max_tokens:
             batches.append(current)
@@ -60,14 +60,14 @@ def batches_by_tokens(sequences: list[Sequence], max_tokens: int) -> list[list[i
 
 @torch.no_grad()
 def compute_logps(model, sequences: list[Sequence], max_tokens: int = 4096, autocast_bf16: bool = False,
-                  description: str = "reference log-probs", row_tokens: int = 1024) -> torch.Tensor:
+                  description: str = "reference log-probs", share_prompts: bool = True) -> torch.Tensor:
     """Summed completion log-probs for every sequence, shape [len(sequences)], float32."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(sequences), dtype=torch.float32)
     device = next(model.parameters()).device
     for indices in tqdm(batches_by_tokens(sequences, max_tokens), desc=description, unit="batch"):
-        batch = pack_sequences([sequences[i] for i in indices], row_tokens).to(device)
+        batch = pack_sequences([sequences[i] for i in indices], share_prompts).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             out[indices] = sequence_logps(model, batch, "sum").float().cpu()
     model.train(was_training)
@@ -89,7 +89,7 @@ def _read_cache(path: Path, n_sequences: int) -> torch.Tensor | None:
 
 
 def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike, max_tokens: int = 4096,
-                           autocast_bf16: bool = False, row_tokens: int = 1024) -> tuple[torch.Tensor, bool]:
+                           autocast_bf16: bool = False, share_prompts: bool = True) -> tuple[torch.Tensor, bool]:
     """(summed log-probs [S], whether they came from the cache)."""
     key = f"{model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
@@ -97,7 +97,7 @@ def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os
         cached = _read_cache(path, len(sequences))
         if cached is not None:
             return cached, True
-    logps = compute_logps(model, sequences, max_tokens, autocast_bf16, row_tokens=row_tokens)
+    logps = compute_logps(model, sequences, max_tokens, autocast_bf16, share_prompts=share_prompts)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(handle)

@@ -90,7 +90,7 @@ class SampleRefresher(TrainerCallback):
             with context():
                 logps, _ = cached_reference_logps(reference, sequences, self._cache_dir(),
                                                   autocast_bf16=self.config.bf16,
-                                                  row_tokens=self.config.packing_row_tokens)
+                                                  share_prompts=self.config.share_prompts)
             logps = logps.view(len(self.items), -1).tolist()
             for item, sample_logps in zip(self.items, logps):
                 item["ref_logps"] = item["ref_logps"][:1] + sample_logps

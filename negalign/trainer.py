@@ -77,7 +77,7 @@ class NonFiniteGuard(TrainerCallback):
 
 
 def packed_from(inputs: dict) -> PackedBatch:
-    return PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["target_positions"],
+    return PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["blocks"], inputs["target_positions"],
                        inputs["target_ids"], inputs["target_sequence"], inputs["completion_lengths"])
 
 

@@ -155,7 +155,7 @@ def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> 
         model = policy if name == config.model else load_model(name)
         sequences = [item["sequences"][s] for item in items for s in covered]
         logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=config.bf16,
-                                            row_tokens=config.packing_row_tokens)
+                                            share_prompts=config.share_prompts)
         table[:, covered] = logps.view(len(items), len(covered))
         report[name] = "cache hit" if hit else "computed and cached"
         if model is not policy:
@@ -230,7 +230,7 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     if config.use_lora:
         model = apply_lora(model, config)
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
-                              data_collator=functools.partial(collate, row_tokens=config.packing_row_tokens),
+                              data_collator=functools.partial(collate, share_prompts=config.share_prompts),
                               processing_class=tokenizer, reference_models=reference_models)
     if config.sampling == "refresh":
         add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)

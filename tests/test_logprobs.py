@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from negalign.logprobs import (
-    naive_sequence_logps, pack_sequences, pad_token_logps, reduce_token_logps, sequence_logps, token_logps,
+    BLOCK_ATTENTION, naive_sequence_logps, pack_sequences, pad_token_logps, reduce_token_logps, sequence_logps, token_logps,
 )
 from tests.conftest import make_tiny_llama
 
@@ -13,11 +13,28 @@ def test_packing_layout_by_hand():
     batch = pack_sequences([([5, 6], [7, 8]), ([9], [10])])
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1]]
+    assert batch.blocks.tolist() == [[0, 4, 0, 0], [4, 2, 0, 0]]  # one causal block per sequence
     # position 1 (token 6) predicts 7, position 2 predicts 8, position 4 (token 9) predicts 10
     assert batch.target_positions.tolist() == [1, 2, 4]
     assert batch.target_ids.tolist() == [7, 8, 10]
     assert batch.target_sequence.tolist() == [0, 0, 1]
     assert batch.completion_lengths.tolist() == [2, 1]
+
+
+def test_shared_prompt_layout_by_hand():
+    # two completions of prompt [5, 6] and one of [9]: the prompt [5, 6] is laid out once
+    batch = pack_sequences([([5, 6], [7, 8]), ([9], [10]), ([5, 6], [11, 12, 13])])
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 11, 12, 13, 9, 10]]
+    # completions continue the prompt's positions, as if each followed it alone
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2, 3, 4, 0, 1]]
+    # (start, length, prefix start, prefix length): the prompt, then each completion seeing the prompt
+    assert batch.blocks.tolist() == [[0, 2, 0, 0], [2, 2, 0, 2], [4, 3, 0, 2], [7, 2, 0, 0]]
+    # position 1 (last prompt token) predicts the first token of both completions of [5, 6]
+    assert batch.target_positions.tolist() == [1, 2, 7, 1, 4, 5]
+    assert batch.target_ids.tolist() == [7, 8, 10, 11, 12, 13]
+    assert batch.target_sequence.tolist() == [0, 0, 1, 2, 2, 2]
+    unshared = pack_sequences([([5, 6], [7, 8]), ([9], [10]), ([5, 6], [11, 12, 13])], share_prompts=False)
+    assert unshared.input_ids.numel() == 4 + 2 + 5
 
 
 def test_packed_logps_equal_naive_full_logits_fp32():
@@ -28,20 +45,40 @@ def test_packed_logps_equal_naive_full_logits_fp32():
     assert torch.allclose(fast, naive, atol=1e-5), (fast, naive)
 
 
-def test_bounded_rows_give_the_same_logps_with_little_padding():
+SHARED = [([5, 6, 7], [8, 9]), ([10], [11, 12, 13, 14]), ([5, 6, 7], [20, 21, 22]), ([3, 4], [2]),
+          ([5, 6, 7], [30]), ([10], [40, 41])]
+
+
+def test_shared_prompts_give_the_unshared_logps_and_gradients():
+    """Encoding a prompt once for all its completions is exact: same log-probs, and the same gradients
+    (every completion's gradient flows back through the one shared copy of the prompt)."""
+    results = []
+    for share in (True, False):
+        model = make_tiny_llama(64).train()
+        logps = sequence_logps(model, pack_sequences(SHARED, share_prompts=share))
+        (logps * torch.arange(1.0, 7.0)).sum().backward()  # distinct weights: no cancelling by symmetry
+        results.append((logps.detach(), [p.grad.clone() for p in model.parameters()]))
+    (shared, shared_grads), (unshared, unshared_grads) = results
+    with torch.no_grad():
+        naive = naive_sequence_logps(make_tiny_llama(64), SHARED)
+    assert torch.allclose(shared, naive, atol=1e-5) and torch.allclose(unshared, naive, atol=1e-5)
+    for a, b in zip(shared_grads, unshared_grads):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert sum(g.abs().sum() for g in shared_grads) > 0
+
+
+def test_block_attention_leaves_ordinary_forwards_alone():
+    """After a packed forward the model runs block attention; without blocks (generation, evaluation,
+    left-padded batches) it must give exactly what SDPA gave before."""
     model = make_tiny_llama(64)
-    batch = pack_sequences(SEQUENCES, row_tokens=8)
-    # lengths 5, 5, 7 -> first-fit decreasing into rows of <= 8 tokens: [7], [5], [5]
-    assert batch.input_ids.shape == (3, 7)
-    assert batch.position_ids[1].tolist() == [0, 1, 2, 3, 4, 0, 1]  # dummy block restarts at 0
+    ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     with torch.no_grad():
-        rows = sequence_logps(model, batch)
-        naive = naive_sequence_logps(model, SEQUENCES)
-    assert torch.allclose(rows, naive, atol=1e-5)
-    two = pack_sequences(SEQUENCES, row_tokens=12)  # [7, 5] and [5]
-    assert two.input_ids.shape == (2, 12)
-    with torch.no_grad():
-        assert torch.allclose(sequence_logps(model, two), naive, atol=1e-5)
+        before = model(input_ids=ids, attention_mask=mask).logits
+        sequence_logps(model, pack_sequences(SEQUENCES))
+        assert model.config._attn_implementation == BLOCK_ATTENTION
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(before[mask.bool()], after[mask.bool()], atol=1e-6)
 
 
 def test_each_sequence_is_independent_of_its_neighbours():

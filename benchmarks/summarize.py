@@ -8,17 +8,20 @@ rows = []
 for path in sorted((HERE / "results").glob("*.json")):
     r = json.loads(path.read_text())
     if r.get("benchmark") == "self-sampling throughput":
-        rows.append(f"| sampling | {r['competitor']} | {r['negalign_tokens_per_s']} vs {r['competitor_tokens_per_s']} "
+        rows.append(f"| sampling | {r['competitor']} | - | {r['negalign_tokens_per_s']} vs {r['competitor_tokens_per_s']} "
                     f"generated tok/s | **{r['tokens_per_s_ratio']}x** | - | - | `{r['command']}` |")
-    else:
-        rows.append(f"| {r['comparison']} | {r['competitor']} | {r['negalign_tokens_per_s']} vs "
-                    f"{r['competitor_tokens_per_s']} completion tok/s ({r['negalign']['seconds_per_step']:.1f} vs "
-                    f"{r['competitor_result']['seconds_per_step']:.1f} s/step) | **{r['tokens_per_s_ratio']}x** | "
-                    f"{r['peak_rss_ratio']}x ({r['negalign']['peak_rss_gb']:.1f} vs "
-                    f"{r['competitor_result']['peak_rss_gb']:.1f} GB) | {r['matmul_peak_fraction']:.0%} of "
-                    f"{r['matmul_peak_gflops']:.0f} GFLOP/s | `{r['command']}` |")
-table = ("| comparison | competitor | throughput (negalign vs competitor) | speed ratio | peak RSS ratio | "
-         "matmul peak fraction | command |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-text = (Path(HERE.parent / "docs" / "benchmarks.md").read_text().split("<!-- table -->")[0] + "<!-- table -->\n" + table + "\n")
-(HERE.parent / "docs" / "benchmarks.md").write_text(text)
+        continue
+    ours, theirs = r["negalign"], r["competitor_result"]
+    setting = f"{r['dtype']}, {r['lora']}, batch {r['batch']}, " + (", ".join(r.get("negalign_overrides") or []) or "defaults")
+    rows.append(f"| {r['comparison']} | {r['competitor']} | {setting} | {r['negalign_tokens_per_s']} vs "
+                f"{r['competitor_tokens_per_s']} completion tok/s ({ours['mean_seconds_per_step']:.2f} vs "
+                f"{theirs['mean_seconds_per_step']:.1f} s/step) | **{r['tokens_per_s_ratio']}x** | "
+                f"{r['peak_rss_ratio']}x ({ours['peak_rss_gb']:.2f} vs {theirs['peak_rss_gb']:.2f} GB) | "
+                f"{r['matmul_peak_fraction']:.0%} of {max(r['matmul_peak_gflops_fp32'], r['matmul_peak_gflops_bf16']):.0f}"
+                f" GFLOP/s ({r['matmul_peak_fraction_bf16']:.0%} of bf16 {r['matmul_peak_gflops_bf16']:.0f}) | "
+                f"`{r['command']}` |")
+table = ("| comparison | competitor | setting | throughput (negalign vs competitor) | speed ratio | peak RSS ratio | "
+         "step FLOP/s vs matmul peak | command |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+doc = HERE.parent / "docs" / "benchmarks.md"
+doc.write_text(doc.read_text().split("<!-- table -->")[0] + "<!-- table -->\n" + table + "\n")
 print(table)

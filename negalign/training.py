@@ -15,6 +15,7 @@ import torch
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
 from negalign.data import DataError
 from negalign.dataset import attach_reference_logps, collate, prepare_items
+from negalign.heap import set_mmap_threshold
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
 from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
@@ -207,6 +208,7 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     checkpoint = resolve_checkpoint(config)
     check_refresh_folder(config, checkpoint)
     _check_sources(config)
+    set_mmap_threshold(config.host_mmap_threshold_mb)
     tokenizer = load_tokenizer(config.model)
     prepared = prepare_items(config, tokenizer)
     if not prepared.items:

@@ -109,3 +109,17 @@ def test_gradient_flows_to_the_model():
     sequence_logps(model, pack_sequences(SEQUENCES)).sum().backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_gradient_checkpointing_recomputes_the_same_block_attention():
+    """Checkpointing re-runs each layer's forward during backward: the blocks must travel with it (a
+    recompute under plain SDPA would attend across sequences and give other gradients)."""
+    grads = []
+    for checkpointing in (False, True):
+        model = make_tiny_llama(64).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        sequence_logps(model, pack_sequences(SHARED)).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)

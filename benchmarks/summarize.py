@@ -7,6 +7,8 @@ HERE = Path(__file__).parent
 rows = []
 for path in sorted((HERE / "results").glob("*.json")):
     r = json.loads(path.read_text())
+    if "competitor" not in r:  # a measurement, not a comparison (bf16_logps.json)
+        continue
     if r.get("benchmark") == "self-sampling throughput":
         rows.append(f"| sampling | {r['competitor']} | - | {r['negalign_tokens_per_s']} vs {r['competitor_tokens_per_s']} "
                     f"generated tok/s | **{r['tokens_per_s_ratio']}x** | - | - | `{r['command']}` |")

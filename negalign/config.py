@@ -71,9 +71,9 @@ class NegalignConfig(TrainingArguments):
     ref_model: str = _opt(None, "Reference model (D2O: pi_r-, for the self-samples). Default: the starting model.")
     ref_plus_model: str = _opt(None, "D2O: pi_r+, the reference for the human negative. Default: ref_model.")
     cache_dir: str = _opt(None, "Where reference log-prob caches go (default: ~/.cache/negalign/reference).")
-    host_mmap_threshold_mb: float = _opt(2.0, "glibc: tensors above this many MiB get their own mmap and go back to "
-                                         "the OS when freed (peak RSS ~40% lower on CPU, slightly slower "
-                                         "steps; see negalign/heap.py). 0: glibc's default.")
+    host_mmap_threshold_mb: float = _opt(0.0, "CPU memory saver (glibc): tensors above this many MiB get their own "
+                                         "mmap and go back to the OS when freed; e.g. 2 lowers peak RSS but "
+                                         "costs 5-25% step time (negalign/heap.py). 0: glibc's default.")
     # LoRA via peft
     use_lora: bool = _opt(False, "Train a LoRA adapter instead of all weights.")
     lora_r: int = _opt(16, "LoRA rank.")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from negalign.data import DataError, load_rows, prompt_key
+from negalign.data import DataError, encode_prompt, load_rows, prompt_key
 
 META_SUFFIX = ".meta.json"
 
@@ -77,11 +77,7 @@ def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
 def _template(tokenizer, prompt: list[dict], instruction: str | None, max_prompt_length: int) -> list[int]:
     if instruction:
         prompt = [{"role": "system", "content": instruction}] + [m for m in prompt if m["role"] != "system"]
-    if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-    else:
-        ids = tokenizer("\n\n".join(m["content"] for m in prompt))["input_ids"]
-    return list(ids)[-max_prompt_length:]
+    return encode_prompt(prompt, tokenizer, max_prompt_length)
 
 
 def read_existing(output: Path) -> dict[tuple[str, int], dict]:

@@ -13,7 +13,8 @@ import warnings
 import pytest
 
 from negalign.data import (
-    OBJECTIVES, DataError, LoadStats, TruncationStats, build_examples, encode, group_by_prompt, load_rows,
+    OBJECTIVES, DataError, LoadStats, TruncationStats, build_examples, encode, encode_prompt, group_by_prompt,
+    load_rows,
     pairs_to_negatives, parse_hh_transcript, prompt_key,
 )
 
@@ -626,6 +627,14 @@ def test_encode_matches_the_chat_template(tok):
     assert tok.decode(short.prompt_ids + short.completion_ids) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>")
+
+
+def test_sampling_and_training_encode_the_same_prompt(tok):
+    # the self-sampler draws from encode_prompt's ids; training scores the samples after encode's
+    for max_prompt_length in (None, 20):
+        encoded = encode(CONVERSATION, ANSWER, tok, max_length=None, max_prompt_length=max_prompt_length)
+        assert encode_prompt(CONVERSATION, tok, max_prompt_length) == encoded.prompt_ids
+    assert len(encode_prompt(CONVERSATION, tok, 20)) == 20
 
 
 def test_encode_truncation_keeps_prompt_end_and_completion_start(tok):

@@ -59,9 +59,21 @@ def _text_ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return _as_ids(tokenizer(text, add_special_tokens=add_special_tokens))
 
 
-def _untruncated(prompt_messages: list[dict], completion: str, tokenizer, eos: int) -> tuple[list[int], list[int]]:
+def encode_prompt(prompt_messages: list[dict], tokenizer, max_prompt_length: int | None = None) -> list[int]:
+    """The prompt as the model sees it before its answer: the chat template with the generation prompt
+    (without a template: the messages' contents joined by blank lines), keeping the LAST max_prompt_length
+    tokens. Training (`encode`) and self-sampling use this one function, so samples are drawn from exactly
+    the prompt they are later scored after."""
     if getattr(tokenizer, "chat_template", None):
-        prompt_ids = _chat_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+        ids = _chat_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+    else:
+        ids = _text_ids(tokenizer, "\n\n".join(m["content"] for m in prompt_messages), add_special_tokens=True)
+    return ids[-max_prompt_length:] if max_prompt_length else ids
+
+
+def _untruncated(prompt_messages: list[dict], completion: str, tokenizer, eos: int) -> tuple[list[int], list[int]]:
+    prompt_ids = encode_prompt(prompt_messages, tokenizer)
+    if getattr(tokenizer, "chat_template", None):
         full_ids = _chat_ids(tokenizer, [*prompt_messages, {"role": "assistant", "content": completion}],
                              add_generation_prompt=False)
         if full_ids[: len(prompt_ids)] == prompt_ids:
@@ -71,8 +83,6 @@ def _untruncated(prompt_messages: list[dict], completion: str, tokenizer, eos: i
             return prompt_ids, completion_ids + [eos]
         # the template renders the prompt differently once an answer follows: encode the answer alone
         return prompt_ids, _text_ids(tokenizer, completion, add_special_tokens=False) + [eos]
-    prompt_text = "\n\n".join(m["content"] for m in prompt_messages)
-    prompt_ids = _text_ids(tokenizer, prompt_text, add_special_tokens=True)
     return prompt_ids, _text_ids(tokenizer, " " + completion, add_special_tokens=False) + [eos]
 
 

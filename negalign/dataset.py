@@ -31,6 +31,12 @@ def example_slots(objective: str, example: dict) -> list[str]:
     return [example["completion"]]
 
 
+def detached_slots(objective: str) -> tuple[int, ...]:
+    """Slots whose policy log-prob only enters the loss detached: KTO's mismatched completions (z0). They
+    are scored in a separate no-grad forward, so no activations are kept and no backward runs for them."""
+    return (1,) if objective == "kto" else ()
+
+
 def add_mismatched_completions(examples: list[dict]) -> list[dict]:
     """KTO's z0 needs (x_i, y_j) with j's prompt different from i's: take the next example, cyclically,
     whose prompt differs. Fixed once at preparation, so its reference log-probs can be cached; never a
@@ -103,17 +109,22 @@ def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
         item["ref_logps"] = row
 
 
-def collate(items: list[dict], share_prompts: bool = True) -> dict[str, torch.Tensor]:
+PACKED_FIELDS = ("input_ids", "position_ids", "blocks", "target_positions", "target_ids", "target_sequence",
+                 "completion_lengths")
+
+
+def collate(items: list[dict], share_prompts: bool = True, detached: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     """Pack every slot of every example padding-free, each example's prompt once (tensors, so Trainer moves
-    them to the device)."""
+    them to the device). `detached` slots go into a second packed batch ("detached_" keys) that the
+    trainer scores without gradients."""
     slots = len(items[0]["sequences"])
-    batch = pack_sequences([seq for item in items for seq in item["sequences"]], share_prompts)
-    out = {
-        "input_ids": batch.input_ids, "position_ids": batch.position_ids, "blocks": batch.blocks,
-        "target_positions": batch.target_positions, "target_ids": batch.target_ids,
-        "target_sequence": batch.target_sequence, "completion_lengths": batch.completion_lengths,
-        "slots": torch.tensor(slots),
-    }
+    kept = [s for s in range(slots) if s not in detached]
+    batch = pack_sequences([item["sequences"][s] for item in items for s in kept], share_prompts)
+    out = {name: getattr(batch, name) for name in PACKED_FIELDS}
+    out["slots"], out["detached_slots"] = torch.tensor(slots), torch.tensor(list(detached), dtype=torch.long)
+    if detached:
+        side = pack_sequences([item["sequences"][s] for item in items for s in detached], share_prompts)
+        out.update({f"detached_{name}": getattr(side, name) for name in PACKED_FIELDS})
     if "ref_logps" in items[0]:
         out["ref_logps"] = torch.tensor([item["ref_logps"] for item in items], dtype=torch.float32)
     if items[0].get("score") is not None:

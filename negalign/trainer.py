@@ -15,12 +15,14 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from negalign import objectives
+from negalign.dataset import PACKED_FIELDS
 from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
 
 
 def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, policy_sum: torch.Tensor,
-                   inputs: dict, args, token_level=None):
-    """Route [B, slots] log-prob columns into the pure objective `name` (see dataset.example_slots)."""
+                   inputs: dict, args, token_level=None, lengths: torch.Tensor | None = None):
+    """Route [B, slots] log-prob columns into the pure objective `name` (see dataset.example_slots);
+    `lengths` [B, slots] are the completion lengths."""
     if name == "d2o":
         return objectives.d2o(policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], beta=args.beta,
                               alpha=args.alpha, instance_level=args.instance_level)
@@ -29,8 +31,7 @@ def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, po
     if name == "npo":
         return objectives.npo(policy[:, 0], ref[:, 0], beta=args.beta)
     if name == "simnpo":  # SimNPO normalises by length itself, so it always takes the summed log-prob
-        lengths = inputs["completion_lengths"].view(policy.shape)[:, 0]
-        return objectives.simnpo(policy_sum[:, 0], lengths, beta=args.beta, gamma=args.gamma)
+        return objectives.simnpo(policy_sum[:, 0], lengths[:, 0], beta=args.beta, gamma=args.gamma)
     if name == "kto":
         return objectives.kto(policy[:, 0], ref[:, 0], inputs["labels_binary"], policy[:, 1], ref[:, 1],
                               beta=args.beta, desirable_weight=args.desirable_weight,
@@ -76,9 +77,8 @@ class NonFiniteGuard(TrainerCallback):
                 "Lower learning_rate or beta, use bf16: false, or check the data for extreme lengths.")
 
 
-def packed_from(inputs: dict) -> PackedBatch:
-    return PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["blocks"], inputs["target_positions"],
-                       inputs["target_ids"], inputs["target_sequence"], inputs["completion_lengths"])
+def packed_from(inputs: dict, prefix: str = "") -> PackedBatch:
+    return PackedBatch(*(inputs[prefix + name] for name in PACKED_FIELDS))
 
 
 class NegalignTrainer(Trainer):
@@ -98,35 +98,52 @@ class NegalignTrainer(Trainer):
         self.add_callback(self.nonfinite_guard)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args, batch = self.args, packed_from(inputs)
-        shape = (-1, int(inputs["slots"]))
-        with self.accelerator.autocast():  # bf16: the mixed precision the cached reference was computed in
-            tokens = token_logps(model, batch)
-        policy_sum = reduce_token_logps(tokens, batch, "sum").view(shape)
-        policy = policy_sum if args.logp_reduction == "sum" else policy_sum / batch.completion_lengths.view(shape)
-        ref = self.reference_logps(model, inputs, batch, shape)
+        args = self.args
+        policy_sum, lengths, tokens, batch = self.slot_logps(model, inputs, with_grad=True)
+        policy = policy_sum if args.logp_reduction == "sum" else policy_sum / lengths
+        ref = self.reference_logps(model, inputs)
+        if ref is not None and args.logp_reduction == "mean":
+            ref = ref / lengths
         token_level = pad_token_logps(tokens, batch) if args.objective == "unlikelihood" else None
-        loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level)
+        loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level, lengths)
         for key, value in {**metrics, "policy_logps": policy.mean().detach()}.items():
             self._metrics[key].append(float(value))
         return (loss, {"policy_logps": policy}) if return_outputs else loss
 
+    def slot_logps(self, model, inputs, with_grad: bool):
+        """Summed completion log-probs and completion lengths, both [B, slots], under `model`, plus the token
+        log-probs and packed batch of the slots that carry gradients. Detached slots (dataset.detached_slots)
+        run in a second, no-grad forward."""
+        slots, detached = int(inputs["slots"]), inputs["detached_slots"].tolist()
+        kept = [s for s in range(slots) if s not in detached]
+        batch = packed_from(inputs)
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()), self.accelerator.autocast():
+            tokens = token_logps(model, batch)  # autocast: the precision the cached reference was computed in
+        sums = dict(zip(kept, reduce_token_logps(tokens, batch).view(-1, len(kept)).unbind(1)))
+        lengths = dict(zip(kept, batch.completion_lengths.view(-1, len(kept)).unbind(1)))
+        if detached:
+            side = packed_from(inputs, "detached_")
+            with torch.no_grad(), self.accelerator.autocast():
+                side_sums = reduce_token_logps(token_logps(model, side), side).view(-1, len(detached))
+            sums.update(zip(detached, side_sums.unbind(1)))
+            lengths.update(zip(detached, side.completion_lengths.view(-1, len(detached)).unbind(1)))
+        as_matrix = lambda columns: torch.stack([columns[s] for s in range(slots)], dim=1)  # noqa: E731
+        return as_matrix(sums), as_matrix(lengths).to(torch.float32), tokens, batch
+
     @torch.no_grad()
-    def reference_logps(self, model, inputs, batch, shape):
+    def reference_logps(self, model, inputs):
+        """Summed reference log-probs [B, slots]: cached in the batch, or from a live reference."""
         if "ref_logps" in inputs:
-            ref_sum = inputs["ref_logps"].view(shape)
-        elif self.args.reference == "adapter_disabled":
-            with self.accelerator.unwrap_model(model).disable_adapter(), self.accelerator.autocast():
-                ref_sum = reduce_token_logps(token_logps(model, batch), batch, "sum").view(shape)
-        elif self.reference_models:
-            ref_sum = reduce_token_logps(token_logps(self.reference_models["minus"], batch), batch).view(shape)
-            if self.reference_models.get("plus") is not self.reference_models["minus"]:
-                plus = reduce_token_logps(token_logps(self.reference_models["plus"], batch), batch).view(shape)
-                ref_sum = torch.cat([plus[:, :1], ref_sum[:, 1:]], dim=1)
-        else:
+            return inputs["ref_logps"].view(-1, int(inputs["slots"]))
+        if self.args.reference == "adapter_disabled":
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                return self.slot_logps(model, inputs, with_grad=False)[0]
+        if not self.reference_models:
             return None
-        if self.args.logp_reduction == "mean":
-            return ref_sum / batch.completion_lengths.view(shape)
+        ref_sum = self.slot_logps(self.reference_models["minus"], inputs, with_grad=False)[0]
+        if self.reference_models.get("plus") is not self.reference_models["minus"]:
+            plus = self.slot_logps(self.reference_models["plus"], inputs, with_grad=False)[0]
+            ref_sum = torch.cat([plus[:, :1], ref_sum[:, 1:]], dim=1)
         return ref_sum
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

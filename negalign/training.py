@@ -14,7 +14,7 @@ import torch
 
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
 from negalign.data import DataError
-from negalign.dataset import attach_reference_logps, collate, prepare_items
+from negalign.dataset import attach_reference_logps, collate, detached_slots, prepare_items
 from negalign.heap import set_mmap_threshold
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
@@ -232,7 +232,8 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     if config.use_lora:
         model = apply_lora(model, config)
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
-                              data_collator=functools.partial(collate, share_prompts=config.share_prompts),
+                              data_collator=functools.partial(collate, share_prompts=config.share_prompts,
+                                                                detached=detached_slots(config.objective)),
                               processing_class=tokenizer, reference_models=reference_models)
     if config.sampling == "refresh":
         add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)

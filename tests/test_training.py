@@ -208,3 +208,30 @@ def test_too_many_nan_steps_abort_and_keep_the_good_checkpoint(tiny_model_dir, f
     assert checkpoints == ["checkpoint-2"]
     good = load_file(tmp_path / "out" / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in good.values())
+
+
+def test_kto_scores_mismatched_completions_without_a_graph_and_trains_the_same(tiny_model_dir, files, tmp_path,
+                                                                             monkeypatch):
+    """KTO's mismatched completions only give z0, which is detached: negalign scores them in a second,
+    no-grad forward (no activations kept, no backward). Training must end where packing them with the
+    graph-carrying slots ends."""
+    import negalign.trainer as trainer_module
+    import negalign.training as training_module
+
+    grad_modes, real = [], trainer_module.token_logps
+
+    def recording(model, batch, *args, **kwargs):
+        grad_modes.append(torch.is_grad_enabled())
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "token_logps", recording)
+    settings = dict(max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4)
+    negalign.train(**_settings(tiny_model_dir, files, tmp_path / "detached", "kto", **settings))
+    assert grad_modes == [True, False] * 3  # per step: the graph-carrying slots, then the mismatched ones
+    monkeypatch.setattr(training_module, "detached_slots", lambda objective: ())
+    negalign.train(**_settings(tiny_model_dir, files, tmp_path / "together", "kto", **settings))
+    detached, together = _weights(tmp_path / "detached" / "out"), _weights(tmp_path / "together" / "out")
+    assert any((detached[k] - load_file(os.path.join(tiny_model_dir, "model.safetensors"))[k]).abs().max() > 1e-4
+               for k in detached)  # it trained
+    for key in detached:
+        assert torch.allclose(detached[key], together[key], atol=1e-5), key

@@ -4,9 +4,15 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
-rows = []
+rows, ablations = [], []
 for path in sorted((HERE / "results").glob("*.json")):
     r = json.loads(path.read_text())
+    if "ablation" in r:
+        n = r["negalign"]
+        ablations.append(f"| {r['ablation']} | {r['dtype']}, batch {r['batch']} | {' '.join(r['negalign_overrides']) or 'defaults'} | "
+                         f"{n['mean_seconds_per_step']:.2f} | {n['peak_rss_gb']:.2f} | "
+                         f"{r['work_per_step']['laid_out']:.0f} | `{r['command']}` |")
+        continue
     if "competitor" not in r:  # a measurement, not a comparison (bf16_logps.json)
         continue
     if r.get("benchmark") == "self-sampling throughput":
@@ -24,6 +30,9 @@ for path in sorted((HERE / "results").glob("*.json")):
                 f"`{r['command']}` |")
 table = ("| comparison | competitor | setting | throughput (negalign vs competitor) | speed ratio | peak RSS ratio | "
          "step FLOP/s vs matmul peak | command |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+table += ("\n\nAblations (negalign alone, same rows; `negalign_laid_out` = tokens through the decoder per step):\n\n"
+          "| comparison | setting | overrides | s/step (mean) | peak RSS GB | laid-out tokens/step | command |\n"
+          "|---|---|---|---|---|---|---|\n" + "\n".join(ablations))
 doc = HERE.parent / "docs" / "benchmarks.md"
 doc.write_text(doc.read_text().split("<!-- table -->")[0] + "<!-- table -->\n" + table + "\n")
 print(table)

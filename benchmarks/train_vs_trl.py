@@ -169,6 +169,9 @@ def work_per_step(args, comparison: str) -> dict:
     from negalign.logprobs import pack_sequences
     from negalign.models import load_tokenizer
 
+    from negalign.config import parse_overrides
+
+    share = str(parse_overrides(args.negalign_set).get("share_prompts", True)).lower() not in ("false", "0", "no")
     tokenizer = load_tokenizer(args.model)
     steps = args.steps + args.warmup
     work = pairs(args.batch * steps)
@@ -187,7 +190,7 @@ def work_per_step(args, comparison: str) -> dict:
         sequences = [(e.prompt_ids, e.completion_ids) for e in encoded]
         completion += sum(len(c) for _, c in sequences)
         total += sum(len(p) + len(c) for p, c in sequences)
-        laid_out += pack_sequences(sequences).input_ids.numel()
+        laid_out += pack_sequences(sequences, share).input_ids.numel()
     return {"completion": completion / steps, "all": total / steps, "laid_out": laid_out / steps}
 
 
@@ -203,6 +206,8 @@ def main():
                         help="both tools: fp32, or bf16 autocast (bf16=True)")
     parser.add_argument("--negalign-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="negalign config overrides, for ablations (e.g. share_prompts=false)")
+    parser.add_argument("--negalign-only", action="store_true",
+                        help="run only negalign (ablations of --negalign-set): seconds/step and RSS, no ratio")
     parser.add_argument("--name", default=None, help="results file name (default: the comparison)")
     parser.add_argument("--tmp", default="/tmp/negalign-bench")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -211,7 +216,7 @@ def main():
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
-    peaks_before = {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
+    peaks_before = {} if args.negalign_only else {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
     if args.comparison == "d2o":
         from negalign.models import load_model, load_tokenizer
         from negalign.sampling import SamplingSettings, sample
@@ -222,9 +227,11 @@ def main():
     workers = {"dpo": ("negalign-dpo", "trl-dpo"), "kto": ("negalign-kto", "trl-kto-pairs"),
                "d2o": ("negalign-d2o", "trl-kto-d2o-rows")}[args.comparison]
     results = {}
+    if args.negalign_only:  # an ablation of negalign's own settings: no competitor, no ratio
+        workers = workers[:1]
     for name in workers:
         command = [sys.executable, __file__, "--worker", name] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "negalign_set", "name")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "negalign_set", "name", "negalign_only")]
         command += ["--negalign-set", *args.negalign_set]
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
@@ -232,6 +239,16 @@ def main():
             sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
         results[name] = json.loads(line[0][7:])
         print(name, results[name], flush=True)
+    if args.negalign_only:
+        result = {"ablation": args.comparison, "negalign_overrides": args.negalign_set, "dtype": args.dtype,
+                  "batch": args.batch, "max_length": args.max_length, "timed_steps": args.steps,
+                  "work_per_step": work_per_step(args, args.comparison), "negalign": results[workers[0]],
+                  "command": f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
+                             f"--dtype {args.dtype} --negalign-only --negalign-set {' '.join(args.negalign_set)}"}
+        out = Path(__file__).parent / "results" / f"{args.name or 'ablation-' + args.comparison}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     ours, theirs = (results[w] for w in workers)
     work = work_per_step(args, args.comparison)
     peaks = {dtype: max(peaks_before[dtype], matmul_peak(dtype)) for dtype in peaks_before}  # before and after

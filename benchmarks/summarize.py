@@ -30,7 +30,7 @@ for path in sorted((HERE / "results").glob("*.json")):
                 f"`{r['command']}` |")
 table = ("| comparison | competitor | setting | throughput (negalign vs competitor) | speed ratio | peak RSS ratio | "
          "step FLOP/s vs matmul peak | command |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-table += ("\n\nAblations (negalign alone, same rows; `negalign_laid_out` = tokens through the decoder per step):\n\n"
+table += ("\n\nAblations (negalign alone, same rows; laid-out tokens = tokens through the decoder per step):\n\n"
           "| comparison | setting | overrides | s/step (mean) | peak RSS GB | laid-out tokens/step | command |\n"
           "|---|---|---|---|---|---|---|\n" + "\n".join(ablations))
 doc = HERE.parent / "docs" / "benchmarks.md"

@@ -60,8 +60,11 @@ class SampleRefresher(TrainerCallback):
         path = self.folder / f"step-{step:06d}.jsonl"
         was_training = model.training
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16 and model.device.type == "cpu"):
+            # overwrite: a file left by a run killed mid-refresh is redrawn whole from these weights (the same
+            # seed and weights give the same rows), never extended under a fingerprint check that
+            # bit-level nondeterminism across a resume could fail
             report = sample(model, self.tokenizer, self.prompts, path, self.settings(step),
-                            model_id=f"{self.config.model}@step{step}", progress=False)
+                            model_id=f"{self.config.model}@step{step}", overwrite=True, progress=False)
         model.train(was_training)
         n = self.apply(path)
         message = {"refresh/step": step, "refresh/samples": n, "refresh/generated_tokens_per_s":

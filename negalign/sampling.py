@@ -5,9 +5,9 @@ is repeated K times (`DynamicCache.batch_repeat_interleave`), so the K answers o
 decoding runs with the KV cache and stops rows at EOS.
 
 Never losing work: rows are appended to a jsonl file after every batch (flushed and fsynced). A sidecar
-`<output>.meta.json` records the model identity, generation settings and seed; a rerun with the same
-settings skips every (prompt, sample_index) already present, and a file made with other settings is refused
-unless `overwrite=True`. A torn last line from a kill is cut off before appending. Batches and their random
+`<output>.meta.json` records the model (name and a fingerprint of its weights), generation settings and
+seed; a rerun with the same settings skips every (prompt, sample_index) already present, and a file made
+with other settings or weights is refused unless `overwrite=True`. A torn last line from a kill is cut off before appending. Batches and their random
 seeds depend only on the prompt list and the seed, so a resumed run writes exactly the rows an
 uninterrupted run would have.
 """
@@ -166,7 +166,11 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
     settings = settings or SamplingSettings()
     output = Path(output)
     prompts = unique_prompts(prompts)
-    meta = {"model": model_id, "settings": settings.generation_key(), "n_prompts": len(prompts),
+    from negalign.reference import model_fingerprint
+
+    # the weights, not only the name: a model retrained under the same name must not extend old samples
+    meta = {"model": model_id, "weights": model_fingerprint(model), "settings": settings.generation_key(),
+            "n_prompts": len(prompts),
             "prompts_fingerprint": prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])}
     check_meta(output, meta, overwrite)
     done = read_existing(output)

@@ -85,6 +85,9 @@ def test_cache_made_with_other_settings_is_refused_or_overwritten(tiny, tmp_path
                progress=False)
     with pytest.raises(ValueError, match="model differ"):
         sample(model, tokenizer, PROMPTS[:2], tmp_path / "s.jsonl", _settings(), model_id="other", progress=False)
+    retrained = AutoModelForCausalLM.from_config(model.config).eval()  # same name, other weights
+    with pytest.raises(ValueError, match="weights differ"):
+        sample(retrained, tokenizer, PROMPTS[:2], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
     report = sample(model, tokenizer, PROMPTS[:2], tmp_path / "s.jsonl", _settings(k=2), model_id="tiny",
                     overwrite=True, progress=False)
     assert report.n_rows_written == 4 and len(_rows(tmp_path / "s.jsonl")) == 4

@@ -76,7 +76,8 @@ def main():
         "competitor_generated_tokens": plain_tokens, "tokens_per_s_ratio": round(ours / plain, 2),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "command": "python benchmarks/sampling_throughput.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("output", "data", "model")),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("output", "data", "model"))
+        + ("" if args.output == "benchmarks/results/sampling.json" else f" --output {args.output}"),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -24,13 +24,14 @@ def test_sample_then_train_d2o_on_the_real_model(tmp_path):
 
     out = tmp_path / "d2o"
     assert main(["train", "--config", "configs/d2o.yaml", f"data={HH}", f"samples={samples}", "k=2",
-                 "max_prompts=2", "max_steps=2", "per_device_train_batch_size=1", "max_length=256",
+                 "max_prompts=2", "max_steps=2", "per_device_train_batch_size=2", "max_length=256",
                  "max_prompt_length=192", "learning_rate=1e-5", f"output_dir={out}",
                  f"cache_dir={tmp_path / 'cache'}"]) == 0
     log = json.loads((out / "train_log.json").read_text())["log_history"]
     steps = [h for h in log if "loss" in h]
     assert len(steps) == 2
     assert abs(steps[0]["d2o/z"]) < 0.05  # policy == reference at the first step (bf16 noise only)
+    # both steps see the same two examples (one batch), so the second shows what the first update did
     assert steps[1]["d2o/logratio_margin"] > steps[0]["d2o/logratio_margin"]
     assert {"model.safetensors", "negalign_config.yaml", "versions.json"} <= set(os.listdir(out))
 

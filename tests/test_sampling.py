@@ -102,3 +102,39 @@ def test_shared_prefill_generates_what_plain_generate_does(tiny):
         plain = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=5, do_sample=False,
                                pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
         assert answers == [plain, plain]
+
+
+@pytest.mark.parametrize("sharpness", [8.0, 0.05])  # peaked: candidates suffice; flat: the full-sort path
+def test_nucleus_keeps_what_transformers_top_p_keeps(sharpness):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3000) * sharpness
+    probs = logits.softmax(-1)
+    weights, indices = sampling.nucleus(probs, 0.9)
+    ours = torch.zeros_like(probs).scatter(-1, indices, weights)
+    theirs = TopPLogitsWarper(top_p=0.9)(None, logits.clone()).softmax(-1)
+    assert torch.equal(ours > 0, theirs > 0)  # the same kept set...
+    assert torch.allclose(ours / ours.sum(-1, keepdim=True), theirs, atol=1e-6)  # ...with the same odds
+    assert (ours > 0).sum() < probs.numel()  # something was cut
+
+
+def test_sampled_tokens_follow_the_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    settings = SamplingSettings(temperature=1.0, top_p=0.7)
+    generator = torch.Generator().manual_seed(0)
+    draws = [int(sampling.next_tokens(probs.log(), settings, generator)) for _ in range(2000)]
+    # mass above token 1 is 0.5 < 0.7: kept; above token 2 it is 0.8: cut. So draws are 0 or 1 at 5:3
+    assert set(draws) == {0, 1}
+    assert abs(draws.count(0) / len(draws) - 0.625) < 0.04
+
+
+def test_sampling_under_bf16_autocast(tiny):
+    """Under CPU bf16 autocast keys leave RoPE in fp32 and values a bf16 matmul: the static cache must
+    take both."""
+    model, tokenizer = tiny
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate_batch(model, tokenizer, prompts, _settings(k=2, max_new_tokens=4), 0)
+    assert [len(answers) for answers in out] == [2, 2]
+    assert all(1 <= len(row) <= 4 for answers in out for row in answers)

@@ -1,8 +1,8 @@
 """Self-samples for D2O: K answers per prompt, batched, written to disk as they are made, resumable.
 
-Speed: prompts are ordered by length and batched; each batch's prompts are prefilled once and the KV cache
-is repeated K times (`DynamicCache.batch_repeat_interleave`), so the K answers of a prompt share one prefill;
-decoding runs with the KV cache and stops rows at EOS.
+Speed: prompts are ordered by length and batched; each batch's prompts are prefilled once into a static KV
+cache whose tensors are then repeated K times, so the K answers of a prompt share one prefill; decoding
+writes the cache in place, samples top-p from the likeliest tokens (`nucleus`) and stops rows at EOS.
 
 Never losing work: rows are appended to a jsonl file after every batch (flushed and fsynced). A sidecar
 `<output>.meta.json` records the model (name and a fingerprint of its weights), generation settings and

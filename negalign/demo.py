@@ -51,6 +51,7 @@ class DemoSettings:
     max_length: int = 320
     max_prompt_length: int = 192
     sampling_instruction: str | None = None
+    sampling_context: str | None = None
     train_prompts: int = 0
     heldout_pairs: int = 0
     k: int = 0
@@ -98,6 +99,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from negalign.evaluation.report import compare
     from negalign.models import load_model, load_tokenizer, resolve_model_path
     from negalign.sampling import SamplingSettings, sample
+    from negalign.sampling_context import resolve_context
     from negalign.training import train
 
     out = Path(settings.output)
@@ -122,13 +124,17 @@ def run_demo(settings: DemoSettings) -> dict:
         tokenizer, model = load_tokenizer(base), load_model(base)
         sampling = SamplingSettings(k=settings.k, max_new_tokens=settings.sample_max_new_tokens,
                                     seed=settings.seed, max_prompt_length=settings.max_prompt_length,
-                                    sampling_instruction=settings.sampling_instruction)
+                                    context=resolve_context(settings.sampling_context,
+                                                            settings.sampling_instruction))
         report = sample(model, tokenizer, [p["prompt"] for p in train_pairs], samples_file, sampling,
                         model_id=settings.model)
         del model
         timings["sample"] = time.time() - clock
         _log(f"self-samples: {report.n_rows_written} new, {report.n_rows_reused} reused "
              f"({report.tokens_per_second:.0f} tokens/s)")
+        from negalign.anchors import format_report, report_samples_file
+
+        _log(format_report(report_samples_file(samples_file, str(out / "train_pairs.jsonl"))))
 
     run_dirs = []
     for method in settings.methods:
@@ -141,6 +147,8 @@ def run_demo(settings: DemoSettings) -> dict:
         _log(f"{method}: training {settings.max_steps} steps")
         train({"model": base, "data": str(out / "train_pairs.jsonl"), "objective": method,
                "samples": str(samples_file) if method == "d2o" else None, "k": settings.k,
+               **({"sampling_context": settings.sampling_context,
+                   "sampling_instruction": settings.sampling_instruction} if method == "d2o" else {}),
                "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
                "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": False,
                "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
@@ -188,6 +196,9 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--eval-prompts", type=int, default=0, help="prompts per eval suite (default: the preset's)")
     parser.add_argument("--sampling-instruction", default=None,
                         help="system prompt used only while sampling D2O's anchors (off by default)")
+    parser.add_argument("--sampling-context", default=None,
+                        help="messages placed before each prompt only while sampling D2O's anchors: a preset "
+                        "(refusal, refusal-selective) or a JSON/YAML file (docs/sampling_context.md)")
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else "full"
     try:
@@ -196,7 +207,7 @@ def cmd_demo(argv: list[str]) -> int:
             methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
             data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
             k=args.k, train_prompts=args.train_prompts, eval_prompts=args.eval_prompts,
-            sampling_instruction=args.sampling_instruction)
+            sampling_instruction=args.sampling_instruction, sampling_context=args.sampling_context)
         run_demo(settings)
     except (ValueError, FileNotFoundError) as error:
         print(f"negalign demo: {error}", file=sys.stderr)

@@ -62,6 +62,8 @@ def _one_of(labels, scores) -> None:
 
 # --------------------------------------------------------------------------------------------- D2O
 
+SATURATED_SIGMOID = 0.99  # sigmoid(z) above this (z > 4.6): -logsigmoid's gradient factor is below 0.01
+
 
 def d2o(
     policy_negative_logps: Tensor,
@@ -94,9 +96,12 @@ def d2o(
 
     Metrics: ``z`` (mean over rows; for instance-level the mean of the per-sample arguments, which equals the
     same value), ``sigmoid_z``, ``sample_logratio`` (mean h on samples), ``negative_logratio``,
-    ``logratio_margin`` (their difference) and ``kl_on_samples`` = mean of exp(h) * h over samples, an
-    importance-weighted estimate of KL(pi_theta || pi_ref) that is unbiased when the samples were drawn from
-    the reference (static sampling); 0 when K = 0.
+    ``logratio_margin`` (their difference); the loss balance: ``sample_term`` = mean_B (beta/K) sum_k h(y_k)
+    and ``negative_term`` = mean_B -alpha h(y_l), which add up to ``z``, and ``saturated_share``, the share of
+    rows (instance-level: of row-sample arguments) with sigmoid(z) > 0.99, whose gradient has all but vanished;
+    and ``kl_on_samples`` = mean of exp(h) * h over samples, an importance-weighted estimate of
+    KL(pi_theta || pi_ref) that is valid only when the samples were drawn from the reference with no sampling
+    context (the trainer drops it otherwise); 0 when K = 0.
     """
     _check_same_shape(policy_negative_logps=policy_negative_logps, ref_negative_logps=ref_negative_logps)
     _check_same_shape(policy_sample_logps=policy_sample_logps, ref_sample_logps=ref_sample_logps)
@@ -134,9 +139,13 @@ def d2o(
         sample_logratio = hs.mean()
         kl_on_samples = (hs.exp() * hs).mean()
     negative_logratio = _metric(h_neg)
+    sample_term = (beta / k) * h_samples.detach().float().sum(dim=1) if k else torch.zeros_like(h_neg).float()
     metrics = {
         "z": _metric(z_metric),
         "sigmoid_z": _metric(sig_metric),
+        "sample_term": _metric(sample_term),
+        "negative_term": _metric(-alpha * h_neg.detach().float()),
+        "saturated_share": _metric((sig_metric > SATURATED_SIGMOID).float()),
         "sample_logratio": _metric(sample_logratio),
         "negative_logratio": negative_logratio,
         "logratio_margin": _metric(sample_logratio - negative_logratio),

@@ -1,4 +1,5 @@
-"""What a saved model carries besides its weights: the resolved config and the package versions."""
+"""What a saved model carries besides its weights: the resolved config, the package versions, a model card
+(README.md) and, for D2O, where its anchors came from (sampling_context.json)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,43 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def write_provenance(output_dir: str, config) -> None:
+def model_card(config, anchors: dict | None) -> str:
+    """README.md for the saved model: what it was trained from and how, and for D2O the sampling context its
+    anchors were drawn under (a user's choice that shapes the result as much as the data)."""
+    lines = ["---", "library_name: transformers", "tags: [negalign, " + config.objective + "]",
+             f"base_model: {config.model}", "---", "",
+             f"# {os.path.basename(os.path.normpath(config.output_dir))}", "",
+             f"Trained with negalign, objective `{config.objective}`, from `{config.model}` on `{config.data}`.",
+             "", "| setting | value |", "|---|---|"]
+    for key in ("objective", "beta", "alpha", "k", "logp_reduction", "learning_rate", "max_steps",
+                "num_train_epochs", "per_device_train_batch_size", "max_length", "max_prompt_length", "use_lora",
+                "reference", "sampling", "samples", "max_prompts", "seed"):
+        if key in ("alpha", "k", "sampling", "samples") and config.objective != "d2o":
+            continue
+        lines.append(f"| {key} | {getattr(config, key)} |")
+    if anchors:
+        context = anchors.get("sampling_context")
+        lines += ["", "## D2O anchors", ""]
+        if context in (None, "unknown"):
+            lines.append("Sampling context: none (the anchors were drawn after each prompt alone)." if context is None
+                         else "Sampling context: unknown (the samples file carries no .meta.json).")
+        else:
+            lines.append(f"Sampling context `{context['sha256']}` ({context['demonstrations']} demonstrations"
+                         + (", with a system message" if context["system"] else "") + "), placed before each "
+                         "prompt only while the anchors were sampled, never in training (sampling_context.json "
+                         "holds its messages):")
+            lines.append("")
+            lines += [f"> **{m['role']}**: {' '.join(m['content'].split())}" + "  " for m in context["messages"]]
+    lines += ["", "Files: `negalign_config.yaml` (every setting), `versions.json`, `train_log.json`.", ""]
+    return "\n".join(lines)
+
+
+def write_provenance(output_dir: str, config, anchors: dict | None = None) -> None:
     os.makedirs(output_dir, exist_ok=True)
     resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
     atomic_write_text(os.path.join(output_dir, "negalign_config.yaml"),
                       yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True))
     atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))
+    if anchors is not None:
+        atomic_write_text(os.path.join(output_dir, "sampling_context.json"), json.dumps(anchors, indent=2) + "\n")
+    atomic_write_text(os.path.join(output_dir, "README.md"), model_card(config, anchors))

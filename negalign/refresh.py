@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from negalign.anchors import report_samples_file
 from negalign.data import encode, load_rows, prompt_key
 from negalign.reference import cached_reference_logps
 from negalign.sampling import SamplingSettings, sample
+from negalign.sampling_context import resolve_context
 
 logger = logging.getLogger("negalign")
 REFRESH_FILE = re.compile(r"step-(\d+)\.jsonl$")
@@ -35,12 +37,14 @@ class SampleRefresher(TrainerCallback):
         self.reference_loader = reference_loader  # () -> (model, context manager factory) scoring pi_r-
         self.folder = Path(config.output_dir) / "refreshed_samples"
         self.trainer = None
+        self.refuses = None  # anchor report judge (None: the offline harm judge)
 
     def settings(self, step: int) -> SamplingSettings:
         c = self.config
         return SamplingSettings(k=c.k, max_new_tokens=c.sample_max_new_tokens, temperature=c.sample_temperature,
                                 top_p=c.sample_top_p, seed=c.seed + step, batch_size=c.sample_batch_size,
-                                max_prompt_length=c.max_prompt_length, sampling_instruction=c.sampling_instruction)
+                                max_prompt_length=c.max_prompt_length,
+                                context=resolve_context(c.sampling_context, c.sampling_instruction))
 
     def _due(self, state, unit: str) -> bool:
         if self.config.refresh_unit != unit:
@@ -67,8 +71,10 @@ class SampleRefresher(TrainerCallback):
                             model_id=f"{self.config.model}@step{step}", overwrite=True, progress=False)
         model.train(was_training)
         n = self.apply(path)
+        anchors = report_samples_file(path, refuses=self.refuses)  # saved as step-N.jsonl.anchors.json
         message = {"refresh/step": step, "refresh/samples": n, "refresh/generated_tokens_per_s":
-                   round(report.tokens_per_second, 1)}
+                   round(report.tokens_per_second, 1), "refresh/anchor_refusal": anchors["refusal"]["rate"],
+                   "refresh/anchor_words": anchors["mean_words"]}
         logger.warning("negalign: refreshed D2O samples at step %d: %s", step, message)
         with open(self.folder / "refresh_log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(message) + "\n")

@@ -24,7 +24,8 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from negalign.data import DataError, encode_prompt, load_rows, prompt_key
+from negalign.data import DataError, encode_prompt_with_context, load_rows, prompt_key
+from negalign.sampling_context import context_hash, describe
 
 META_SUFFIX = ".meta.json"
 
@@ -38,11 +39,13 @@ class SamplingSettings:
     seed: int = 0
     batch_size: int = 8
     max_prompt_length: int = 256
-    sampling_instruction: str | None = None  # a system prompt present only while sampling (D2O option)
+    # chat messages placed before each prompt only while sampling (negalign.sampling_context); never trained on
+    context: list[dict] | None = None
 
     def generation_key(self) -> dict:
-        """Settings that change what is generated (batch_size does too: it changes the random draws)."""
-        return asdict(self)
+        """Settings that change what is generated (batch_size does too: it changes the random draws); the
+        context by its hash (the meta records its messages apart)."""
+        return {**asdict(self), "context": context_hash(self.context)}
 
 
 @dataclass
@@ -73,12 +76,6 @@ def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
             seen.add(key)
             out.append(prompt)
     return out
-
-
-def _template(tokenizer, prompt: list[dict], instruction: str | None, max_prompt_length: int) -> list[int]:
-    if instruction:
-        prompt = [{"role": "system", "content": instruction}] + [m for m in prompt if m["role"] != "system"]
-    return encode_prompt(prompt, tokenizer, max_prompt_length)
 
 
 def read_existing(output: Path) -> dict[tuple[str, int], dict]:
@@ -221,11 +218,13 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
 
     # the weights, not only the name: a model retrained under the same name must not extend old samples
     meta = {"model": model_id, "weights": model_fingerprint(model), "settings": settings.generation_key(),
+            "sampling_context": describe(settings.context),
             "n_prompts": len(prompts),
             "prompts_fingerprint": prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])}
     check_meta(output, meta, overwrite)
     done = read_existing(output)
-    encoded = [_template(tokenizer, p, settings.sampling_instruction, settings.max_prompt_length) for p in prompts]
+    encoded = [encode_prompt_with_context(p, settings.context, tokenizer, settings.max_prompt_length)
+               for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     keys = [prompt_key(p) for p in prompts]

@@ -94,6 +94,9 @@ class NegalignTrainer(Trainer):
         self.reference_models = reference_models or {}
         self._metrics = defaultdict(list)
         self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
+        # D2O: were the anchors drawn from the reference with no sampling context? (training.anchor_provenance)
+        self.samples_from_reference = True
+        self.anchor_provenance: dict | None = None  # written beside the saved model (provenance.py)
         self.nonfinite_guard = NonFiniteGuard(self.args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
 
@@ -106,6 +109,8 @@ class NegalignTrainer(Trainer):
             ref = ref / lengths
         token_level = pad_token_logps(tokens, batch) if args.objective == "unlikelihood" else None
         loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level, lengths)
+        if not self.samples_from_reference:  # exp(h)*h estimates a KL only under the reference's own samples
+            metrics.pop("kl_on_samples", None)
         for key, value in {**metrics, "policy_logps": policy.mean().detach()}.items():
             self._metrics[key].append(float(value))
         return (loss, {"policy_logps": policy}) if return_outputs else loss
@@ -172,4 +177,4 @@ class NegalignTrainer(Trainer):
         super()._save(output_dir, state_dict)
         from negalign.provenance import write_provenance
 
-        write_provenance(output_dir or self.args.output_dir, self.args)
+        write_provenance(output_dir or self.args.output_dir, self.args, self.anchor_provenance)

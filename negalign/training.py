@@ -127,6 +127,38 @@ def _check_sources(config: NegalignConfig) -> None:
                 raise DataError(error.where, f"{error.reason} (set by `{key}`)") from None
 
 
+def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
+    """Where D2O's anchors come from: the sampling context (from the samples file's meta for static samples,
+    from the config under `sampling: refresh`) and whether they were drawn from the reference pi_r- itself
+    with no context, the one case where `d2o/kl_on_samples` estimates a KL. A `sampling_context` set in the
+    config must match the one a static samples file was drawn with."""
+    from negalign.anchors import anchor_source
+    from negalign.reference import model_fingerprint
+    from negalign.sampling_context import context_hash, describe, resolve_context
+
+    if config.objective != "d2o" or config.k == 0:
+        return None
+    wanted = resolve_context(config.sampling_context, config.sampling_instruction)
+    if config.sampling == "refresh":
+        return {"sampling": "refresh", "sampling_context": describe(wanted), "from_reference": False}
+    meta = anchor_source(config.samples)
+    if meta is None:
+        logger.warning("negalign: %s has no .meta.json: the sampling context and model of its anchors are "
+                       "unknown (d2o/kl_on_samples is not logged)", config.samples)
+        return {"sampling": "static", "samples": config.samples, "sampling_context": "unknown",
+                "from_reference": False}
+    drawn = (meta.get("sampling_context") or {}).get("messages")
+    if (config.sampling_context or config.sampling_instruction) and context_hash(drawn) != context_hash(wanted):
+        raise ValueError(f"sampling_context: {config.samples} was drawn with another sampling context "
+                         f"({context_hash(drawn) or 'none'} vs {context_hash(wanted)} asked for here); resample "
+                         "with `negalign sample --sampling-context ...` or drop sampling_context from the config")
+    minus_name, _ = _reference_names(config)
+    from_reference = (drawn is None and minus_name == config.model
+                      and meta.get("weights") == model_fingerprint(policy))
+    return {"sampling": "static", "samples": config.samples, "sampling_context": describe(drawn),
+            "samples_model": meta.get("model"), "from_reference": from_reference}
+
+
 def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> dict:
     """Fill item["ref_logps"] ([slots] summed log-probs) from the on-disk cache, computing what is missing.
     D2O's slot 0 (the human negative) is scored by pi_r+, every other slot by pi_r-."""
@@ -202,6 +234,7 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")
     logger.warning("negalign: %s", prepared.summary())
     model = load_model(config.model)
+    anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
     reference_models = None
     if config.objective not in REFERENCE_FREE:
         if config.reference == "cached":
@@ -222,6 +255,8 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
                               data_collator=functools.partial(collate, share_prompts=config.share_prompts,
                                                                 detached=detached_slots(config.objective)),
                               processing_class=tokenizer, reference_models=reference_models)
+    trainer.anchor_provenance = anchors
+    trainer.samples_from_reference = bool(anchors and anchors["from_reference"])
     if config.sampling == "refresh":
         add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)

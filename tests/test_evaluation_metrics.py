@@ -29,8 +29,20 @@ def test_bootstrap_interval_contains_estimate_and_is_deterministic():
     assert metrics.bootstrap_interval(flags, seed=0) == (low, high)
     assert metrics.bootstrap_interval(flags, seed=1) != (low, high)
     assert metrics.bootstrap_interval([1, 1, 1]) == (1.0, 1.0)
-    entry = metrics.rate_with_interval(flags, seed=0)
-    assert entry["low"] <= entry["rate"] <= entry["high"] and entry["rate"] == 0.3
+
+
+def test_rates_carry_wilson_intervals_honest_at_zero_and_one():
+    # hand-computed: 30 of 100, z = 1.96: centre (0.3 + 0.019208) / 1.038416 = 0.30740,
+    # spread 1.96 * sqrt(0.0021 + 0.00009604) / 1.038416 = 0.08846 -> [0.2189, 0.3958]
+    entry = metrics.rate_with_interval([1] * 30 + [0] * 70)
+    assert (entry["rate"], entry["n"], entry["count"], entry["interval"]) == (0.3, 100, 30, "wilson")
+    assert entry["low"] == pytest.approx(0.2189, abs=2e-4) and entry["high"] == pytest.approx(0.3958, abs=2e-4)
+    # 0 of 24: [0, z^2 / (n + z^2)] = [0, 3.8415 / 27.8415] = [0, 0.1380], not [0, 0]
+    low, high = metrics.wilson_interval(0, 24)
+    assert low == 0.0 and high == pytest.approx(0.1380, abs=2e-4)
+    low, high = metrics.wilson_interval(24, 24)
+    assert high == 1.0 and low == pytest.approx(1 - 0.1380, abs=2e-4)
+    assert metrics.wilson_interval(0, 0) == (None, None)
 
 
 def test_bootstrap_matches_an_explicit_resampling_loop():

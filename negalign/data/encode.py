@@ -71,6 +71,29 @@ def encode_prompt(prompt_messages: list[dict], tokenizer, max_prompt_length: int
     return ids[-max_prompt_length:] if max_prompt_length else ids
 
 
+def encode_prompt_with_context(prompt_messages: list[dict], context: list[dict] | None, tokenizer,
+                               max_prompt_length: int | None = None) -> list[int]:
+    """The prompt a self-sample is drawn after: a sampling context (negalign.sampling_context) followed by
+    the row's own prompt. The row's part is cut to its last `max_prompt_length` tokens exactly as
+    `encode_prompt` cuts it for training; the context is never cut. Without a context: `encode_prompt`."""
+    if not context:
+        return encode_prompt(prompt_messages, tokenizer, max_prompt_length)
+    from negalign.sampling_context import with_context
+
+    conversation = with_context(prompt_messages, context)
+    own = [m for m in prompt_messages if m["role"] != "system"]
+    head = conversation[: len(conversation) - len(own)]  # the context (and a system message kept before it)
+    full = encode_prompt(conversation, tokenizer)
+    if getattr(tokenizer, "chat_template", None):
+        head_ids = _chat_ids(tokenizer, head, add_generation_prompt=False)
+    else:
+        head_ids = _text_ids(tokenizer, "\n\n".join(m["content"] for m in head), add_special_tokens=True)
+    # templates render the context identically whether or not a prompt follows (checked in the tests for
+    # SmolLM2's); where one does not, the context's length still marks where the row's part begins
+    head_ids, own_ids = full[: len(head_ids)], full[len(head_ids):]
+    return head_ids + (own_ids[-max_prompt_length:] if max_prompt_length else own_ids)
+
+
 def _untruncated(prompt_messages: list[dict], completion: str, tokenizer, eos: int) -> tuple[list[int], list[int]]:
     prompt_ids = encode_prompt(prompt_messages, tokenizer)
     if getattr(tokenizer, "chat_template", None):

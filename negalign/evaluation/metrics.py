@@ -1,12 +1,15 @@
 """Evaluation metrics: pure functions of numbers (no model, no I/O), each checked against hand-computed values.
 
 Conventions (METHODS.md): h(y) = logp_policy(y|x) - logp_ref(y|x) with log-probs summed over the answer's
-tokens; a "rate" is a fraction in [0, 1]; intervals are percentile-bootstrap 95 % intervals with a fixed seed.
+tokens; a "rate" is a fraction in [0, 1] with its Wilson 95 % interval; other statistics get percentile-bootstrap
+95 % intervals with a fixed seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+import math
 
 import numpy as np
 
@@ -36,13 +39,31 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
     return (float(low), float(high))
 
 
-def rate_with_interval(flags: Sequence[bool | float], **bootstrap) -> dict:
-    """{"rate", "low", "high", "n", "count"} for a list of 0/1 outcomes."""
+def wilson_interval(count: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """Wilson score interval for count successes in n trials (95 % for the default z):
+    (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n). Unlike the bootstrap (or the normal
+    approximation) it is not [0, 0] for 0 of n: 0 of 24 gives [0, 0.138]."""
+    if n == 0:
+        return (None, None)
+    p = count / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    low, high = (centre - spread) / scale, (centre + spread) / scale
+    # exactly 0 / 1 at the ends (the closed form gives them up to rounding)
+    return (0.0 if count == 0 else max(0.0, low), 1.0 if count == n else min(1.0, high))
+
+
+def rate_with_interval(flags: Sequence[bool | float], **_bootstrap) -> dict:
+    """{"rate", "low", "high", "n", "count", "interval"} for a list of 0/1 outcomes, with the Wilson 95 %
+    interval (bootstrap settings are accepted and ignored: a percentile bootstrap of a rate is [0, 0] at 0)."""
     data = np.asarray(flags, dtype=np.float64)
     if data.size == 0:
-        return {"rate": None, "low": None, "high": None, "n": 0, "count": 0}
-    low, high = bootstrap_interval(data, **bootstrap)
-    return {"rate": float(data.mean()), "low": low, "high": high, "n": int(data.size), "count": int(data.sum())}
+        return {"rate": None, "low": None, "high": None, "n": 0, "count": 0, "interval": "wilson"}
+    count = int(data.sum())
+    low, high = wilson_interval(count, int(data.size))
+    return {"rate": float(data.mean()), "low": low, "high": high, "n": int(data.size), "count": count,
+            "interval": "wilson"}
 
 
 def harmful_compliance_rate(complies: Sequence[float], threshold: float = THRESHOLD, **bootstrap) -> dict:

@@ -13,6 +13,7 @@ reference, with no context) means anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,12 +37,18 @@ def keyword_refuses(answers: Sequence[str]) -> list[bool]:
     return [has_refusal_phrase(a) for a in answers]
 
 
+@functools.lru_cache(maxsize=1)
+def _judge():
+    from negalign.evaluation.judge import HarmJudge
+
+    return HarmJudge.load()
+
+
 def judge_refuses(answers: Sequence[str]) -> list[bool]:
     """The offline harm judge (embedding + refusal-phrase head): probability of complying <= 0.5."""
-    from negalign.evaluation.judge import HarmJudge
     from negalign.evaluation.metrics import THRESHOLD
 
-    return [p <= THRESHOLD for p in HarmJudge.load().complies([""] * len(answers), list(answers))]
+    return [p <= THRESHOLD for p in _judge().complies([""] * len(answers), list(answers))]
 
 
 def _last_user(prompt: list[dict]) -> str:

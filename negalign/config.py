@@ -55,6 +55,16 @@ class NegalignConfig(TrainingArguments):
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
     on_bad_row: str = _opt("error", "'error' stops at the first bad data row; 'skip' counts and reports them.",
                            choices=["error", "skip"])
+    # a retain set: rows the model must keep answering, mixed into every step apart from the feedback rows
+    retain_data: str = _opt(None, "Retain prompts (file or catalog name, e.g. benign-instructions), with or without "
+                            "answers; decontaminated against the evaluation suites. See docs/retain.md.")
+    retain_loss: str = _opt("self", "'nll' on the given answers; 'self': NLL on the starting model's own greedy "
+                            "answers (generated once, cached); 'kl': token-level KL(reference || policy) on the "
+                            "answers.", choices=["nll", "self", "kl"])
+    retain_weight: float = _opt(1.0, "lambda: loss = objective + lambda * retain loss.")
+    retain_batch_size: int = _opt(None, "Retain rows per step (default: per_device_train_batch_size).")
+    retain_max_prompts: int = _opt(256, "Use this many retain prompts (a seeded sample), before decontamination.")
+    retain_max_new_tokens: int = _opt(96, "retain_loss self/kl without given answers: new tokens per greedy answer.")
     # objective hyper-parameters (METHODS.md); betas assume summed log-probs unless logp_reduction says mean
     beta: float = _opt(0.1, "beta of D2O/DPO/NPO/KTO/point-wise DPO/ULMA (SimNPO: use 2.5).")
     alpha: float = _opt(0.1, "D2O: weight of the human negative's log-ratio.")
@@ -123,6 +133,10 @@ class NegalignConfig(TrainingArguments):
                 resolve_context(self.sampling_context, self.sampling_instruction)
             except (ValueError, FileNotFoundError) as error:
                 problems.append(str(error))
+        if self.retain_data and self.retain_weight < 0:
+            problems.append(f"retain_weight: must be >= 0, got {self.retain_weight}")
+        if self.retain_batch_size is not None and self.retain_batch_size < 1:
+            problems.append(f"retain_batch_size: must be >= 1, got {self.retain_batch_size}")
         if self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         if self.reference == "adapter_disabled" and not self.use_lora:

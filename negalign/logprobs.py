@@ -151,7 +151,13 @@ def _unwrapped(model):
     return model
 
 
-def token_logps(model, batch: PackedBatch, chunk_size: int = 128) -> torch.Tensor:
+def token_log_softmax(model, batch: PackedBatch, chunk_size: int = 128) -> torch.Tensor:
+    """log pi(. | x, y_<t) over the whole vocabulary at every completion position, shape [M, V], float32 (for
+    token-level KL; M x V floats, so keep such batches small)."""
+    return token_logps(model, batch, chunk_size, full=True)
+
+
+def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = False) -> torch.Tensor:
     """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32.
 
     A distributed wrapper does its work in its own forward: DDP arms the gradient all-reduce there (without
@@ -159,9 +165,9 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128) -> torch.Tenso
     runs this whole computation as the forward of the model it wraps."""
     inner = _unwrapped(model)
     if inner is model:
-        return _token_logps(model, batch, chunk_size)
+        return _token_logps(model, batch, chunk_size, full)
     saved = inner.__dict__.get("forward")  # accelerate may have replaced forward (mixed precision)
-    inner.forward = lambda: _token_logps(inner, batch, chunk_size)
+    inner.forward = lambda: _token_logps(inner, batch, chunk_size, full)
     try:
         return model()
     finally:
@@ -171,7 +177,7 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128) -> torch.Tenso
             inner.forward = saved
 
 
-def _token_logps(model, batch: PackedBatch, chunk_size: int) -> torch.Tensor:
+def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False) -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
     use_block_attention(decoder)
     blocks = tuple(tuple(block) for block in batch.blocks.tolist())  # python ints: read once, not per layer
@@ -181,6 +187,9 @@ def _token_logps(model, batch: PackedBatch, chunk_size: int) -> torch.Tensor:
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         logits = head(hidden[start:start + chunk_size]).float()
+        if full:
+            pieces.append(logits.log_softmax(-1))
+            continue
         # log_softmax at the target, fused (one pass forward and backward over the chunk's logits)
         pieces.append(-F.cross_entropy(logits, batch.target_ids[start:start + chunk_size], reduction="none"))
     return torch.cat(pieces)

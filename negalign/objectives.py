@@ -154,6 +154,29 @@ def d2o(
     return loss, metrics
 
 
+# ------------------------------------------------------------------------------ retain terms (any objective)
+
+
+def retain_nll(token_logps: Tensor) -> tuple[Tensor, Metrics]:
+    """Retain NLL: ``L = -(1/T) sum_t log pi_theta(a_t | x, a_<t)`` over all T answer tokens of the retain
+    batch (a per-token mean, so long answers do not outweigh short ones per token)."""
+    if token_logps.dim() != 1 or token_logps.numel() == 0:
+        raise ValueError(f"retain token log-probs must be a non-empty [T] tensor, got {tuple(token_logps.shape)}")
+    loss = -token_logps.mean()
+    return loss, {"nll": _metric(loss)}
+
+
+def retain_kl(policy_token_logsoftmax: Tensor, ref_token_logsoftmax: Tensor) -> tuple[Tensor, Metrics]:
+    """Retain KL: ``L = (1/T) sum_t sum_v pi_ref(v|c_t) [log pi_ref(v|c_t) - log pi_theta(v|c_t)]``, the
+    forward KL from the reference to the policy at each of the T answer positions c_t, averaged. Inputs are
+    full-vocabulary log-softmax rows [T, V]; the reference carries no gradient."""
+    _check_same_shape(policy=policy_token_logsoftmax, ref=ref_token_logsoftmax)
+    ref = ref_token_logsoftmax.detach()
+    per_token = (ref.exp() * (ref - policy_token_logsoftmax)).sum(-1)
+    loss = per_token.mean()
+    return loss, {"kl": _metric(loss)}
+
+
 # ------------------------------------------------------------------------------ point-wise DPO and ULMA
 
 

@@ -97,6 +97,10 @@ class NegalignTrainer(Trainer):
         # D2O: were the anchors drawn from the reference with no sampling context? (training.anchor_provenance)
         self.samples_from_reference = True
         self.anchor_provenance: dict | None = None  # written beside the saved model (provenance.py)
+        self.retain = None  # negalign.retain.RetainSet: rows mixed into every step, apart from the feedback rows
+        self.retain_reference = None  # retain_loss kl without LoRA: a frozen copy of the starting model
+        self._retain_step, self._retain_micro = -1, 0
+        self._plain_metrics = defaultdict(list)  # logged under their own names, not the objective's
         self.nonfinite_guard = NonFiniteGuard(self.args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
 
@@ -111,9 +115,42 @@ class NegalignTrainer(Trainer):
         loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level, lengths)
         if not self.samples_from_reference:  # exp(h)*h estimates a KL only under the reference's own samples
             metrics.pop("kl_on_samples", None)
+        if self.retain is not None and model.training:  # evaluation and reference passes leave it out
+            retain_loss, retain_metrics = self.retain_term(model)
+            self._plain_metrics["objective_loss"].append(float(loss.detach()))
+            for key, value in retain_metrics.items():
+                self._plain_metrics[f"retain/{key}"].append(float(value))
+            loss = loss + args.retain_weight * retain_loss
         for key, value in {**metrics, "policy_logps": policy.mean().detach()}.items():
             self._metrics[key].append(float(value))
         return (loss, {"policy_logps": policy}) if return_outputs else loss
+
+    def retain_term(self, model):
+        """The retain loss on this micro-step's retain batch (negalign.retain): which rows depends only on the
+        global step, the micro-step and the process, so a resumed run draws the batches it would have."""
+        from negalign.logprobs import pack_sequences, token_log_softmax
+        from negalign.retain import retain_indices
+
+        args = self.args
+        if self.state.global_step != self._retain_step:
+            self._retain_step, self._retain_micro = self.state.global_step, 0
+        draw = ((self._retain_step * args.gradient_accumulation_steps + self._retain_micro) * args.world_size
+                + args.process_index)
+        self._retain_micro += 1
+        size = args.retain_batch_size or args.per_device_train_batch_size
+        rows = retain_indices(len(self.retain.sequences), size, draw, args.seed)
+        batch = pack_sequences([self.retain.sequences[i] for i in rows], share_prompts=False).to(args.device)
+        with self.accelerator.autocast():
+            if args.retain_loss != "kl":
+                return objectives.retain_nll(token_logps(model, batch))
+            policy = token_log_softmax(model, batch)
+            with torch.no_grad():
+                if self.retain_reference is None:  # LoRA: the starting model is the policy with its adapter off
+                    with self.accelerator.unwrap_model(model).disable_adapter():
+                        reference = token_log_softmax(model, batch)
+                else:
+                    reference = token_log_softmax(self.retain_reference, batch)
+        return objectives.retain_kl(policy, reference)
 
     def slot_logps(self, model, inputs, with_grad: bool):
         """Summed completion log-probs and completion lengths, both [B, slots], under `model`, plus the token
@@ -156,6 +193,9 @@ class NegalignTrainer(Trainer):
             for key, value in self._merged_metrics().items():
                 logs[f"{self.args.objective}/{key}"] = value
             self._metrics.clear()
+            for key, values in self._plain_metrics.items():
+                logs[key] = sum(values) / len(values)
+            self._plain_metrics.clear()
         if "loss" in logs:
             logs["skipped_nonfinite_steps"] = self.nonfinite_guard.skipped
         if self.pending_logs and "loss" in logs:

@@ -18,6 +18,7 @@ from negalign.files import atomic_write_text
 from negalign.heap import set_mmap_threshold
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
+from negalign.retain import prepare_retain
 from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
 from negalign.trainer import NegalignTrainer
 
@@ -249,6 +250,16 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
             reference_models = {"minus": minus, "plus": minus if plus_name == minus_name else load(plus_name)}
             for ref in {id(m): m for m in reference_models.values()}.values():
                 ref.requires_grad_(False)
+    # the retain set needs the starting model (self answers, kl reference) before LoRA or training change it
+    retain = prepare_retain(config, tokenizer, model, config.output_dir if config.should_save else None)
+    retain_reference = None
+    if retain is not None:
+        logger.warning("negalign: retain set: %d sequences from %s (%d of %d prompts removed as evaluation "
+                       "prompts), loss %s x %s", retain.summary["n_sequences"], config.retain_data,
+                       retain.summary["n_removed"], retain.summary["n_selected"], config.retain_loss,
+                       config.retain_weight)
+        if config.retain_loss == "kl" and not config.use_lora:
+            retain_reference = copy.deepcopy(model).eval().requires_grad_(False)
     if config.use_lora:
         model = apply_lora(model, config)
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
@@ -256,6 +267,9 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
                                                                 detached=detached_slots(config.objective)),
                               processing_class=tokenizer, reference_models=reference_models)
     trainer.anchor_provenance = anchors
+    trainer.retain, trainer.retain_reference = retain, retain_reference
+    if retain_reference is not None:
+        retain_reference.to(trainer.args.device)
     trainer.samples_from_reference = bool(anchors and anchors["from_reference"])
     if config.sampling == "refresh":
         add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)

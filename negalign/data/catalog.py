@@ -16,6 +16,10 @@ CATALOG = {
     "advbench": ("advbench/harmful_behaviors.csv", "walledai/AdvBench", "AdvBench: 520 harmful requests"),
     "refusal-harmful": ("refusal-direction-splits/harmful_test.json", None,
                         "harmful test split of the refusal-direction instruction sets"),
+    "benign-instructions": ("refusal-direction-splits/harmless_val.json", None,
+                            "benign Alpaca instructions (6,264, no answers), the validation split of the "
+                            "refusal-direction sets: a retain source; the evaluation suites draw from the test "
+                            "split, and retain rows are decontaminated against them"),
     "refusal-benign": ("refusal-direction-splits/harmless_test.json", None,
                        "benign (Alpaca) test split of the refusal-direction instruction sets"),
 }

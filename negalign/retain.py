@@ -1,0 +1,208 @@
+"""A retain set: prompts the model must keep answering while an objective unlearns something else.
+
+Whatever a method teaches on harmful prompts spills onto benign ones in a small model (over-refusal). A retain
+term, as in the unlearning literature (gradient difference, NPO + retain), adds to every step
+`retain_weight x L_retain` on a batch of retain rows drawn apart from the feedback rows:
+
+    nll   L = -(1/T) sum_t log pi_theta(a_t | x, a_<t)                 over the given answers' T tokens
+    self  the same NLL on the starting model's own greedy answers (generated once, cached on disk)
+    kl    L = (1/T) sum_t KL( pi_ref(. | x, a_<t) || pi_theta(. | x, a_<t) )   full-vocabulary, per token,
+          on the given answers or, where there are none, the starting model's greedy answers
+
+Retain prompts are decontaminated before use: a prompt whose normalised text equals an evaluation prompt, or
+whose sentence embedding has cosine similarity >= `DUPLICATE_COSINE` with one, is removed, and the removals are
+written beside the run (retain_decontamination.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from negalign.data import DataError, encode, prompt_key
+from negalign.data.readers import iter_records
+
+RETAIN_LOSSES = ("nll", "self", "kl")
+DUPLICATE_COSINE = 0.85  # all-MiniLM-L6-v2: paraphrases of one request score about 0.85-0.95
+ANSWER_FIELDS = ("completion", "chosen", "output", "response", "answer")
+
+
+@dataclass
+class RetainSet:
+    sequences: list[tuple[list[int], list[int]]]  # (prompt ids, answer ids)
+    summary: dict = field(default_factory=dict)
+
+
+def _messages(value, where: str) -> list[dict]:
+    if isinstance(value, str) and value.strip():
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise DataError(where, "the prompt must be non-empty text or a list of {role, content} messages", "prompt")
+
+
+def read_retain_rows(source: str, data_dir: str | None = None) -> list[dict]:
+    """Rows {prompt: messages, answer: str | None, source}. Accepts any negalign data file (or catalog name)
+    whose records have `prompt` (or `instruction` [+ `input`], Alpaca style) and optionally an answer in one of
+    completion / chosen / output / response / answer; HH transcripts give their last turn as the answer; a
+    .txt file is one prompt per line."""
+    from negalign.data.catalog import resolve_data
+    from negalign.data.normalise import parse_hh_transcript
+
+    path = resolve_data(source, data_dir)
+    if str(path).endswith(".txt"):
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return [{"prompt": _messages(line.strip(), f"{path}:{n}"), "answer": None, "source": f"{path}:{n}"}
+                for n, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for record in iter_records(path):
+        if isinstance(record.value, DataError):
+            raise record.value
+        value, where = record.value, record.where
+        answer = next((value[f] for f in ANSWER_FIELDS if isinstance(value.get(f), str) and value[f].strip()), None)
+        if "prompt" in value:
+            prompt = _messages(value["prompt"], where)
+        elif "instruction" in value:
+            text = str(value["instruction"]) + (f"\n\n{value['input']}" if value.get("input") else "")
+            prompt = _messages(text, where)
+        elif answer is not None and answer.lstrip().startswith("Human:"):  # an HH transcript
+            turns = parse_hh_transcript(answer, where, "chosen")
+            prompt, answer = turns[:-1], turns[-1]["content"]
+        else:
+            raise DataError(where, f"a retain row needs a prompt (or an instruction), got keys {sorted(value)}")
+        rows.append({"prompt": prompt, "answer": answer, "source": record.source})
+    if not rows:
+        raise DataError(str(path), "no retain rows")
+    return rows
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def evaluation_prompts(data_dir) -> list[str]:
+    """Every prompt of every built-in evaluation suite (whole suites, not the subsamples a run draws)."""
+    from negalign.evaluation.suites import BUILTIN, builtin_suite
+
+    prompts = []
+    for name in BUILTIN:
+        try:
+            prompts.extend(builtin_suite(name, data_dir).prompts)
+        except FileNotFoundError:
+            continue
+    return prompts
+
+
+def last_user_text(prompt: list[dict]) -> str:
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = DUPLICATE_COSINE,
+                  encode_texts=None) -> tuple[list[dict], list[dict]]:
+    """(kept rows, removed [{prompt, reason, match, cosine}]): exact duplicates of an evaluation prompt after
+    normalising case and punctuation, then near duplicates by embedding cosine >= threshold."""
+    exact = {normalise(p): p for p in eval_prompts}
+    kept, removed = [], []
+    for row in rows:
+        text = last_user_text(row["prompt"])
+        if normalise(text) in exact:
+            removed.append({"prompt": text, "reason": "exact", "match": exact[normalise(text)], "cosine": 1.0})
+        else:
+            kept.append(row)
+    if kept and eval_prompts:
+        if encode_texts is None:
+            from negalign.evaluation.encoder import SentenceEncoder
+
+            encode_texts = SentenceEncoder().encode
+        ours = encode_texts([last_user_text(r["prompt"]) for r in kept])
+        theirs = encode_texts(list(eval_prompts))
+        best, index = (ours @ theirs.T).max(dim=1)
+        survivors = []
+        for row, cosine, at in zip(kept, best.tolist(), index.tolist()):
+            if cosine >= threshold:
+                removed.append({"prompt": last_user_text(row["prompt"]), "reason": "near duplicate",
+                                "match": eval_prompts[at], "cosine": round(cosine, 4)})
+            else:
+                survivors.append(row)
+        kept = survivors
+    return kept, removed
+
+
+def self_answers(model, tokenizer, prompts: list[list[dict]], folder: str | os.PathLike, max_new_tokens: int,
+                 max_prompt_length: int, batch_size: int = 8) -> list[str]:
+    """The starting model's greedy answers, generated once with the batched sampler and cached under `folder`,
+    keyed by the model's weights and the prompts: a rerun reads them back without generating."""
+    from negalign.reference import model_fingerprint
+    from negalign.sampling import SamplingSettings, read_existing, sample
+
+    key = prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])[:16]
+    path = Path(folder) / f"{model_fingerprint(model)}-{key}-{max_new_tokens}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = SamplingSettings(k=1, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
+                                batch_size=batch_size, max_prompt_length=max_prompt_length)
+    sample(model, tokenizer, prompts, path, settings, model_id="retain-self", progress=True)
+    done = read_existing(path)
+    return [done[(prompt_key(p), 0)]["completion"] for p in prompts]
+
+
+def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> RetainSet | None:
+    """config.retain_* -> tokenised retain sequences, decontaminated against the evaluation suites."""
+    if not config.retain_data:
+        return None
+    from negalign.evaluation.paths import data_dir as find_data_dir
+    from negalign.files import atomic_write_text
+    from negalign.models import cache_dir
+
+    rows = read_retain_rows(config.retain_data)
+    random.Random(config.seed).shuffle(rows)
+    if config.retain_max_prompts:
+        rows = rows[: config.retain_max_prompts]
+    folder = find_data_dir()
+    if folder is not None:
+        kept, removed = decontaminate(rows, evaluation_prompts(folder))
+    else:  # no evaluation suites to compare against: say so in the record rather than guess
+        kept, removed = rows, []
+    summary = {"source": config.retain_data, "loss": config.retain_loss, "weight": config.retain_weight,
+               "n_selected": len(rows), "n_kept": len(kept), "n_removed": len(removed),
+               "decontaminated_against": "built-in evaluation suites" if folder is not None else "nothing (no data "
+               "directory)", "duplicate_cosine": DUPLICATE_COSINE, "removed": removed}
+    if not kept:
+        raise ValueError(f"retain_data: {config.retain_data}: every row was removed as an evaluation prompt")
+    missing = [r for r in kept if r["answer"] is None]
+    if config.retain_loss == "nll" and missing:
+        raise ValueError(f"retain_loss: nll needs answers, but {missing[0]['source']} (and {len(missing) - 1} more) "
+                         "have none; use retain_loss: self (the starting model's own answers) or kl")
+    if config.retain_loss == "self" or missing:
+        generated = self_answers(model, tokenizer, [r["prompt"] for r in kept],
+                                 Path(config.cache_dir or cache_dir() / "reference").parent / "retain",
+                                 config.retain_max_new_tokens, config.max_prompt_length)
+        for row, answer in zip(kept, generated):
+            if config.retain_loss == "self" or row["answer"] is None:
+                row["answer"] = answer
+    sequences = []
+    for row in kept:  # an empty greedy answer stays: stopping at once is then the behaviour to keep
+        encoded = encode(row["prompt"], row["answer"], tokenizer, max_length=config.max_length,
+                         max_prompt_length=config.max_prompt_length, source=row["source"])
+        sequences.append((encoded.prompt_ids, encoded.completion_ids))
+    summary["n_sequences"] = len(sequences)
+    if output_dir:
+        atomic_write_text(os.path.join(output_dir, "retain_decontamination.json"), json.dumps(summary, indent=2) + "\n")
+    return RetainSet(sequences, summary)
+
+
+def retain_indices(n_rows: int, batch_size: int, draw: int, seed: int) -> list[int]:
+    """Rows of the `draw`-th retain batch: consecutive slices of a seeded permutation per pass over the set, so
+    the batch of every step depends only on the step (a resumed run draws what the uninterrupted one did)."""
+    out = []
+    position = draw * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, n_rows)
+        order = list(range(n_rows))
+        random.Random(f"{seed}-retain-{epoch}").shuffle(order)
+        out.append(order[offset])
+        position += 1
+    return out

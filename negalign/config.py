@@ -48,6 +48,9 @@ class NegalignConfig(TrainingArguments):
                                  "file of {role, content} messages. With sampling: refresh it is used at every "
                                  "refresh; with a static samples file it must match the one the file was drawn "
                                  "with. See docs/sampling_context.md.")
+    benign_samples: str = _opt(None, "D2O: a samples file of benign prompts (drawn with no sampling context) "
+                               "trained towards their own anchors, with no human negative: z = (beta/K) sum_k "
+                               "h(y_k). Keeps the refusal anchors from teaching refusal everywhere (docs/retain.md).")
     sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training): the "
                                      "one-message case of sampling_context.")
     max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "
@@ -124,6 +127,8 @@ class NegalignConfig(TrainingArguments):
             problems.append(f"k: must be >= 0, got {self.k}")
         if self.sampling == "refresh" and (self.objective != "d2o" or not self.k):
             problems.append("sampling: 'refresh' needs objective d2o and k >= 1")
+        if self.benign_samples and (self.objective != "d2o" or self.sampling == "refresh"):
+            problems.append("benign_samples: needs objective d2o with sampling: static")
         if self.refresh_every < 1:
             problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
         if self.sampling_context or self.sampling_instruction:

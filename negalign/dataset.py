@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from negalign.data import build_examples, encode, load_rows, prompt_key
+import logging
+
+from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
 from negalign.logprobs import pack_sequences
+
+logger = logging.getLogger("negalign")
 
 
 def example_slots(objective: str, example: dict) -> list[str]:
@@ -100,7 +104,42 @@ def prepare_items(config, tokenizer) -> PreparedData:
             sequences.append((encoded.prompt_ids, encoded.completion_ids))
         items.append({"sequences": sequences, "label": example.get("label"), "score": example.get("score"),
                       "prompt": example["prompt"], "prompt_key": prompt_key(example["prompt"])})
+    if config.objective == "d2o" and config.benign_samples:
+        items.extend(benign_items(config, tokenizer, {item["prompt_key"] for item in items}))
     return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut)
+
+
+def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
+    """D2O items for benign prompts with anchors and no human negative (`benign_samples`): slot 0 is a
+    one-token placeholder that the loss gives no weight (has_negative False). Prompts that are evaluation
+    prompts (negalign.retain.decontaminate) or that also have a human negative are left out."""
+    from negalign.evaluation.paths import data_dir
+    from negalign.retain import decontaminate, evaluation_prompts
+
+    samples, _ = load_rows(config.benign_samples, on_bad_row=config.on_bad_row)
+    groups = {key: sorted(group, key=lambda r: r["sample_index"] or 0)
+              for key, group in group_by_prompt(samples).items() if key not in feedback_prompts}
+    k = config.k or min(len(g) for g in groups.values())
+    short = [g[0]["source"] for g in groups.values() if len(g) < k]
+    if short:
+        raise DataError(short[0], f"benign_samples: this prompt has fewer than k={k} samples ({len(short)} prompts do)")
+    rows = [{"prompt": g[0]["prompt"], "group": g} for g in groups.values()]
+    folder = data_dir()
+    if folder is not None:
+        rows, removed = decontaminate(rows, evaluation_prompts(folder))
+        if removed:
+            logger.warning("negalign: benign_samples: %d prompts left out as evaluation prompts (e.g. %r ~ %r)",
+                           len(removed), removed[0]["prompt"][:60], removed[0]["match"][:60])
+    items = []
+    for row in rows:
+        prompt = row["prompt"]
+        sequences = [encode(prompt, "", tokenizer, max_length=config.max_length,
+                            max_prompt_length=config.max_prompt_length)]
+        sequences += [encode(prompt, s["completion"], tokenizer, max_length=config.max_length,
+                             max_prompt_length=config.max_prompt_length, source=s["source"]) for s in row["group"][:k]]
+        items.append({"sequences": [(e.prompt_ids, e.completion_ids) for e in sequences], "label": None,
+                      "score": None, "prompt": prompt, "prompt_key": prompt_key(prompt), "has_negative": False})
+    return items
 
 
 def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
@@ -127,6 +166,8 @@ def collate(items: list[dict], share_prompts: bool = True, detached: tuple[int, 
         out.update({f"detached_{name}": getattr(side, name) for name in PACKED_FIELDS})
     if "ref_logps" in items[0]:
         out["ref_logps"] = torch.tensor([item["ref_logps"] for item in items], dtype=torch.float32)
+    if any("has_negative" in item for item in items):  # D2O with benign prompts (docs/retain.md)
+        out["has_negative"] = torch.tensor([item.get("has_negative", True) for item in items])
     if items[0].get("score") is not None:
         out["scores"] = torch.tensor([float(item["score"]) for item in items])
     elif items[0].get("label") is not None:

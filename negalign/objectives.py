@@ -73,6 +73,7 @@ def d2o(
     beta: float = 0.1,
     alpha: float = 0.1,
     instance_level: bool = False,
+    has_negative: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Distributional Dispreference Optimization (D2O).
 
@@ -93,6 +94,10 @@ def d2o(
     ``loss = mean_B( -mean_k logsigmoid(beta * h_-(y_k) - alpha * h_+(y_l)) )``. Since the distributional z is
     the mean over k of these arguments and -logsigmoid is convex, the distributional loss is <= this one
     (Jensen), the bound the paper states.
+
+    ``has_negative`` [B] bool (negalign's extension, docs/retain.md): a row without a human negative is a
+    benign prompt with its own anchors only, ``z = (beta / K) * sum_k h(y_k)``, which holds the model to its
+    (helpful) answers there; its slot-0 values are placeholders and get no weight. Default: every row has one.
 
     Metrics: ``z`` (mean over rows; for instance-level the mean of the per-sample arguments, which equals the
     same value), ``sigmoid_z``, ``sample_logratio`` (mean h on samples), ``negative_logratio``,
@@ -116,6 +121,14 @@ def d2o(
 
     h_neg = policy_negative_logps - ref_negative_logps  # [B]
     h_samples = policy_sample_logps - ref_sample_logps  # [B, K]
+    if has_negative is not None:
+        has_negative = torch.as_tensor(has_negative, dtype=torch.bool, device=h_neg.device)
+        if has_negative.shape != h_neg.shape:
+            raise ValueError(f"has_negative must be shaped [B] = {tuple(h_neg.shape)}, got {tuple(has_negative.shape)}")
+        if k == 0 and not bool(has_negative.all()):
+            raise ValueError("a D2O row without a human negative needs self-samples (K >= 1)")
+        h_neg_all = h_neg
+        h_neg = torch.where(has_negative, h_neg, torch.zeros_like(h_neg))  # a benign row: no negative term
 
     if instance_level:
         if k == 0:
@@ -138,7 +151,11 @@ def d2o(
         hs = h_samples.detach().float()
         sample_logratio = hs.mean()
         kl_on_samples = (hs.exp() * hs).mean()
-    negative_logratio = _metric(h_neg)
+    if has_negative is None:
+        negative_logratio = _metric(h_neg)
+    else:  # the mean over rows that have a negative (0 when none does)
+        n_negative = has_negative.sum().clamp(min=1)
+        negative_logratio = _metric((h_neg_all.detach().float() * has_negative).sum() / n_negative)
     sample_term = (beta / k) * h_samples.detach().float().sum(dim=1) if k else torch.zeros_like(h_neg).float()
     metrics = {
         "z": _metric(z_metric),
@@ -151,6 +168,8 @@ def d2o(
         "logratio_margin": _metric(sample_logratio - negative_logratio),
         "kl_on_samples": _metric(kl_on_samples),
     }
+    if has_negative is not None:
+        metrics["benign_share"] = _metric((~has_negative).float())
     return loss, metrics
 
 

@@ -25,7 +25,8 @@ def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, po
     `lengths` [B, slots] are the completion lengths."""
     if name == "d2o":
         return objectives.d2o(policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], beta=args.beta,
-                              alpha=args.alpha, instance_level=args.instance_level)
+                              alpha=args.alpha, instance_level=args.instance_level,
+                              has_negative=inputs.get("has_negative"))
     if name == "dpo":
         return objectives.dpo(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=args.beta)
     if name == "npo":

@@ -165,3 +165,40 @@ def test_retain_rows_read_from_alpaca_hh_and_text(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", [{"question": "no prompt here"}])
     with pytest.raises(negalign.data.DataError, match="bad.jsonl line 1.*needs a prompt"):
         read_retain_rows(bad)
+
+
+# ------------------------------------------------------------------------------ D2O with benign prompts
+
+def test_d2o_benign_rows_train_towards_their_anchors_only():
+    from negalign.objectives import d2o
+
+    # row 0 has a negative, row 1 is benign (its slot-0 values are placeholders); K = 2, beta 0.5, alpha 0.1
+    policy_neg = torch.tensor([-70.0, -3.0], requires_grad=True)
+    ref_neg = torch.tensor([-10.0, -1.0])
+    policy_s = torch.tensor([[-9.0, -7.0], [-5.0, -7.0]], requires_grad=True)
+    ref_s = torch.tensor([[-10.0, -10.0], [-5.0, -5.0]])
+    loss, m = d2o(policy_neg, ref_neg, policy_s, ref_s, beta=0.5, alpha=0.1, has_negative=torch.tensor([True, False]))
+    z = torch.tensor([0.25 * 4 + 6.0, 0.25 * -2])  # row 0: 1 + 6 = 7; row 1: (beta/K) * (0 - 2) only
+    assert float(loss) == pytest.approx(float(-torch.nn.functional.logsigmoid(z).mean()), rel=1e-6)
+    assert float(m["negative_logratio"]) == pytest.approx(-60.0)  # the benign placeholder is not averaged in
+    assert float(m["benign_share"]) == 0.5
+    assert float(m["sample_term"] + m["negative_term"]) == pytest.approx(float(m["z"]))
+    loss.backward()
+    assert policy_neg.grad[1] == 0.0 and policy_neg.grad[0] > 0  # the negative is pushed down (loss rises with it)
+    assert (policy_s.grad[1] < 0).all()  # benign anchors are pulled up: d loss / d logp < 0
+    with pytest.raises(ValueError, match="needs self-samples"):
+        d2o(policy_neg, ref_neg, policy_s[:, :0], ref_s[:, :0], has_negative=torch.tensor([True, False]))
+
+
+def test_d2o_trains_with_benign_samples_mixed_in(tiny_model_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(retain, "evaluation_prompts", lambda folder: [RETAIN[3][0]])  # "Say hello." is an eval prompt
+    samples = _write(tmp_path / "s.jsonl", [{"prompt": p, "completion": f"anchor {i}", "origin": "self",
+                                             "sample_index": i} for p in PROMPTS for i in range(2)])
+    benign = _write(tmp_path / "b.jsonl", [{"prompt": p, "completion": f"{a} ({i})", "origin": "self",
+                                            "sample_index": i} for p, a in RETAIN for i in range(2)])
+    trainer = _train(tiny_model_dir, data, tmp_path, "d2o", objective="d2o", samples=samples, k=2,
+                     benign_samples=benign, per_device_train_batch_size=7, max_steps=1)
+    flags = [item.get("has_negative", True) for item in trainer.train_dataset]
+    assert flags.count(False) == len(RETAIN) - 1 and flags.count(True) == len(PROMPTS)  # one decontaminated away
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert log["d2o/benign_share"] == pytest.approx(3 / 7) and math.isfinite(log["loss"])

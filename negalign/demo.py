@@ -126,8 +126,13 @@ def run_demo(settings: DemoSettings) -> dict:
                                     seed=settings.seed, max_prompt_length=settings.max_prompt_length,
                                     context=resolve_context(settings.sampling_context,
                                                             settings.sampling_instruction))
-        report = sample(model, tokenizer, [p["prompt"] for p in train_pairs], samples_file, sampling,
-                        model_id=settings.model)
+        prompts = [p["prompt"] for p in train_pairs]
+        try:
+            report = sample(model, tokenizer, prompts, samples_file, sampling, model_id=settings.model)
+        except ValueError as error:  # committed or earlier samples made otherwise: redraw them, say so
+            _log(f"self-samples: {samples_file} does not match this run ({str(error).split(';')[0]}); regenerating")
+            report = sample(model, tokenizer, prompts, samples_file, sampling, model_id=settings.model,
+                            overwrite=True)
         del model
         timings["sample"] = time.time() - clock
         _log(f"self-samples: {report.n_rows_written} new, {report.n_rows_reused} reused "
@@ -136,7 +141,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
         _log(format_report(report_samples_file(samples_file, str(out / "train_pairs.jsonl"))))
 
-    run_dirs = []
+    run_dirs, retrained = [], set()
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
@@ -155,12 +160,14 @@ def run_demo(settings: DemoSettings) -> dict:
                "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
                **METHOD_SETTINGS[method]})
         timings[f"train_{method}"] = time.time() - clock
+        retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 
     evals = [(out / "runs" / "base", base, None)] + [(d, str(d), base) for d in run_dirs]
     for folder, model_path, reference in evals:
         clock = time.time()
         target = folder / "eval" if folder.name != "base" else folder
-        if (target / "eval.json").exists():
+        fresh = folder.name in retrained
+        if (target / "eval.json").exists() and not fresh:
             _log(f"{folder.name}: evaluation found, reused")
             continue
         _log(f"{folder.name}: evaluating")
@@ -168,7 +175,7 @@ def run_demo(settings: DemoSettings) -> dict:
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
                               max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
-                              seed=settings.seed, batch_size=16))
+                              seed=settings.seed, batch_size=16, overwrite=fresh))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
     report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)

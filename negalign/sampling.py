@@ -65,8 +65,18 @@ class SamplingReport:
 def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
     """Distinct prompts (chat messages) of a feedback file / data set / list, in first-seen order."""
     if isinstance(source, (str, os.PathLike)):
-        rows, _ = load_rows(str(source), on_bad_row=on_bad_row)
-        messages = [row["prompt"] for row in rows]
+        from negalign.data.catalog import resolve_data
+
+        path = resolve_data(str(source))
+        try:
+            messages = [row["prompt"] for row in load_rows(path, on_bad_row=on_bad_row)[0]]
+        except DataError as error:  # prompts without answers (e.g. Alpaca instructions, a .txt file)
+            from negalign.retain import read_retain_rows
+
+            try:
+                messages = [row["prompt"] for row in read_retain_rows(path)]
+            except (DataError, ValueError):
+                raise error from None
     else:
         messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in source]
     seen, out = set(), []

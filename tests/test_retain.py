@@ -202,3 +202,15 @@ def test_d2o_trains_with_benign_samples_mixed_in(tiny_model_dir, data, tmp_path,
     assert flags.count(False) == len(RETAIN) - 1 and flags.count(True) == len(PROMPTS)  # one decontaminated away
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["d2o/benign_share"] == pytest.approx(3 / 7) and math.isfinite(log["loss"])
+
+
+def test_prompts_without_answers_can_be_sampled(tmp_path):
+    from negalign.sampling import unique_prompts
+
+    alpaca = tmp_path / "benign.json"
+    alpaca.write_text(json.dumps([{"instruction": p} for p, _ in RETAIN] + [{"instruction": RETAIN[0][0]}]))
+    assert [m[0]["content"] for m in unique_prompts(str(alpaca))] == [p for p, _ in RETAIN]  # duplicates once
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "fine", "rejected": "bad"}\nnot json\n')
+    with pytest.raises(negalign.data.DataError, match="broken.jsonl line 2"):  # the feedback loader's own error
+        unique_prompts(str(broken))

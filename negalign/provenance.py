@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import yaml
 
-from negalign.files import atomic_write_text
+from negalign.files import atomic_write_text, portable
 
 PACKAGES = ("negalign", "torch", "transformers", "datasets", "peft", "accelerate")
 
@@ -29,9 +29,10 @@ def model_card(config, anchors: dict | None) -> str:
     """README.md for the saved model: what it was trained from and how, and for D2O the sampling context its
     anchors were drawn under (a user's choice that shapes the result as much as the data)."""
     lines = ["---", "library_name: transformers", "tags: [negalign, " + config.objective + "]",
-             f"base_model: {config.model}", "---", "",
+             f"base_model: {portable(config.model)}", "---", "",
              f"# {os.path.basename(os.path.normpath(config.output_dir))}", "",
-             f"Trained with negalign, objective `{config.objective}`, from `{config.model}` on `{config.data}`.",
+             f"Trained with negalign, objective `{config.objective}`, from `{portable(config.model)}` on "
+             f"`{portable(config.data)}`.",
              "", "| setting | value |", "|---|---|"]
     for key in ("objective", "beta", "alpha", "k", "logp_reduction", "learning_rate", "max_steps",
                 "num_train_epochs", "per_device_train_batch_size", "max_length", "max_prompt_length", "use_lora",
@@ -60,8 +61,9 @@ def write_provenance(output_dir: str, config, anchors: dict | None = None) -> No
     os.makedirs(output_dir, exist_ok=True)
     resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
     atomic_write_text(os.path.join(output_dir, "negalign_config.yaml"),
-                      yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True))
+                      yaml.safe_dump(portable(json.loads(json.dumps(resolved, default=str))), sort_keys=True))
     atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))
     if anchors is not None:
-        atomic_write_text(os.path.join(output_dir, "sampling_context.json"), json.dumps(anchors, indent=2) + "\n")
+        atomic_write_text(os.path.join(output_dir, "sampling_context.json"),
+                          json.dumps(portable(anchors), indent=2) + "\n")
     atomic_write_text(os.path.join(output_dir, "README.md"), model_card(config, anchors))

@@ -154,7 +154,7 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
     if not config.retain_data:
         return None
     from negalign.evaluation.paths import data_dir as find_data_dir
-    from negalign.files import atomic_write_text
+    from negalign.files import atomic_write_text, portable
     from negalign.models import cache_dir
 
     rows = read_retain_rows(config.retain_data)
@@ -190,7 +190,7 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
         sequences.append((encoded.prompt_ids, encoded.completion_ids))
     summary["n_sequences"] = len(sequences)
     if output_dir:
-        atomic_write_text(os.path.join(output_dir, "retain_decontamination.json"), json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(os.path.join(output_dir, "retain_decontamination.json"), json.dumps(portable(summary), indent=2) + "\n")
     return RetainSet(sequences, summary)
 
 

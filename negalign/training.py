@@ -14,7 +14,7 @@ import torch
 from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
 from negalign.data import DataError
 from negalign.dataset import attach_reference_logps, collate, detached_slots, prepare_items
-from negalign.files import atomic_write_text
+from negalign.files import atomic_write_text, portable
 from negalign.heap import set_mmap_threshold
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
@@ -276,6 +276,6 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.args.should_save:  # the main process only, as for the model
-        atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(
-            {"data": prepared.summary(), "log_history": trainer.state.log_history}, indent=2))
+        atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(portable(
+            {"data": prepared.summary(), "log_history": trainer.state.log_history}), indent=2))
     return trainer

@@ -127,3 +127,20 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
         data_dir(required=True)
     (tmp_path / "shared" / "data").mkdir(parents=True)
     assert data_dir() == tmp_path / "shared" / "data"
+
+
+def test_portable_paths_leave_no_absolute_path_of_this_machine(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from negalign.files import portable
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/home/someone")))
+    work = tmp_path / "work" / "main"
+    value = {"model": "/home/someone/.cache/negalign/models/m", "data": str(tmp_path / "work" / "shared" / "d.jsonl"),
+             "name": "smollm2-135m-instruct", "steps": 3, "runs": ["relative/x", "/home/someone"],
+             "text": "a sentence with /home/someone inside\nand a newline"}
+    out = portable(value, cwd=work)
+    assert out["model"] == "~/.cache/negalign/models/m" and out["runs"] == ["relative/x", "~"]
+    assert out["data"] == os.path.join("..", "shared", "d.jsonl")
+    assert (out["name"], out["steps"], out["text"]) == (value["name"], 3, value["text"])

@@ -1,7 +1,7 @@
 """`negalign eval`: answer held-out prompts, judge them, and measure the model against its reference.
 
     eval.json
-      suites.<name>        kind, n, harmful_compliance or benign_refusal (rate, low, high = bootstrap 95 %),
+      suites.<name>        kind, n, harmful_compliance or benign_refusal (rate, low, high = Wilson 95 %),
                            keyword-baseline rate, answer length (tokens), repeated 3-gram fraction, distinct-2
       harmful / benign     the same rates pooled over every harmful / benign suite
       preference           HH pairs: accuracy of h(chosen) > h(rejected), mean margin, NLL/token of chosen
@@ -13,7 +13,7 @@ h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-p
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text
+from negalign.files import atomic_write_text, portable
 
 import argparse
 import json
@@ -219,7 +219,7 @@ def evaluate(settings: EvalSettings) -> dict:
         "settings": asdict(settings),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
     }
-    result = finite(result)
+    result = portable(finite(result))  # committed results carry no absolute paths of this machine
     atomic_write_text(output / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
@@ -254,7 +254,7 @@ def summary_lines(result: dict) -> list[str]:
 def cmd_eval(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="negalign eval", description="Answer held-out harmful and benign prompts, judge the answers "
-        "(harmful compliance, over-refusal, with bootstrap 95 % intervals), and measure preference accuracy, "
+        "(harmful compliance, over-refusal, with Wilson 95 % intervals), and measure preference accuracy, "
         "NLL and KL to a reference. Rerun the same command to resume after an interruption.")
     parser.add_argument("--model", required=True, help="model to evaluate (folder, Hub name or short name)")
     parser.add_argument("--reference", default=None, help="reference model for log-ratios and KL (e.g. the "

@@ -2,13 +2,13 @@
 
 Each argument is a training run folder (train_log.json, and eval/eval.json when it was evaluated), an eval
 folder (eval.json), or an eval.json file. Writes report.json (the numbers), report.md (tables + plots) and
-PNG plots: harm_vs_refusal.png (harmful compliance against benign refusal, one point per model, bootstrap 95 %
+PNG plots: harm_vs_refusal.png (harmful compliance against benign refusal, one point per model, Wilson 95 %
 error bars), suites.png (per-suite rates) and training_curves.png (every logged training metric by step).
 """
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text
+from negalign.files import atomic_write_text, portable
 
 import argparse
 import json
@@ -244,7 +244,7 @@ def _interval(entry: dict | None) -> str:
 def markdown(summaries: list[dict], plots: list[str]) -> str:
     lines = ["# negalign comparison", "",
              "Harmful compliance: share of answers to harmful prompts that the harm judge scores as complying; "
-             "benign refusal: share of answers to benign prompts it scores as refusing. Brackets: bootstrap 95 % "
+             "benign refusal: share of answers to benign prompts it scores as refusing. Brackets: Wilson 95 % "
              "intervals. Preference accuracy / margin: h(chosen) > h(rejected) on held-out HH pairs, "
              "h = logp_policy - logp_ref (the policy log-prob when no reference was given).", "",
              "| model | harmful compliance | benign refusal | pref. acc. | margin | chosen NLL/tok | KL to ref | "
@@ -288,7 +288,7 @@ def compare(paths: list[str], output: str | Path) -> dict:
         if make(output / name):
             plots.append(str(output / name))
     report = {"runs": summaries, "plots": plots}
-    atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(output / "report.json", json.dumps(portable(report), indent=2) + "\n")
     atomic_write_text(output / "report.md", markdown(summaries, plots))
     return report
 

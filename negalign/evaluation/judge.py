@@ -20,7 +20,7 @@ runs with no data present; `negalign judge fit` re-makes it from the XSTest file
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text
+from negalign.files import atomic_write_text, portable
 
 import argparse
 import csv
@@ -302,7 +302,7 @@ def cmd_judge(argv: list[str]) -> int:
         print(f"head written to {args.asset}")
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.results, json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.results, json.dumps(portable(results), indent=2) + "\n")
         print(f"results written to {args.results}")
     return 0
 

@@ -129,12 +129,7 @@ def test_context_reaches_the_sampler_and_never_the_samples_or_training(tiny, tin
     assert meta["sampling_context"]["messages"] == CONTEXT and len(meta["sampling_context"]["sha256"]) == 16
     assert meta["settings"]["context"] == meta["sampling_context"]["sha256"]
     # training scores the anchors after the row's own prompt only
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "ok", "rejected": "bad"}) + "\n" for p in PROMPTS))
-    trainer = negalign.train(model=tiny_model_dir, data=str(pairs), samples=str(out), objective="d2o", k=2,
-                             max_steps=1, per_device_train_batch_size=2, output_dir=str(tmp_path / "run"),
-                             cache_dir=str(tmp_path / "cache"), max_length=96, max_prompt_length=64, use_cpu=True,
-                             sampling_context=str(_write_context(tmp_path)))
+    trainer = _train_d2o(tiny_model_dir, tmp_path, out, sampling_context=str(_write_context(tmp_path)))
     for item in trainer.train_dataset:
         for prompt_ids, _ in item["sequences"]:
             assert DEMO_USER not in tokenizer.decode(prompt_ids)
@@ -144,6 +139,19 @@ def test_context_reaches_the_sampler_and_never_the_samples_or_training(tiny, tin
     assert saved["sampling_context"]["messages"] == CONTEXT and saved["from_reference"] is False
     # the context makes exp(h)*h meaningless as a KL: not logged
     assert not any("d2o/kl_on_samples" in h for h in trainer.state.log_history)
+
+
+def _pairs_file(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "ok", "rejected": "bad"}) + "\n" for p in PROMPTS))
+    return pairs
+
+
+def _train_d2o(tiny_model_dir, tmp_path, samples, **extra):
+    settings = dict(model=tiny_model_dir, data=str(_pairs_file(tmp_path)), samples=str(samples), objective="d2o",
+                    k=2, max_steps=1, per_device_train_batch_size=2, output_dir=str(tmp_path / "run"),
+                    cache_dir=str(tmp_path / "cache"), max_length=96, max_prompt_length=64, use_cpu=True)
+    return negalign.train(**{**settings, **extra})
 
 
 def _write_context(tmp_path):
@@ -173,26 +181,17 @@ def test_training_refuses_samples_drawn_under_another_context(tiny, tiny_model_d
     out = tmp_path / "s.jsonl"
     sample(model, tokenizer, PROMPTS, out, SamplingSettings(k=2, max_new_tokens=3, batch_size=2),
            model_id="tiny", progress=False)
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "ok", "rejected": "bad"}) + "\n" for p in PROMPTS))
     with pytest.raises(ValueError, match="drawn with another sampling context"):
-        negalign.train(model=tiny_model_dir, data=str(pairs), samples=str(out), objective="d2o", k=2, max_steps=1,
-                       output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), max_length=96,
-                       max_prompt_length=64, use_cpu=True, sampling_context="refusal")
+        _train_d2o(tiny_model_dir, tmp_path, out, sampling_context="refusal")
 
 
 def test_refresh_samples_under_the_same_context(tiny_model_dir, tmp_path, monkeypatch):
     seen = _capture_prompt_ids(monkeypatch)
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "ok", "rejected": "bad"}) + "\n" for p in PROMPTS))
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps({"prompt": p, "completion": f"a{i}", "origin": "self", "sample_index": i})
                                + "\n" for p in PROMPTS for i in range(2)))
-    trainer = negalign.train(model=tiny_model_dir, data=str(pairs), samples=str(samples), objective="d2o", k=2,
-                             max_steps=2, per_device_train_batch_size=2, output_dir=str(tmp_path / "run"),
-                             cache_dir=str(tmp_path / "cache"), max_length=96, max_prompt_length=64, use_cpu=True,
-                             sampling="refresh", refresh_every=1, sample_max_new_tokens=3,
-                             sampling_context=str(_write_context(tmp_path)))
+    trainer = _train_d2o(tiny_model_dir, tmp_path, samples, max_steps=2, sampling="refresh", refresh_every=1,
+                         sample_max_new_tokens=3, sampling_context=str(_write_context(tmp_path)))
     tokenizer = load_tokenizer(tiny_model_dir)
     assert len(seen) == len(PROMPTS) and all(DEMO_ANSWER in tokenizer.decode(ids) for ids in seen)
     folder = tmp_path / "run" / "refreshed_samples"
@@ -281,12 +280,7 @@ def test_trainer_logs_both_terms_and_keeps_kl_only_for_the_references_own_sample
     out = tmp_path / "s.jsonl"
     sample(model, tokenizer, PROMPTS, out, SamplingSettings(k=2, max_new_tokens=4, batch_size=2),
            model_id="tiny", progress=False)
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "ok", "rejected": "bad"}) + "\n" for p in PROMPTS))
-    trainer = negalign.train(model=tiny_model_dir, data=str(pairs), samples=str(out), objective="d2o", k=2,
-                             max_steps=2, per_device_train_batch_size=2, output_dir=str(tmp_path / "run"),
-                             learning_rate=1e-2, cache_dir=str(tmp_path / "cache"), max_length=96,
-                             max_prompt_length=64, use_cpu=True)
+    trainer = _train_d2o(tiny_model_dir, tmp_path, out, max_steps=2, learning_rate=1e-2)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2
     for h in logs:

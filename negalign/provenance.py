@@ -39,6 +39,8 @@ def model_card(config, anchors: dict | None) -> str:
                 "reference", "sampling", "samples", "max_prompts", "seed"):
         if key in ("alpha", "k", "sampling", "samples") and config.objective != "d2o":
             continue
+        if key == "num_train_epochs" and config.max_steps > 0:  # max_steps decides the length then
+            continue
         lines.append(f"| {key} | {getattr(config, key)} |")
     if anchors:
         context = anchors.get("sampling_context")

@@ -98,6 +98,9 @@ def check_launch(config: NegalignConfig) -> None:
     if launched > 1 and config.world_size != launched:
         raise ValueError(f"launched as {launched} processes, but training would run in {config.world_size}: "
                          "on a machine without GPUs set use_cpu: true (the gloo backend); see docs/distributed.md")
+    if launched > 1 and config.retain_data:
+        raise ValueError("retain_data runs in one process only for now (its second forward per step is not checked "
+                         "under DDP); train it without a multi-process launcher")
     if launched > 1 and config.sampling == "refresh":
         raise ValueError("sampling: 'refresh' runs in one process only for now (every process would append the "
                          "same refreshed samples to one file); train it without a multi-process launcher")

@@ -331,12 +331,14 @@ def test_a_launch_the_config_does_not_join_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="launched as 2 processes, but training would run in 1: on a machine "
                                          "without GPUs set use_cpu: true"):
-        training.check_launch(SimpleNamespace(world_size=1, sampling="static"))
+        training.check_launch(SimpleNamespace(world_size=1, sampling="static", retain_data=None))
     with pytest.raises(ValueError, match="sampling: 'refresh' runs in one process only"):
-        training.check_launch(SimpleNamespace(world_size=2, sampling="refresh"))
-    training.check_launch(SimpleNamespace(world_size=2, sampling="static"))
+        training.check_launch(SimpleNamespace(world_size=2, sampling="refresh", retain_data=None))
+    with pytest.raises(ValueError, match="retain_data runs in one process only"):
+        training.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data="benign-instructions"))
+    training.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data=None))
     monkeypatch.delenv("WORLD_SIZE")
-    training.check_launch(SimpleNamespace(world_size=1, sampling="refresh"))
+    training.check_launch(SimpleNamespace(world_size=1, sampling="refresh", retain_data="benign-instructions"))
 
 
 # ----- safe defaults ---------------------------------------------------------------------------------

@@ -113,7 +113,13 @@ def report_samples_file(samples_path: str | os.PathLike, data: str | None = None
     samples, _ = load_rows(str(samples_path))
     negatives = {}
     if data:
-        rows, _ = load_rows(data, on_bad_row=on_bad_row)
+        from negalign.data import DataError
+        from negalign.data.catalog import resolve_data
+
+        try:
+            rows, _ = load_rows(resolve_data(data), on_bad_row=on_bad_row)
+        except DataError:  # prompts without answers (benign instructions): no negatives to show beside
+            rows = []
         for row in rows:
             if row.get("label") is False and row.get("origin", "human") == "human":
                 negatives.setdefault(prompt_key(row["prompt"]), row["completion"])

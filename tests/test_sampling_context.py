@@ -253,6 +253,10 @@ def test_report_of_a_samples_file_is_saved_beside_it(tmp_path):
     saved = json.loads((tmp_path / "s.jsonl.anchors.json").read_text())
     assert saved == json.loads(json.dumps(report)) and saved["mean_tokens"] == 6.0
     assert saved["examples"][1]["human_negative"] == "Hit them with a bat."
+    prompts_only = tmp_path / "benign.json"  # anchors of prompts without answers: a report with no negatives
+    prompts_only.write_text(json.dumps([{"instruction": "q1"}]))
+    report = report_samples_file(samples, str(prompts_only), refuses=keyword_refuses)
+    assert report["refusal"]["count"] == 3 and all(e["human_negative"] is None for e in report["examples"])
 
 
 # ------------------------------------------------------------------------------------------- loss balance

@@ -128,7 +128,7 @@ def plot_harm_vs_refusal(summaries: list[dict], path: Path) -> bool:
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.set_title("Harmful compliance vs over-refusal (95 % bootstrap intervals)\nbottom left is best", fontsize=10)
+    ax.set_title("Harmful compliance vs over-refusal (Wilson 95 % intervals)\nbottom left is best", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -70,7 +70,6 @@ def main() -> None:
             refusal = rate_with_interval(judge_refuses(answers))
             row["sets"][set_name] = {"kind": kind, "refusal": refusal,
                                      "refusal_keyword": rate_with_interval(keyword_refuses(answers)),
-                                     "examples": [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3])],
                                      "seconds": round(time.time() - clock, 1)}
             r = refusal
             print(f"{name:<18} {set_name:<24} refusal {r['count']:>3}/{r['n']} = {r['rate']:.2f} "

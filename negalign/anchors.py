@@ -25,12 +25,6 @@ REPORT_SUFFIX = ".anchors.json"
 N_EXAMPLES = 4
 
 
-def wilson(count: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
-    from negalign.evaluation.metrics import wilson_interval
-
-    return wilson_interval(count, n, z)
-
-
 def keyword_refuses(answers: Sequence[str]) -> list[bool]:
     from negalign.evaluation.judge import has_refusal_phrase
 
@@ -60,12 +54,12 @@ def anchor_report(samples: list[dict], negatives: dict[str, str] | None = None,
     """Summary of sample rows ({prompt, completion, n_tokens?}); `negatives` maps prompt_key -> the human
     negative shown beside the examples; `refuses` judges answers (default: the offline judge)."""
     from negalign.data import prompt_key
-    from negalign.evaluation.metrics import distinct_n, words
+    from negalign.evaluation.metrics import distinct_n, wilson_interval, words
 
     answers = [row["completion"] for row in samples]
     flags = (refuses or judge_refuses)(answers) if answers else []
     count = int(sum(flags))
-    low, high = wilson(count, len(flags))
+    low, high = wilson_interval(count, len(flags))
     by_prompt: dict[str, list[int]] = {}
     for index, row in enumerate(samples):
         by_prompt.setdefault(prompt_key(row["prompt"]), []).append(index)

@@ -35,23 +35,18 @@ def cmd_train(argv: list[str]) -> int:
     from negalign.config import load_config, parse_overrides
     from negalign.training import train
 
-    recipe = None
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise SystemExit("negalign train: --config needs a YAML file")
-        recipe = argv[at + 1]
-        argv = argv[:at] + argv[at + 2:]
-    try:
-        config = load_config(recipe, parse_overrides(argv))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"negalign train: {error}", file=sys.stderr)
-        return 2
-    try:
-        trainer = train(config)
-    except (ValueError, FileNotFoundError) as error:  # bad data or settings: the message says what to fix
-        print(f"negalign train: {error}", file=sys.stderr)
-        return 2
+    recipe, rest = None, []
+    for at, item in enumerate(argv):  # --config FILE or --config=FILE
+        if item.startswith("--config="):
+            recipe = item.split("=", 1)[1]
+        elif item == "--config":
+            if at + 1 >= len(argv):
+                raise ValueError("--config needs a YAML file")
+            recipe = argv[at + 1]
+        elif not (at > 0 and argv[at - 1] == "--config"):
+            rest.append(item)
+    config = load_config(recipe, parse_overrides(rest))
+    trainer = train(config)  # bad data or settings raise ValueError: main() prints it in one line
     if not trainer.is_world_process_zero():
         return 0
     last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
@@ -85,36 +80,35 @@ def cmd_sample(argv: list[str]) -> int:
     parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
                         help="stop at a bad data row, or skip and count bad rows")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the output exists")
+    parser.add_argument("--wait", action="store_true",
+                        help="if another process is writing --output, wait for it (default: stop at once)")
     parser.add_argument("--no-anchor-report", action="store_true",
                         help="skip the anchor report (refusal share, length, examples beside the human negatives) "
                         "printed and saved as OUTPUT.anchors.json")
     args = parser.parse_args(argv)
     import torch
 
+    from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer
     from negalign.sampling import SamplingSettings, sample, unique_prompts
     from negalign.sampling_context import resolve_context
 
     if args.k < 1:
         parser.error(f"--k must be >= 1, got {args.k}")
-    try:
-        context = resolve_context(args.sampling_context, args.sampling_instruction)
-        prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)[: args.max_prompts]
-    except (ValueError, FileNotFoundError) as error:
-        print(f"negalign sample: {error}", file=sys.stderr)
-        return 2
+    context = resolve_context(args.sampling_context, args.sampling_instruction)
+    prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)[: args.max_prompts]
+    if not prompts:
+        raise ValueError(f"{args.data}: no prompts to sample (the file has no usable rows"
+                         + (", or --max-prompts is 0)" if args.max_prompts == 0 else ")"))
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                                 max_prompt_length=args.max_prompt_length,
                                 context=context)
-    tokenizer, model = load_tokenizer(args.model), load_model(args.model)
-    try:
+    with output_lock(args.output, "sampling", wait=args.wait):
+        tokenizer, model = load_tokenizer(args.model), load_model(args.model)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             report = sample(model, tokenizer, prompts, args.output, settings, model_id=args.model,
                             overwrite=args.overwrite)
-    except ValueError as error:
-        print(f"negalign sample: {error}", file=sys.stderr)
-        return 2
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
           f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
     if not args.no_anchor_report:
@@ -127,6 +121,18 @@ def cmd_sample(argv: list[str]) -> int:
 
 def cmd_demo(argv: list[str]) -> int:
     from negalign.demo import cmd_demo as run
+
+    return run(argv)
+
+
+def cmd_data(argv: list[str]) -> int:
+    from negalign.data.catalog import cmd_data as run
+
+    return run(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from negalign.export import cmd_export as run
 
     return run(argv)
 
@@ -148,6 +154,8 @@ COMMANDS = {
     "compare": (_evaluation("cmd_compare"), "report over runs/evals: report.json, report.md, PNG plots"),
     "judge": (_evaluation("cmd_judge"), "the offline harm judge: `judge fit` re-makes it from XSTest, "
               "`judge score` scores answers"),
+    "data": (cmd_data, "the built-in data sets: `data list` shows where each is, `data fetch` downloads them"),
+    "export": (cmd_export, "a trained run -> a standalone model folder (LoRA merged) with its model card"),
     "llm-judge": (_evaluation("cmd_llm_judge"), "pairwise win/tie/lose by an LLM over an OpenAI-compatible API"),
 }
 
@@ -164,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nnegalign: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if known else 2
     command, _ = COMMANDS[argv[0]]
-    return command(argv[1:])
+    from negalign.locks import OutputLocked
+
+    try:
+        return command(argv[1:])
+    except (ValueError, OSError, OutputLocked) as error:  # bad input or settings: the message says what to fix
+        print(f"negalign {argv[0]}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from negalign.files import read_yaml
 from negalign.objectives import OBJECTIVES
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
@@ -68,7 +69,7 @@ class NegalignConfig(TrainingArguments):
     retain_batch_size: int = _opt(None, "Retain rows per step (default: per_device_train_batch_size).")
     retain_max_prompts: int = _opt(256, "Use this many retain prompts (a seeded sample), before decontamination.")
     retain_max_new_tokens: int = _opt(96, "retain_loss self/kl without given answers: new tokens per greedy answer.")
-    # objective hyper-parameters (METHODS.md); betas assume summed log-probs unless logp_reduction says mean
+    # objective hyper-parameters (docs/methods.md); betas assume summed log-probs unless logp_reduction says mean
     beta: float = _opt(0.1, "beta of D2O/DPO/NPO/KTO/point-wise DPO/ULMA (SimNPO: use 2.5).")
     alpha: float = _opt(0.1, "D2O: weight of the human negative's log-ratio.")
     instance_level: bool = _opt(False, "D2O ablation: one sigmoid per self-sample instead of the distributional form.")
@@ -106,7 +107,12 @@ class NegalignConfig(TrainingArguments):
     remove_unused_columns: bool = _opt(False, "Kept False: negalign's collator needs every column.")
     report_to: str = _opt("none", "Trainer loggers (none, tensorboard, wandb, ...).")
     logging_steps: float = _opt(1, "Log every N steps.")
-    save_strategy: str = _opt("no", "Checkpointing: 'no', 'steps' or 'epoch'.")
+    # checkpoints by default, so that a killed run loses at most a tenth of its steps: a rerun of the same command
+    # resumes from the newest complete one (resume_from_checkpoint: false starts over in an empty output_dir)
+    save_strategy: str = _opt("steps", "Checkpointing: 'steps' (default), 'epoch' or 'no'.")
+    save_steps: float = _opt(0.1, "Checkpoint every N steps; below 1, a fraction of the run (0.1: every tenth).")
+    save_total_limit: int | None = _opt(2, "Checkpoints kept (the newest); older ones are deleted.")
+    wait_for_lock: bool = _opt(False, "If another process is writing output_dir, wait for it instead of stopping.")
 
     def __post_init__(self):
         import torch
@@ -155,6 +161,9 @@ class NegalignConfig(TrainingArguments):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in inherited}
 
 
+LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
+           "deepspeed", "optim_target_modules", "fsdp"}  # inherited options that take lists or mappings
+
 RETIRED = {
     "packing_row_tokens": "a batch is now one padding-free row with block attention (see share_prompts)",
 }
@@ -187,8 +196,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
     """YAML recipe + overrides -> a validated config; an unknown key is an error naming the key."""
     values = {}
     if path:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
     values.update(overrides or {})
@@ -205,13 +213,34 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
                  for k in unknown]
         raise ValueError(f"{path or 'config'}: unknown option(s): {', '.join(hints)}; "
                          "see `negalign train --help` for every option")
+    from_recipe = set(values) - set(overrides or {})
+
+    def where(name: str) -> str:  # "recipe.yaml:12" for a recipe key, "config" for an override
+        if path and name in from_recipe:
+            with open(path, encoding="utf-8") as handle:
+                line = next((n for n, text in enumerate(handle, 1) if text.split(":")[0].strip() == name), None)
+            return f"{path}:{line}" if line else str(path)
+        return "command line" if overrides and name in overrides else "config"
+
     for f in fields(NegalignConfig):  # YAML reads 1e-5 as a string (it wants 1.0e-5): coerce by field type
-        value = values.get(f.name)
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if isinstance(value, str) and kind.split(" |")[0] in ("float", "int"):
+        if f.name not in values or values[f.name] is None:
+            continue
+        value = values[f.name]
+        kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).split(" |")[0]
+        if kind in ("float", "int") and isinstance(value, str):
             try:
-                values[f.name] = float(value) if kind.startswith("float") else int(value)
+                values[f.name] = value = float(value) if kind == "float" else int(value)
             except ValueError:
-                raise ValueError(f"{path or 'config'}: {f.name} must be a number, got {value!r}") from None
+                raise ValueError(f"{where(f.name)}: {f.name} must be a number, got {value!r}") from None
+        if kind in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{where(f.name)}: {f.name} must be a number, got {type(value).__name__} {value!r}")
+        if kind == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{where(f.name)}: {f.name} must be a whole number, got {value!r}")
+            values[f.name] = int(value)
+        if kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{where(f.name)}: {f.name} must be true or false, got {value!r}")
+        if kind == "str" and isinstance(value, (list, dict)) and f.name not in LIST_OK:
+            raise ValueError(f"{where(f.name)}: {f.name} must be a single value, got a {type(value).__name__}")
     (config,) = HfArgumentParser(NegalignConfig).parse_dict(values)
     return config

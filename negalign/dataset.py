@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 import logging
+
+import torch
+from tqdm.auto import tqdm
 
 from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
 from negalign.logprobs import pack_sequences
@@ -94,7 +95,7 @@ def prepare_items(config, tokenizer) -> PreparedData:
     if config.objective == "kto":
         examples = add_mismatched_completions(examples)
     items, n_prompt_cut, n_completion_cut = [], 0, 0
-    for example in examples:
+    for example in tqdm(examples, desc="tokenising", unit="example", mininterval=1.0, disable=len(examples) < 2000):
         sequences = []
         for completion in example_slots(config.objective, example):
             encoded = encode(example["prompt"], completion, tokenizer, max_length=config.max_length,
@@ -113,7 +114,7 @@ def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
     """D2O items for benign prompts with anchors and no human negative (`benign_samples`): slot 0 is a
     one-token placeholder that the loss gives no weight (has_negative False). Prompts that are evaluation
     prompts (negalign.retain.decontaminate) or that also have a human negative are left out."""
-    from negalign.evaluation.paths import data_dir
+    from negalign.data.paths import data_dir
     from negalign.retain import decontaminate, evaluation_prompts
 
     samples, _ = load_rows(config.benign_samples, on_bad_row=config.on_bad_row)

@@ -28,7 +28,7 @@ PRESETS = {
     "full": dict(train_prompts=32, heldout_pairs=32, k=2, sample_max_new_tokens=64, max_steps=16,
                  eval_prompts=12, eval_max_new_tokens=64),
 }
-# objective-specific settings each method keeps from its recipe (METHODS.md); everything else is shared
+# objective-specific settings each method keeps from its recipe (docs/methods.md); everything else is shared
 METHOD_SETTINGS = {
     "d2o": {"beta": 0.1, "alpha": 0.1},
     "dpo": {"beta": 0.1}, "npo": {"beta": 0.1}, "kto": {"beta": 0.1},
@@ -102,6 +102,13 @@ def run_demo(settings: DemoSettings) -> dict:
     from negalign.sampling_context import resolve_context
     from negalign.training import train
 
+    from negalign.data.catalog import CATALOG, check_available, name_for
+    from negalign.evaluation.suites import BUILTIN
+
+    # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
+    needed = [name_for(relative) for _, relative, _ in BUILTIN.values()]
+    training_set = [settings.data] if settings.data in CATALOG else []
+    check_available(training_set + [n for n in needed if n], settings.data_dir, hub_ok=tuple(training_set))
     out = Path(settings.output)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()

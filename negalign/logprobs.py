@@ -15,7 +15,7 @@ prompt position predicts the first token of every completion that shares it), an
 the LM head, in chunks, so the vocabulary-sized log-softmax never covers prompt tokens and peak memory does
 not scale with vocabulary x full length.
 
-`logp(y|x)` is the sum over completion tokens (METHODS.md); "mean" divides by the completion length.
+`logp(y|x)` is the sum over completion tokens (docs/methods.md); "mean" divides by the completion length.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every objective is a pure function: it takes log-prob tensors (already reduced over the completion's tokens,
 except ``unlikelihood``, which is token-level) and returns ``(loss, metrics)``. ``loss`` is a scalar tensor
 that carries gradient; ``metrics`` maps names to detached float scalar tensors. Formulas and sources follow
-``METHODS.md``. Notation: ``h(y) = logp_theta(y|x) - logp_ref(y|x)``.
+``docs/methods.md``. Notation: ``h(y) = logp_theta(y|x) - logp_ref(y|x)``.
 
 No model, data or I/O lives here; ``OBJECTIVES`` maps each objective's name to its function.
 """

@@ -59,11 +59,18 @@ def model_card(config, anchors: dict | None) -> str:
     return "\n".join(lines)
 
 
+CONFIG_FILE = "negalign_config.yaml"
+
+
+def resolved_settings(config) -> dict:
+    """Every setting of a run as plain YAML-able values, paths made portable: what negalign_config.yaml holds."""
+    resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+    return portable(json.loads(json.dumps(resolved, default=str)))
+
+
 def write_provenance(output_dir: str, config, anchors: dict | None = None) -> None:
     os.makedirs(output_dir, exist_ok=True)
-    resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
-    atomic_write_text(os.path.join(output_dir, "negalign_config.yaml"),
-                      yaml.safe_dump(portable(json.loads(json.dumps(resolved, default=str))), sort_keys=True))
+    atomic_write_text(os.path.join(output_dir, CONFIG_FILE), yaml.safe_dump(resolved_settings(config), sort_keys=True))
     atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))
     if anchors is not None:
         atomic_write_text(os.path.join(output_dir, "sampling_context.json"),

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from negalign.locks import output_lock
 from negalign.logprobs import Sequence, pack_sequences, sequence_logps
 
 logger = logging.getLogger("negalign")
@@ -93,6 +94,13 @@ def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os
     """(summed log-probs [S], whether they came from the cache)."""
     key = f"{model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
+    # one reference pass per cache folder at a time (one lock file for the folder, not one per cache file): a
+    # second process wanting the same cache waits for the first and then reads it instead of computing it twice
+    with output_lock(Path(cache_dir) / ".reference", "the reference log-prob cache", wait=True):
+        return _cached_reference_logps(model, sequences, path, max_tokens, autocast_bf16, share_prompts)
+
+
+def _cached_reference_logps(model, sequences, path: Path, max_tokens, autocast_bf16, share_prompts):
     if path.exists():
         cached = _read_cache(path, len(sequences))
         if cached is not None:

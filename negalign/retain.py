@@ -153,7 +153,7 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
     """config.retain_* -> tokenised retain sequences, decontaminated against the evaluation suites."""
     if not config.retain_data:
         return None
-    from negalign.evaluation.paths import data_dir as find_data_dir
+    from negalign.data.paths import data_dir as find_data_dir
     from negalign.files import atomic_write_text, portable
     from negalign.models import cache_dir
 

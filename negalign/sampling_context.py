@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-import yaml
+from negalign.files import read_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent / "contexts"
 ROLES = ("system", "user", "assistant")
@@ -34,17 +34,20 @@ def _read(spec: str) -> tuple[object, str]:
     """The parsed messages of a preset name or a JSON/YAML file, and where they came from (for errors)."""
     if spec in presets():
         path = PRESET_DIR / f"{spec}.yaml"
-        return yaml.safe_load(path.read_text(encoding="utf-8")), f"preset {spec!r}"
+        return read_yaml(path), f"preset {spec!r}"
     path = Path(os.path.expanduser(spec))
     if not path.is_file():
         raise FileNotFoundError(f"sampling_context: {spec!r} is neither a preset ({', '.join(presets())}) nor a "
                                 "file; give a JSON or YAML list of {role, content} messages")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        try:
+            return read_yaml(path), str(path)
+        except ValueError as error:
+            raise ValueError(f"sampling_context: {error}") from None
     try:
-        return (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)), str(path)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"sampling_context: {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                         f"({str(error).splitlines()[0]})") from None
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"sampling_context: {path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
 
 
 def validate(messages, where: str) -> list[dict]:

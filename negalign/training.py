@@ -16,6 +16,7 @@ from negalign.data import DataError
 from negalign.dataset import attach_reference_logps, collate, detached_slots, prepare_items
 from negalign.files import atomic_write_text, portable
 from negalign.heap import set_mmap_threshold
+from negalign.locks import output_lock
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
 from negalign.retain import prepare_retain
@@ -64,25 +65,90 @@ def checkpoint_problem(folder: str) -> str | None:
     return None
 
 
+# settings that may change between a run and its resume without changing what it computes
+RESUME_FREE = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "save_strategy", "save_steps",
+               "save_total_limit", "save_only_model", "save_on_each_node", "logging_steps", "logging_strategy",
+               "logging_first_step", "report_to", "disable_tqdm", "wait_for_lock", "cache_dir",
+               "host_mmap_threshold_mb", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token",
+               "hub_private_repo", "hub_always_push", "hub_revision", "project", "log_level", "log_level_replica",
+               "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers",
+               "dataloader_pin_memory", "skip_memory_metrics", "local_rank"}
+
+
+def newest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint-N in output_dir (incomplete ones, left by a kill during a save, are
+    passed over with a warning), or None."""
+    found = []
+    if os.path.isdir(output_dir):
+        found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                        if (m := CHECKPOINT_DIR.match(name))), reverse=True)
+    for _, name in found:
+        folder = os.path.join(output_dir, name)
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("negalign: passing over %s: it %s", folder, problem)
+    return None
+
+
+def settings_changed(config: NegalignConfig, checkpoint: str) -> list[str]:
+    """The settings (other than RESUME_FREE ones) in which `config` differs from the run that wrote
+    `checkpoint` ("key: then -> now"); a checkpoint without a saved config counts as all-different."""
+    import yaml
+
+    from negalign.provenance import CONFIG_FILE, resolved_settings
+
+    try:
+        with open(os.path.join(checkpoint, CONFIG_FILE), encoding="utf-8") as handle:
+            then = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError):
+        return [f"{CONFIG_FILE} missing or unreadable in {checkpoint}"]
+    now = resolved_settings(config)
+    keys = sorted((set(then) | set(now)) - RESUME_FREE)
+    return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in keys if then.get(key) != now.get(key)]
+
+
+def _step(checkpoint: str) -> int:
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        return int(json.load(handle)["global_step"])
+
+
 def resolve_checkpoint(config: NegalignConfig) -> str | None:
-    """`resume_from_checkpoint`: a folder (refused with a clear message if incomplete), or true for the newest
-    complete checkpoint-N in output_dir (incomplete ones, left by a kill during a save, are passed over)."""
+    """Where training starts. `resume_from_checkpoint` unset (the default): the newest complete checkpoint in
+    output_dir if there is one and it was written with the same settings (a different run's checkpoints there
+    are an error, not silently overwritten or resumed); true: the newest complete one whatever its settings;
+    a folder: that checkpoint (refused with a clear message if incomplete); false: start over, which needs an
+    output_dir without checkpoints."""
     wanted = config.resume_from_checkpoint
-    if wanted in (None, False, "", "False", "false"):
+    if wanted is None or wanted == "":
+        folder = newest_checkpoint(config.output_dir)
+        if folder is None:
+            return None
+        changed = settings_changed(config, folder)
+        if changed:
+            raise ValueError(f"{config.output_dir} holds checkpoints of a run with other settings "
+                             f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
+                             "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
+                             "or use another output_dir")
+        logger.warning("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
+                       "with the same settings", folder, _step(folder), config.max_steps if config.max_steps > 0
+                       else "the epochs")
+        return folder
+    if wanted is False or str(wanted).lower() == "false":
+        if newest_checkpoint(config.output_dir) is not None:
+            raise ValueError(f"resume_from_checkpoint: false, but {config.output_dir} holds checkpoints of an earlier "
+                             "run; delete its checkpoint-N folders or use another output_dir to start over")
         return None
     if wanted is True or str(wanted).lower() == "true":
-        found = []
-        if os.path.isdir(config.output_dir):
-            found = sorted(((int(m.group(1)), name) for name in os.listdir(config.output_dir)
-                            if (m := CHECKPOINT_DIR.match(name))), reverse=True)
-        for _, name in found:
-            folder = os.path.join(config.output_dir, name)
-            problem = checkpoint_problem(folder)
-            if problem is None:
-                return folder
-            logger.warning("negalign: passing over %s: it %s", folder, problem)
-        raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
-                         "folder; train without resume_from_checkpoint, or point output_dir at the run to resume")
+        folder = newest_checkpoint(config.output_dir)
+        if folder is None:
+            raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
+                             "folder; train without resume_from_checkpoint, or point output_dir at the run to "
+                             "resume")
+        changed = settings_changed(config, folder)
+        if changed:
+            logger.warning("negalign: resuming %s with changed settings: %s", folder, "; ".join(changed))
+        return folder
     problem = checkpoint_problem(str(wanted))
     if problem is not None:
         raise ValueError(f"resume_from_checkpoint: {wanted} {problem}; resume from an earlier checkpoint-N, or "
@@ -228,6 +294,13 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     if not config.data:
         raise ValueError("no training data: set `data` to a feedback file or data set name")
     check_launch(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
+        return _train(config)
+    with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
+        return _train(config)
+
+
+def _train(config: NegalignConfig) -> NegalignTrainer:
     checkpoint = resolve_checkpoint(config)
     check_refresh_folder(config, checkpoint)
     _check_sources(config)
@@ -276,7 +349,17 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     trainer.samples_from_reference = bool(anchors and anchors["from_reference"])
     if config.sampling == "refresh":
         add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint and 0 < config.max_steps <= _step(checkpoint):
+        # the run had finished its steps (a rerun, or a kill during the final save); Trainer would take one more
+        # step past max_steps when resumed there, so load the checkpoint instead of training from it
+        from transformers import TrainerState
+
+        logger.warning("negalign: %s is at step %d of %d: nothing left to train; saving it as the final model",
+                       checkpoint, _step(checkpoint), config.max_steps)
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.args.should_save:  # the main process only, as for the model
         atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(portable(

@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,9 @@ from negalign.data import (
     load_rows,
     pairs_to_negatives, parse_hh_transcript, prompt_key,
 )
+from negalign.data.paths import data_dir
 
-HH_FILE = "/work/shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
+HH_FILE = str((data_dir() or Path("/nonexistent")) / "hh-rlhf-harmless-base-test" / "test.jsonl.gz")
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -712,3 +714,13 @@ def test_complete_pairs_rebuild_pairs_in_file_order_and_drop_broken_ones():
         {"prompt": user("a"), "chosen": "good a", "rejected": "bad a"},
         {"prompt": user("d"), "chosen": "good d", "rejected": "bad d"},
     ]
+
+
+def test_trl_conversational_sft_rows_are_demonstrations(tmp_path):
+    conversation = [*HH_PROMPT, {"role": "assistant", "content": "I can't help with that."}]
+    path, rows, _ = load_one(tmp_path, [{"messages": conversation}])
+    assert rows == [row(HH_PROMPT, "I can't help with that.", label=True, source=f"{path}:1")]
+    assert build_examples(rows, "sft") == [{"prompt": HH_PROMPT, "completion": "I can't help with that.",
+                                           "source": f"{path}:1"}]
+    _, labelled, _ = load_one(tmp_path, [{"messages": conversation, "label": False}])  # a label still decides
+    assert labelled[0]["label"] is False

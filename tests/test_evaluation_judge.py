@@ -7,7 +7,7 @@ import torch
 
 from negalign.evaluation.judge import (ASSET, HarmJudge, LogisticHead, has_refusal_phrase, keyword_complies,
                                        load_xstest_answers)
-from negalign.evaluation.paths import data_dir
+from negalign.data.paths import data_dir
 
 
 def test_keyword_baseline():

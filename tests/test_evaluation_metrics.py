@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from negalign.evaluation import metrics
-from negalign.evaluation.paths import data_dir
 from negalign.evaluation.suites import Suite, file_suites, load_suites
 
 
@@ -111,22 +110,6 @@ def test_user_prompt_files(tmp_path):
     records.write_text(json.dumps({"prompt": "hi", "label": "benign"}) + "\n")
     loaded = load_suites(None, None, [str(records)])  # prompt files alone: no built-in suite
     assert [(s.name, s.kind, s.prompts) for s in loaded] == [("rows", "benign", ["hi"])]
-
-
-def test_data_dir_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv("NEGALIGN_DATA", raising=False)
-    assert data_dir(tmp_path / "x") == tmp_path / "x"
-    monkeypatch.setenv("NEGALIGN_DATA", str(tmp_path / "env"))
-    assert data_dir() == tmp_path / "env"
-    monkeypatch.delenv("NEGALIGN_DATA")
-    work = tmp_path / "checkout"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    assert data_dir() is None
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
-        data_dir(required=True)
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    assert data_dir() == tmp_path / "shared" / "data"
 
 
 def test_portable_paths_leave_no_absolute_path_of_this_machine(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from negalign.evaluation.report import compare, training_series
 
 
 def rate(value, low, high, n=20):
-    return {"rate": value, "low": low, "high": high, "n": n, "count": round(value * n)}
+    return {"rate": value, "low": low, "high": high, "n": n, "count": round(value * n), "interval": "wilson"}
 
 
 def fake_eval(harm, refuse, accuracy, kl):
@@ -71,3 +71,13 @@ def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(base), str(d2o / "eval" / "eval.json"), "--output", str(tmp_path / "r")]) == 0
     assert "2 runs" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "missing"), "--output", str(tmp_path / "r")]) == 2
+
+
+def test_evaluations_from_before_wilson_get_wilson_intervals():
+    from negalign.evaluation.report import as_wilson
+
+    old = {"rate": 0.0, "low": 0.0, "high": 0.0, "n": 24}  # a bootstrap interval, as older eval.json files hold
+    fixed = as_wilson(old)
+    assert (fixed["low"], round(fixed["high"], 3), fixed["count"], fixed["interval"]) == (0.0, 0.138, 0, "wilson")
+    current = {"rate": 0.5, "low": 0.3, "high": 0.7, "n": 20, "interval": "wilson"}
+    assert as_wilson(current) is current

@@ -124,25 +124,38 @@ def test_killed_sampling_resumes_to_the_uninterrupted_rows(tiny_model_dir, files
 
 
 def test_killed_training_resumes_to_the_uninterrupted_weights(tiny_model_dir, files, tmp_path):
-    settings = _train_args(tiny_model_dir, files, tmp_path, max_steps=3, save_strategy="steps", save_steps=1,
-                           save_total_limit=2, learning_rate=3e-3)
+    # the defaults checkpoint (every tenth of the run: here every step), and the same command resumes
+    settings = _train_args(tiny_model_dir, files, tmp_path, max_steps=3, learning_rate=3e-3)
     killed = tmp_path / "out"
     has_checkpoint = lambda: any((killed / name / "trainer_state.json").exists()  # noqa: E731
                                  for name in (os.listdir(killed) if killed.exists() else ()))
     delay = _run_and_kill("training", ["train", *_argv(settings)], has_checkpoint, tmp_path, pause=0.6)
     assert not (killed / "model.safetensors").exists(), "the run finished before the kill"
-    resume_from = training.resolve_checkpoint(load_config(None, {**settings, "resume_from_checkpoint": True}))
+    # the newest complete checkpoint (a kill during a save leaves an incomplete one, which is passed over)
+    resume_from = training.resolve_checkpoint(load_config(None, settings))
     assert re.search(r"checkpoint-[12]$", resume_from), resume_from
-    # the same command plus resume_from_checkpoint=true: the newest complete checkpoint (a kill during a
-    # save leaves an incomplete one, which is passed over)
-    assert main(["train", *_argv(settings), "resume_from_checkpoint=true"]) == 0
+    assert main(["train", *_argv(settings)]) == 0  # the same command, nothing added
     assert main(["train", *_argv({**settings, "output_dir": str(tmp_path / "whole")})]) == 0
     resumed, whole = load_file(killed / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     worst = max(float((resumed[name] - whole[name]).abs().max()) for name in whole)
     assert worst < 1e-5, f"resumed from {resume_from} (kill {delay:.2f}s after the first checkpoint): {worst}"
-    losses = lambda folder: [h["loss"] for h in json.load(open(folder / "train_log.json"))["log_history"]  # noqa: E731
-                             if "loss" in h]
+    log = lambda folder: json.load(open(folder / "train_log.json"))["log_history"]  # noqa: E731
+    losses = lambda folder: [h["loss"] for h in log(folder) if "loss" in h]  # noqa: E731
     assert len(losses(killed)) == 3 and losses(killed) == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+    assert log(killed)[-1]["step"] == log(tmp_path / "whole")[-1]["step"] == 3
+    assert sorted(n for n in os.listdir(killed) if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_a_run_with_other_settings_will_not_resume_or_overwrite_checkpoints(tiny_model_dir, files, tmp_path):
+    settings = _train_args(tiny_model_dir, files, tmp_path, max_steps=2)
+    negalign.train(**settings)
+    with pytest.raises(ValueError, match=r"holds checkpoints of a run with other settings \(learning_rate: 0.01 -> "
+                                         r"0.02\); rerun with that run's settings to resume it"):
+        negalign.train(**{**settings, "learning_rate": 2e-2})
+    with pytest.raises(ValueError, match="resume_from_checkpoint: false, but .* holds checkpoints of an earlier run"):
+        negalign.train(**settings, resume_from_checkpoint=False)
+    trainer = negalign.train(**settings, logging_steps=2)  # same settings (logging aside): resumes the finished run
+    assert trainer.state.global_step == 2
 
 
 def test_killed_reference_cache_write_leaves_no_corrupt_cache(tiny_model_dir, files, tmp_path):
@@ -151,6 +164,7 @@ def test_killed_reference_cache_write_leaves_no_corrupt_cache(tiny_model_dir, fi
     writing = lambda: "killable_cli: writing" in (tmp_path / "killed.log").read_text()  # noqa: E731
     _run_and_kill("cache", ["train", *_argv(settings)], writing, tmp_path, pause=0.5)
     left = os.listdir(cache)
+    left = [name for name in left if not name.endswith(".lock")]  # the lock file is left, unlocked
     assert left and all(name.endswith(".tmp") for name in left), left  # half a temp file, no cache file
     negalign.train(**settings)  # the rerun computes the cache again (it ignores the temp file)
     (cached,) = [name for name in os.listdir(cache) if name.endswith(".safetensors")]
@@ -166,7 +180,7 @@ def test_a_damaged_reference_cache_is_recomputed_not_read(tiny_model_dir, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     sequences = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9, 10])]
     logps, hit = cached_reference_logps(model, sequences, tmp_path)
-    (path,) = tmp_path.iterdir()
+    (path,) = tmp_path.glob("*.safetensors")
     path.write_bytes(path.read_bytes()[:40])  # cut short (a copy interrupted, a full disk)
     again, hit = cached_reference_logps(model, sequences, tmp_path)
     assert not hit and torch.equal(again, logps)
@@ -190,7 +204,8 @@ def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
         return load_config(None, {"output_dir": str(tmp_path), "resume_from_checkpoint": value})
 
     assert training.resolve_checkpoint(config(True)) == str(tmp_path / "checkpoint-2")
-    assert training.resolve_checkpoint(config(None)) is None
+    with pytest.raises(ValueError, match=r"other settings \(negalign_config.yaml missing or unreadable"):
+        training.resolve_checkpoint(config(None))  # the default resumes only a run of the same settings
     with pytest.raises(ValueError, match=r"checkpoint-3 has no readable trainer_state.json \(not a Trainer "
                                          r"checkpoint, or one cut short by a kill.*set resume_from_checkpoint: true"):
         training.resolve_checkpoint(config(str(tmp_path / "checkpoint-3")))
@@ -384,8 +399,129 @@ def test_reference_cache_keys_separate_weights_and_tokens(tiny_model_dir, tmp_pa
     a, _ = cached_reference_logps(first, sequences, tmp_path)
     b, hit_b = cached_reference_logps(other, sequences, tmp_path)  # same tokens, other weights
     c, hit_c = cached_reference_logps(first, [([1, 2, 3], [4, 6]), sequences[1]], tmp_path)  # one token differs
-    assert not hit_b and not hit_c and len(os.listdir(tmp_path)) == 3
+    assert not hit_b and not hit_c and len(list(tmp_path.glob("*.safetensors"))) == 3
     assert not torch.equal(a, b) and a[1] == c[1] and a[0] != c[0]
     with torch.no_grad():  # changing a model in place changes its key too
         first.model.norm.weight.mul_(1.5)
     assert not cached_reference_logps(first, sequences, tmp_path)[1]
+
+
+# ----- one writer per output ---------------------------------------------------------------------------
+
+def test_a_second_sampler_on_one_output_is_refused_and_leaves_no_duplicate(tiny_model_dir, files, tmp_path, capsys):
+    output = tmp_path / "samples.jsonl"
+    command = ["sample", "--model", tiny_model_dir, "--data", files["pairs"], "--output", str(output), "--k", "2",
+               "--max-new-tokens", "4", "--batch-size", "1", "--seed", "1", "--no-anchor-report"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, HELPER, "sampling", "0.4", *command], stdout=log,
+                             stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 120
+        while not (output.exists() and output.stat().st_size > 0):  # the first one is writing rows
+            assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.02)
+        assert main(command) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"negalign sample: {output} is being written by pid {first.pid}: ") and \
+            "--wait" in error and "\n" not in error, error
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    rows = [(r["prompt"][0]["content"], r["sample_index"]) for r in _rows(output)]
+    assert len(rows) == len(set(rows)) == 2 * len(PROMPTS)
+
+
+def test_a_lock_left_by_a_killed_process_blocks_nothing_and_wait_waits(tmp_path):
+    from negalign.locks import OutputLocked, lock_path, output_lock
+
+    target = tmp_path / "eval"
+    holder = ("import sys, time; from negalign.locks import output_lock\n"
+              "with output_lock(sys.argv[1], 'test'):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    process = subprocess.Popen([sys.executable, "-c", holder, str(target), "60"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    with pytest.raises(OutputLocked, match=rf"is being written by pid {process.pid}"):
+        with output_lock(target, "evaluation"):
+            pass
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert lock_path(target).exists()  # the file stays; the kernel dropped the lock with the process
+    with output_lock(target, "evaluation"):
+        pass
+    process = subprocess.Popen([sys.executable, "-c", holder, str(target), "1.0"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    started = time.time()
+    with output_lock(target, "evaluation", wait=True, poll_s=0.05):
+        waited = time.time() - started
+    assert waited > 0.7  # acquired only once the holder's 1 s with the lock was over
+    process.wait()
+
+
+def test_a_second_training_run_on_one_output_dir_is_refused(tiny_model_dir, files, tmp_path):
+    from negalign.locks import OutputLocked, output_lock
+
+    settings = _train_args(tiny_model_dir, files, tmp_path, max_steps=1)
+    with output_lock(settings["output_dir"], "training"):  # held by this process's other open file
+        with pytest.raises(OutputLocked, match=r"out is being written by pid \d+"):
+            negalign.train(**settings)
+
+
+# ----- config problems: one line, exit 2 -----------------------------------------------------------------
+
+RECIPES = {  # name: (recipe text, expected one-line message after "negalign train: ")
+    "syntax": ("objective: d2o\n  beta: 0.1\n", r"syntax.yaml:2:7: invalid YAML: mapping values are not allowed"),
+    "unsafe_tag": ("objective: !!python/object/apply:os.system ['true']\n",
+                   r"unsafe_tag.yaml:1:12: invalid YAML: could not determine a constructor .*Python object tags "
+                   "are refused"),
+    "twice": ("beta: 0.1\nobjective: npo\nbeta: 0.2\n", r"twice.yaml:3:1: key 'beta' is given twice \(first on line 1\)"),
+    "list_for_number": ("objective: npo\nbeta: [0.1, 0.2]\n", r"list_for_number.yaml:2: beta must be a number, got "
+                        r"list \[0.1, 0.2\]"),
+    "word_for_bool": ("use_lora: sometimes\n", r"word_for_bool.yaml:1: use_lora must be true or false, got 'sometimes'"),
+    "fraction_for_int": ("lora_r: 2.5\n", r"fraction_for_int.yaml:1: lora_r must be a whole number, got 2.5"),
+    "not_a_mapping": ("- objective\n- d2o\n", r"not_a_mapping.yaml: a recipe must be a YAML mapping"),
+}
+
+
+@pytest.mark.parametrize("case", [*RECIPES, "missing_file"])
+def test_every_config_problem_is_one_line_and_exit_2(case, tmp_path, capsys, no_expensive_work):
+    recipe = tmp_path / f"{case}.yaml"
+    if case == "missing_file":
+        message = rf"{re.escape(str(recipe))}: no such file"
+    else:
+        text, message = RECIPES[case]
+        recipe.write_text(text)
+    for flag in (["--config", str(recipe)], [f"--config={recipe}"]):
+        assert main(["train", *flag, f"output_dir={tmp_path / 'out'}"]) == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip()
+        assert "\n" not in error and "Traceback" not in captured.err, captured.err
+        assert re.match(rf"negalign train: .*{message}", error), error
+
+
+def test_an_empty_data_file_is_an_error_not_an_empty_success(tiny_model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["sample", "--model", tiny_model_dir, "--data", str(empty), "--output", str(tmp_path / "s.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"negalign sample: {empty}: no prompts to sample (the file has no usable rows)"
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_file_level_faults_bom_truncated_gzip_and_a_5_mb_line(tmp_path):
+    import gzip
+
+    from negalign.data import load_rows
+
+    bom = tmp_path / "bom.jsonl"  # Windows editors write a UTF-8 byte-order mark: read as if absent
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "p", "rejected": "r"}).encode() + b"\n")
+    assert load_rows(str(bom))[0][0]["prompt"] == [{"role": "user", "content": "p"}]
+    whole = gzip.compress(b"".join(json.dumps({"prompt": f"p{i}", "rejected": "r" * 50}).encode() + b"\n"
+                                   for i in range(200)))
+    cut = tmp_path / "cut.jsonl.gz"  # a download cut short
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: could not be read to the end .* looks truncated or corrupt"):
+        load_rows(str(cut))
+    big = tmp_path / "big.jsonl"  # one 5 MB answer: read whole (training truncates it to max_length later)
+    big.write_text(json.dumps({"prompt": "p", "rejected": "x " * 2_600_000}) + "\n")
+    (row,), _ = load_rows(str(big))
+    assert len(row["completion"]) == 5_200_000

@@ -68,7 +68,8 @@ def test_every_objective_trains_from_the_cli(objective, tiny_model_dir, files, t
 
 def test_pointwise_objectives_take_scores(tiny_model_dir, files, tmp_path):
     for objective in ("pointwise_dpo", "ulma"):
-        trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, objective, data=files["scored"]))
+        trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, objective, data=files["scored"],
+                                             output_dir=str(tmp_path / objective)))
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
 
 
@@ -104,18 +105,20 @@ def test_reference_cache_second_run_does_no_reference_forward(tiny_model_dir, fi
     import negalign.reference as reference
 
     first = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1))
-    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
 
     def forbidden(*args, **kwargs):
         raise AssertionError("reference forward pass on a cache hit")
 
     monkeypatch.setattr(reference, "compute_logps", forbidden)
-    second = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1))
+    second = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1,
+                                        output_dir=str(tmp_path / "second")))
     loss = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
     assert loss(first) == pytest.approx(loss(second), rel=1e-6)
     # a different tokenisation (shorter prompts) is a different key: computed again, not read
     with pytest.raises(AssertionError, match="cache hit"):
-        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1, max_prompt_length=24))
+        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "dpo", max_steps=1, max_prompt_length=24,
+                                   output_dir=str(tmp_path / "third")))
 
 
 @pytest.mark.parametrize("reference,lora", [("live", False), ("adapter_disabled", True), ("cached", True)])
@@ -194,9 +197,10 @@ def test_a_nan_step_is_skipped_and_training_goes_on(tiny_model_dir, files, tmp_p
     assert trainer.state.log_history[-2]["skipped_nonfinite_steps"] == 3
     monkeypatch.undo()
     _nan_on_steps(monkeypatch, bad_steps={2})
-    trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=3))
+    trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=3,
+                                         output_dir=str(tmp_path / "one-bad")))
     assert trainer.state.log_history[-2]["skipped_nonfinite_steps"] == 1
-    assert any(not torch.equal(start[k], v) for k, v in _weights(tmp_path / "out").items())
+    assert any(not torch.equal(start[k], v) for k, v in _weights(tmp_path / "one-bad").items())
 
 
 def test_too_many_nan_steps_abort_and_keep_the_good_checkpoint(tiny_model_dir, files, tmp_path, monkeypatch):

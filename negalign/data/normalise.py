@@ -16,6 +16,7 @@ Accepted record shapes (detected from the keys; `data_format` can force one):
                                                            transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...")
                                                            or a list of chat messages (TRL implicit prompt)
                 {text | transcript | messages, label | score}  -> one row
+                {messages} (TRL conversational SFT, no label)   -> one row, label true (a demonstration)
                 {rejected} with no prompt               -> one negative row
     self-sample {prompt, completion, origin: "self"}    -> one unlabelled row (sample_index optional)
 
@@ -325,9 +326,12 @@ def _normalise_transcript(record, where, common, forced: str | None) -> Normalis
             raise _missing(where, "rejected", "data_format='negatives' reads the bad answer from 'rejected'")
         prompt, completion = conversation("rejected")
         return Normalised([make_row(prompt, completion, label=False, **common)])
-    for field in TRANSCRIPT_FIELDS:
-        if has(field):
-            prompt, completion = conversation(field)
+    for name in TRANSCRIPT_FIELDS:
+        if has(name):
+            prompt, completion = conversation(name)
+            if name == "messages" and not has("label") and not has("score") and common["origin"] != "self":
+                # TRL's conversational SFT row ({"messages": [...]}, no label): a demonstration, a good answer
+                return Normalised([make_row(prompt, completion, label=True, **common)])
             label, score = _labels(record, where, forced or "transcript", common["origin"])
             return Normalised([make_row(prompt, completion, label=label, score=score, **common)])
     if has("completion") or forced:

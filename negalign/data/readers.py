@@ -46,6 +46,12 @@ def iter_records(source: str | os.PathLike, split: str | None = None) -> Iterato
     if isinstance(source, os.PathLike) or os.path.exists(os.path.expanduser(str(source))):
         return _iter_file(Path(os.path.expanduser(str(source))), str(source))
     name = str(source)
+    if name.startswith("hf:"):  # a catalog set's Hub form: hf:owner/name?data_dir=...&split=...
+        from urllib.parse import parse_qsl
+
+        hub, _, query = name[3:].partition("?")
+        options = dict(parse_qsl(query))
+        return _iter_hub(hub, options.pop("split", split), **options)
     if looks_like_path(name):
         raise DataError(name, "file not found; check the path (a Hub data set name looks like 'owner/name')")
     return _iter_hub(name, split)
@@ -217,14 +223,15 @@ def _iter_parquet(path: Path, name: str) -> Iterator[RawRecord]:
     return records()
 
 
-def _iter_hub(name: str, split: str | None) -> Iterator[RawRecord]:
+def _iter_hub(name: str, split: str | None, **options) -> Iterator[RawRecord]:
     import datasets
 
     split = split or "train"
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        dataset = datasets.load_dataset(name, split=split, **options)
     except Exception as err:  # offline, unknown name, missing split, ...: all mean "could not load it"
-        raise DataError(name, f"could not be loaded as a Hugging Face Hub data set, split '{split}' "
+        extra = "".join(f", {key} '{value}'" for key, value in options.items())
+        raise DataError(name, f"could not be loaded as a Hugging Face Hub data set, split '{split}'{extra} "
                               f"({type(err).__name__}: {err}); if it is a local file, check the path") from err
 
     def records():

@@ -18,7 +18,6 @@ _EXPORTS = {
     "Suite": "suites", "load_suites": "suites", "file_suites": "suites",
     "ChatClient": "llm_judge", "pairwise_judge": "llm_judge", "parse_verdict": "llm_judge",
     "compare": "report",
-    "data_dir": "paths",
     "generate_answers": "generate", "completion_logps": "generate",
 }
 

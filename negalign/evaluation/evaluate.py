@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from negalign.evaluation import metrics
-from negalign.evaluation.paths import data_dir as resolve_data_dir
+from negalign.data.paths import data_dir as resolve_data_dir
 from negalign.evaluation.suites import BUILTIN, Suite, load_suites
 
 HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
@@ -51,6 +51,7 @@ class EvalSettings:
     n_resamples: int = metrics.N_RESAMPLES
     overwrite: bool = False
     progress: bool = True
+    wait: bool = False  # another process writing the output folder: wait for it instead of stopping
 
 
 def default_output(model: str) -> str:
@@ -111,13 +112,21 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def evaluate(settings: EvalSettings) -> dict:
-    """Run the whole evaluation, write `<output>/eval.json`, and return its contents."""
+    """Run the whole evaluation, write `<output>/eval.json`, and return its contents. One evaluation writes an
+    output folder at a time: a second is refused (or waits, with settings.wait)."""
+    from negalign.locks import output_lock
+
+    output = Path(settings.output or default_output(settings.model))
+    with output_lock(output, "evaluation", wait=settings.wait):
+        return _evaluate(settings, output)
+
+
+def _evaluate(settings: EvalSettings, output: Path) -> dict:
     from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.judge import HarmJudge
     from negalign.models import load_model, load_tokenizer
 
     started = time.time()
-    output = Path(settings.output or default_output(settings.model))
     (output / "answers").mkdir(parents=True, exist_ok=True)
     folder = resolve_data_dir(settings.data_dir)
     suites = load_suites(settings.suites, folder, settings.prompt_files, settings.max_prompts, settings.seed)
@@ -280,22 +289,22 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--n-resamples", type=int, default=metrics.N_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--wait", action="store_true",
+                        help="if another process is writing --output, wait for it (default: stop at once)")
     args = parser.parse_args(argv)
     settings = EvalSettings(
         model=args.model, reference=args.reference, output=args.output, suites=args.suites,
         prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
         pairs=args.pairs, max_pairs=args.max_pairs, kl=not args.no_kl, judge_head=args.judge_head,
-        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress)
-    try:
-        result = evaluate(settings)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"negalign eval: {error}", file=sys.stderr)
-        return 2
+        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait)
+    result = evaluate(settings)  # bad input raises ValueError / OSError: negalign's main prints it in one line
     print(f"negalign eval: {settings.model} -> {result['output']}/eval.json")
     print("\n".join(summary_lines(result)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cmd_eval(sys.argv[1:]))
+    from negalign.cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from negalign.evaluation.paths import data_dir as resolve_data_dir
+from negalign.data.paths import data_dir as resolve_data_dir
 
 ASSET = Path(__file__).resolve().parent / "assets" / "harm_judge_head.safetensors"
 COMPLIES_LABEL = "1_full_compliance"

@@ -1,6 +1,6 @@
 """Evaluation metrics: pure functions of numbers (no model, no I/O), each checked against hand-computed values.
 
-Conventions (METHODS.md): h(y) = logp_policy(y|x) - logp_ref(y|x) with log-probs summed over the answer's
+Conventions (docs/methods.md): h(y) = logp_policy(y|x) - logp_ref(y|x) with log-probs summed over the answer's
 tokens; a "rate" is a fraction in [0, 1] with its Wilson 95 % interval; other statistics get percentile-bootstrap
 95 % intervals with a fixed seed.
 """

@@ -54,8 +54,20 @@ def _unique_labels(runs: list[dict]) -> None:
             run["label"] = f"{run['label']}-{count + 1}"
 
 
+def as_wilson(entry: dict | None) -> dict | None:
+    """A rate entry with the Wilson 95 % interval: evaluations written before negalign used Wilson carry a
+    bootstrap interval ([0, 0] at a rate of 0), recomputed here from the rate and n."""
+    if not entry or entry.get("interval") == "wilson" or entry.get("rate") is None or not entry.get("n"):
+        return entry
+    from negalign.evaluation.metrics import wilson_interval
+
+    count = round(entry["rate"] * entry["n"])
+    low, high = wilson_interval(count, entry["n"])
+    return {**entry, "low": low, "high": high, "count": count, "interval": "wilson"}
+
+
 def suite_rate(suite: dict) -> dict:
-    return suite["harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"]
+    return as_wilson(suite["harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"])
 
 
 def summarise(run: dict) -> dict:
@@ -64,8 +76,8 @@ def summarise(run: dict) -> dict:
     if ev:
         out["model"] = ev.get("model")
         out["reference"] = ev.get("reference")
-        out["harmful_compliance"] = (ev.get("harmful") or {}).get("harmful_compliance")
-        out["benign_refusal"] = (ev.get("benign") or {}).get("benign_refusal")
+        out["harmful_compliance"] = as_wilson((ev.get("harmful") or {}).get("harmful_compliance"))
+        out["benign_refusal"] = as_wilson((ev.get("benign") or {}).get("benign_refusal"))
         out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
                                 "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
                          for name, s in ev.get("suites", {}).items()}

@@ -1,6 +1,6 @@
 """Prompt suites: sets of held-out prompts, each harmful or benign, read from the data directory.
 
-Built in (paths relative to the data directory, see `negalign.evaluation.paths.data_dir`):
+Built in (paths relative to the data directory, see `negalign.data.paths.data_dir`):
 
     advbench          harmful  advbench/harmful_behaviors.csv, column goal (520)
     refusal-harmful   harmful  refusal-direction-splits/harmful_test.json (572; AdvBench, MaliciousInstruct,
@@ -156,8 +156,11 @@ def load_suites(names: list[str] | None, data_dir: str | os.PathLike | None, pro
     each cut to `max_prompts` (seeded)."""
     if names is None:  # all built-in suites, unless the user brought their own prompts
         names = [] if prompt_files else list(BUILTIN)
-    if names and data_dir is None:
-        raise FileNotFoundError("built-in suites need the data directory: pass --data-dir or set $NEGALIGN_DATA")
+    if names:  # one message for every missing set, before any model loads
+        from negalign.data.catalog import check_available, name_for
+
+        check_available([n for n in (name_for(BUILTIN[name][1]) for name in names if name in BUILTIN) if n],
+                        data_dir)
     suites = [builtin_suite(name, data_dir, seed) for name in names]
     for spec in prompt_files:
         suites.extend(file_suites(spec))

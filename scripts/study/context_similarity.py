@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from negalign.evaluation.encoder import SentenceEncoder
-from negalign.evaluation.paths import data_dir
+from negalign.data.paths import data_dir
 from negalign.retain import evaluation_prompts
 from negalign.sampling_context import presets, resolve_context
 

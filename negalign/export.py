@@ -1,0 +1,112 @@
+"""`negalign export RUN --output DIR [--merge]`: a trained run -> a standalone Hugging Face model folder.
+
+A LoRA run holds only its adapter; `--merge` folds it into the base weights (peft `merge_and_unload`) so the
+result loads with plain `transformers`. The folder gets the weights (safetensors), the tokenizer, the run's
+`negalign_config.yaml`, `versions.json`, `train_log.json`, `sampling_context.json` (D2O) and a model card
+(README.md) with the base model, objective and settings, data and, when the run was evaluated
+(`RUN/eval/eval.json`), its evaluation numbers. Written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+from negalign.files import read_yaml
+
+CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json")
+
+
+def _run_settings(run: Path) -> dict:
+    path = run / "negalign_config.yaml"
+    return (read_yaml(path) or {}) if path.exists() else {}
+
+
+def load_run_model(run: str | os.PathLike, merge: bool = False):
+    """The run's model as a plain transformers model (adapter merged when `merge`), and whether it was LoRA."""
+    from negalign.models import load_model
+
+    run = Path(run)
+    if not (run / "adapter_config.json").exists():
+        if not (run / "config.json").exists():
+            raise FileNotFoundError(f"{run}: not a trained run (no config.json or adapter_config.json)")
+        return load_model(str(run)), False
+    if not merge:
+        raise ValueError(f"{run} holds a LoRA adapter, not a whole model: pass --merge to fold it into the base "
+                         "weights (or load the adapter folder itself with peft)")
+    from peft import PeftModel
+
+    base = _run_settings(run).get("model") or json.loads((run / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]
+    return PeftModel.from_pretrained(load_model(base), str(run)).merge_and_unload(), True
+
+
+def evaluation_section(run: Path) -> list[str]:
+    path = run / "eval" / "eval.json"
+    if not path.exists():
+        return []
+    from negalign.evaluation.evaluate import summary_lines
+
+    result = json.loads(path.read_text(encoding="utf-8"))
+    return ["", "## Evaluation", "", f"`negalign eval` of this run ({path.relative_to(run)}; rates with their n "
+            "and Wilson 95 % intervals):", "", "```", *summary_lines(result), "```"]
+
+
+def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = False, push_to_hub: str | None = None,
+           overwrite: bool = False) -> Path:
+    from negalign.locks import output_lock
+    from negalign.models import load_tokenizer
+
+    run, output = Path(run), Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite or choose another --output")
+    model, was_lora = load_run_model(run, merge)
+    settings = _run_settings(run)
+    tokenizer = load_tokenizer(str(run) if (run / "tokenizer_config.json").exists() else settings["model"])
+    with output_lock(output, "export"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name in CARRIED:
+                if (run / name).exists():
+                    shutil.copy2(run / name, tmp / name)
+            card = (run / "README.md").read_text(encoding="utf-8") if (run / "README.md").exists() else (
+                f"# {run.name}\n\nTrained with negalign ({settings.get('objective', 'unknown objective')}).\n")
+            card = card.rstrip("\n") + "\n" + "\n".join(evaluation_section(run)) + "\n\n" + (
+                f"Exported by `negalign export` from `{run.name}`"
+                + (": the LoRA adapter merged into the base weights (peft merge_and_unload)." if was_lora else ".")
+                + "\n")
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            if output.exists():
+                shutil.rmtree(output)
+            os.replace(tmp, output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+        tokenizer.push_to_hub(push_to_hub)
+    return output
+
+
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="negalign export", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("run", help="a `negalign train` output_dir")
+    parser.add_argument("--output", required=True, help="folder for the standalone model")
+    parser.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the base weights")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repository")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    args = parser.parse_args(argv)
+    out = export(args.run, args.output, args.merge, args.push_to_hub, args.overwrite)
+    print(f"negalign export: {args.run} -> {out}" + (f" (pushed to {args.push_to_hub})" if args.push_to_hub else ""))
+    return 0
+
+
+__all__ = ["export", "load_run_model"]

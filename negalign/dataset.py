@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import gc
 import logging
 
 import torch
@@ -81,6 +82,18 @@ class PreparedData:
 
 
 def prepare_items(config, tokenizer) -> PreparedData:
+    # millions of small lists (token ids, rows) are created and none is garbage: the cyclic collector would
+    # rescan all of them again and again (time growing faster than the rows), so it pauses while they are made
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _prepare_items(config, tokenizer)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _prepare_items(config, tokenizer) -> PreparedData:
     rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
     if config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)

@@ -143,3 +143,27 @@ def test_cli_llm_judge(base_url, tmp_path, monkeypatch, capsys):
     saved = json.loads((tmp_path / "out" / "llm_judge.json").read_text())
     assert (saved["wins"], saved["ties"], saved["losses"], saved["n_malformed"]) == (1, 1, 1, 4)
     assert "malformed replies 4" in capsys.readouterr().out
+
+
+def test_verdicts_are_cached_so_an_interrupted_run_asks_only_what_is_missing(base_url, tmp_path):
+    cache = tmp_path / "verdicts.jsonl"
+    asked = []
+
+    class Counting(ChatClient):
+        def complete(self, content):
+            asked.append(content)
+            return super().complete(content)
+
+    good = Counting(base_url, "rule-judge", "test-key", retries=0)
+    first = pairwise_judge(QUESTIONS[:2], SYSTEM_1[:2], SYSTEM_2[:2], good, seed=3, cache=cache, progress=False)
+    assert len(asked) == 2 and len(cache.read_text().splitlines()) == 2
+    with open(cache, "a") as sink:
+        sink.write('{"key": "cut short by a ki')  # a kill mid-append leaves a partial last line
+    failing = ChatClient(base_url, "rule-judge", "wrong-key", retries=0)  # every new request fails (HTTP 401)
+    partial = pairwise_judge(QUESTIONS, SYSTEM_1, SYSTEM_2, failing, seed=3, cache=cache, progress=False)
+    assert partial["n_failed"] == len(QUESTIONS) - 2 and partial["n_judged"] == 2  # the cached two still count
+    asked.clear()
+    whole = pairwise_judge(QUESTIONS, SYSTEM_1, SYSTEM_2, good, seed=3, cache=cache, progress=False)
+    assert len(asked) == len(QUESTIONS) - 2  # only the failed ones are asked again
+    assert (whole["wins"], whole["ties"], whole["losses"]) == (1, 1, 1)
+    assert [j["verdict"] for j in whole["judgements"][:2]] == [j["verdict"] for j in first["judgements"]]

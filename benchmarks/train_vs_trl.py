@@ -165,11 +165,10 @@ def work_per_step(args, comparison: str) -> dict:
     """Mean tokens per step over all the rows the run trains on, tokenised once the way both tools see them:
     completion tokens (the rate's numerator), all tokens with every prompt repeated per completion (what
     TRL runs), and the tokens negalign lays out (each example's prompt once)."""
+    from negalign.config import parse_overrides
     from negalign.data import encode
     from negalign.logprobs import pack_sequences
     from negalign.models import load_tokenizer
-
-    from negalign.config import parse_overrides
 
     share = str(parse_overrides(args.negalign_set).get("share_prompts", True)).lower() not in ("false", "0", "no")
     tokenizer = load_tokenizer(args.model)

@@ -13,10 +13,9 @@ functions receive columns of that matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import gc
 import logging
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm

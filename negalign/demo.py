@@ -95,15 +95,14 @@ def _log(message: str) -> None:
 
 
 def run_demo(settings: DemoSettings) -> dict:
+    from negalign.data.catalog import CATALOG, check_available, name_for
     from negalign.evaluation.evaluate import EvalSettings, evaluate
     from negalign.evaluation.report import compare
+    from negalign.evaluation.suites import BUILTIN
     from negalign.models import load_model, load_tokenizer, resolve_model_path
     from negalign.sampling import SamplingSettings, sample
     from negalign.sampling_context import resolve_context
     from negalign.training import train
-
-    from negalign.data.catalog import CATALOG, check_available, name_for
-    from negalign.evaluation.suites import BUILTIN
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
     needed = [name_for(relative) for _, relative, _ in BUILTIN.values()]

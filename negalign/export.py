@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 from negalign.files import read_yaml
 
 CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json")

@@ -7,9 +7,8 @@ hand both to the pure objective function, log its metrics.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import logging
+from collections import defaultdict
 
 import torch
 from transformers import Trainer, TrainerCallback

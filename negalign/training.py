@@ -19,8 +19,8 @@ from negalign.heap import set_mmap_threshold
 from negalign.locks import output_lock
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
-from negalign.retain import prepare_retain
 from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
+from negalign.retain import prepare_retain
 from negalign.trainer import NegalignTrainer
 
 logger = logging.getLogger("negalign")

@@ -14,9 +14,18 @@ from pathlib import Path
 import pytest
 
 from negalign.data import (
-    OBJECTIVES, DataError, LoadStats, TruncationStats, build_examples, encode, encode_prompt, group_by_prompt,
+    OBJECTIVES,
+    DataError,
+    LoadStats,
+    TruncationStats,
+    build_examples,
+    encode,
+    encode_prompt,
+    group_by_prompt,
     load_rows,
-    pairs_to_negatives, parse_hh_transcript, prompt_key,
+    pairs_to_negatives,
+    parse_hh_transcript,
+    prompt_key,
 )
 from negalign.data.paths import data_dir
 

@@ -5,9 +5,15 @@ import random
 import pytest
 import torch
 
-from negalign.evaluation.judge import (ASSET, HarmJudge, LogisticHead, has_refusal_phrase, keyword_complies,
-                                       load_xstest_answers)
 from negalign.data.paths import data_dir
+from negalign.evaluation.judge import (
+    ASSET,
+    HarmJudge,
+    LogisticHead,
+    has_refusal_phrase,
+    keyword_complies,
+    load_xstest_answers,
+)
 
 
 def test_keyword_baseline():

@@ -13,8 +13,14 @@ import textwrap
 
 import pytest
 
-from negalign.evaluation.llm_judge import (ChatClient, DEFAULT_TEMPLATE, pairwise_judge, parse_verdict,
-                                           question_text, render_prompt)
+from negalign.evaluation.llm_judge import (
+    DEFAULT_TEMPLATE,
+    ChatClient,
+    pairwise_judge,
+    parse_verdict,
+    question_text,
+    render_prompt,
+)
 
 SERVER = textwrap.dedent('''
     import json, re, sys

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from negalign.logprobs import (
-    BLOCK_ATTENTION, naive_sequence_logps, pack_sequences, pad_token_logps, reduce_token_logps, sequence_logps, token_logps,
+    BLOCK_ATTENTION,
+    naive_sequence_logps,
+    pack_sequences,
+    pad_token_logps,
+    reduce_token_logps,
+    sequence_logps,
+    token_logps,
 )
 from tests.conftest import make_tiny_llama
 

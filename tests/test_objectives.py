@@ -21,7 +21,6 @@ from negalign.objectives import (
     unlikelihood,
 )
 
-
 # ----------------------------------------------------------------------------- plain-Python references
 
 

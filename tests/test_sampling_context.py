@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import negalign
 import negalign.sampling as sampling
-from negalign.anchors import anchor_report, format_report, keyword_refuses, judge_refuses, report_samples_file
+from negalign.anchors import anchor_report, format_report, judge_refuses, keyword_refuses, report_samples_file
 from negalign.data import encode_prompt, encode_prompt_with_context
 from negalign.models import load_tokenizer
 from negalign.objectives import d2o

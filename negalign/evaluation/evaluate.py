@@ -13,8 +13,6 @@ h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-p
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text, portable
-
 import argparse
 import json
 import math
@@ -24,9 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from negalign.evaluation import metrics
 from negalign.data.paths import data_dir as resolve_data_dir
+from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, Suite, load_suites
+from negalign.files import atomic_write_text, portable
 
 HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
 

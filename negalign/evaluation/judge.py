@@ -20,8 +20,6 @@ runs with no data present; `negalign judge fit` re-makes it from the XSTest file
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text, portable
-
 import argparse
 import csv
 import json
@@ -33,6 +31,7 @@ from pathlib import Path
 import torch
 
 from negalign.data.paths import data_dir as resolve_data_dir
+from negalign.files import atomic_write_text, portable
 
 ASSET = Path(__file__).resolve().parent / "assets" / "harm_judge_head.safetensors"
 COMPLIES_LABEL = "1_full_compliance"

@@ -7,9 +7,8 @@ tokens; a "rate" is a fraction in [0, 1] with its Wilson 95 % interval; other st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -8,13 +8,13 @@ error bars), suites.png (per-suite rates) and training_curves.png (every logged 
 
 from __future__ import annotations
 
-from negalign.files import atomic_write_text, portable
-
 import argparse
 import json
 import math
 import sys
 from pathlib import Path
+
+from negalign.files import atomic_write_text, portable
 
 TRAIN_SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second",
               "train_steps_per_second", "train_loss"}

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from negalign.anchors import judge_refuses, keyword_refuses
-from negalign.evaluation.metrics import rate_with_interval
 from negalign.data.paths import data_dir
+from negalign.evaluation.metrics import rate_with_interval
 from negalign.evaluation.suites import builtin_suite
 from negalign.files import atomic_write_text
 from negalign.models import load_model, load_tokenizer

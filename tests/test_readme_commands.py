@@ -45,7 +45,7 @@ def test_readme_command_1_runs_to_the_end_from_a_clean_clone(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(clone), "NEGALIGN_DATA": str(folder), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-m", "negalign", *demo, "--quick"], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=1500)
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     report = clone / "results" / "demo-quick" / "report.md"
     assert report.exists(), done.stderr[-2000:]

@@ -194,7 +194,7 @@ def run_demo(settings: DemoSettings) -> dict:
 def cmd_demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the small preset (about 2 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores from a fresh clone)")
     parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
                         f"from: {', '.join(METHOD_SETTINGS)}")
     parser.add_argument("--output", default=None, help="output folder (default results/demo, or "

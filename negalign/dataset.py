@@ -1,45 +1,25 @@
 """From feedback rows to tokenised training items and packed batches.
 
-Every objective sees an example as a fixed list of completion *slots* sharing one prompt:
-
-    d2o            [human negative, self-sample 1, ..., self-sample K]
-    dpo            [chosen, rejected]
-    kto            [completion, mismatched completion (another prompt's answer, for z0)]
-    everything else [completion]
-
-so a batch of B examples gives policy and reference log-probs shaped [B, slots], and the objective
-functions receive columns of that matrix.
+Every objective sees an example as a fixed list of completion *slots* sharing one prompt, named in its
+negalign.methods entry (d2o: negative, samples x K; dpo and ipo: chosen, rejected; kto: completion and a
+mismatched completion, another prompt's answer for z0; the rest: completion), so a batch of B examples gives
+policy and reference log-probs shaped [B, columns] whose columns the trainer hands to the loss by name.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
 from negalign.logprobs import pack_sequences
+from negalign.methods import Layout, example_slots, method
 
 logger = logging.getLogger("negalign")
-
-
-def example_slots(objective: str, example: dict) -> list[str]:
-    if objective == "d2o":
-        return [example["negative"], *example["samples"]]
-    if objective == "dpo":
-        return [example["chosen"], example["rejected"]]
-    if objective == "kto":
-        return [example["completion"], example["mismatched"]]
-    return [example["completion"]]
-
-
-def detached_slots(objective: str) -> tuple[int, ...]:
-    """Slots whose policy log-prob only enters the loss detached: KTO's mismatched completions (z0). They
-    are scored in a separate no-grad forward, so no activations are kept and no backward runs for them."""
-    return (1,) if objective == "kto" else ()
 
 
 def add_mismatched_completions(examples: list[dict]) -> list[dict]:
@@ -73,7 +53,6 @@ class PreparedData:
     load_summary: str
     n_prompt_truncated: int = 0
     n_completion_truncated: int = 0
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"{len(self.items)} training examples from {self.n_rows} rows ({self.load_summary}); "
@@ -97,19 +76,19 @@ def _prepare_items(config, tokenizer) -> PreparedData:
     if config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)
     samples = None
-    if config.objective == "d2o" and config.k != 0:
+    if method(config.objective).anchored and config.k != 0:
         if not config.samples:
             raise ValueError("d2o needs self-samples: set `samples` to a samples file (or k=0 for the ablation)")
         samples, _ = load_rows(config.samples, on_bad_row=config.on_bad_row)
     examples = build_examples(rows, config.objective, samples=samples, k=config.k)
     if config.max_examples:
         examples = examples[: config.max_examples]
-    if config.objective == "kto":
+    if "mismatched" in method(config.objective).slots:
         examples = add_mismatched_completions(examples)
     items, n_prompt_cut, n_completion_cut = [], 0, 0
     for example in tqdm(examples, desc="tokenising", unit="example", mininterval=1.0, disable=len(examples) < 2000):
         sequences = []
-        for completion in example_slots(config.objective, example):
+        for completion in example_slots(method(config.objective), example):
             encoded = encode(example["prompt"], completion, tokenizer, max_length=config.max_length,
                              max_prompt_length=config.max_prompt_length, source=example.get("source"))
             n_prompt_cut += encoded.prompt_truncated
@@ -117,7 +96,7 @@ def _prepare_items(config, tokenizer) -> PreparedData:
             sequences.append((encoded.prompt_ids, encoded.completion_ids))
         items.append({"sequences": sequences, "label": example.get("label"), "score": example.get("score"),
                       "prompt": example["prompt"], "prompt_key": prompt_key(example["prompt"])})
-    if config.objective == "d2o" and config.benign_samples:
+    if method(config.objective).anchored and config.benign_samples:
         items.extend(benign_items(config, tokenizer, {item["prompt_key"] for item in items}))
     return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut)
 
@@ -165,15 +144,13 @@ PACKED_FIELDS = ("input_ids", "position_ids", "blocks", "target_positions", "tar
                  "completion_lengths")
 
 
-def collate(items: list[dict], share_prompts: bool = True, detached: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
-    """Pack every slot of every example padding-free, each example's prompt once (tensors, so Trainer moves
-    them to the device). `detached` slots go into a second packed batch ("detached_" keys) that the
-    trainer scores without gradients."""
-    slots = len(items[0]["sequences"])
-    kept = [s for s in range(slots) if s not in detached]
+def collate(items: list[dict], layout: Layout, share_prompts: bool = True) -> dict[str, torch.Tensor]:
+    """Pack every column of every example padding-free, each example's prompt once (tensors, so Trainer moves
+    them to the device). The layout's detached columns go into a second packed batch ("detached_" keys) that
+    the trainer scores without gradients; the layout itself stays with the trainer."""
+    kept, detached = layout.kept, layout.detached
     batch = pack_sequences([item["sequences"][s] for item in items for s in kept], share_prompts)
     out = {name: getattr(batch, name) for name in PACKED_FIELDS}
-    out["slots"], out["detached_slots"] = torch.tensor(slots), torch.tensor(list(detached), dtype=torch.long)
     if detached:
         side = pack_sequences([item["sequences"][s] for item in items for s in detached], share_prompts)
         out.update({f"detached_{name}": getattr(side, name) for name in PACKED_FIELDS})

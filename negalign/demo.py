@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from negalign.files import atomic_write_text
+from negalign.methods import METHODS
 
 PRESETS = {
     # about 2 minutes on 2 CPU cores (measured 2.1 min end to end, quiet machine)
@@ -27,13 +28,6 @@ PRESETS = {
     # ~30 minutes on 2 CPU cores for d2o + 5 baselines
     "full": dict(train_prompts=32, heldout_pairs=32, k=2, sample_max_new_tokens=64, max_steps=16,
                  eval_prompts=12, eval_max_new_tokens=64),
-}
-# objective-specific settings each method keeps from its recipe (docs/methods.md); everything else is shared
-METHOD_SETTINGS = {
-    "d2o": {"beta": 0.1, "alpha": 0.1},
-    "dpo": {"beta": 0.1}, "npo": {"beta": 0.1}, "kto": {"beta": 0.1},
-    "simnpo": {"beta": 2.5}, "pointwise_dpo": {"beta": 0.1, "logp_reduction": "mean"},
-    "ulma": {"beta": 0.1, "logp_reduction": "mean"}, "gradient_ascent": {}, "unlikelihood": {}, "sft": {},
 }
 
 
@@ -64,9 +58,9 @@ class DemoSettings:
         for key, value in PRESETS[self.preset].items():
             if not getattr(self, key):
                 setattr(self, key, value)
-        unknown = [m for m in self.methods if m not in METHOD_SETTINGS]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_SETTINGS)}")
+            raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
 
 
 def split_by_prompt(data: str, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -164,7 +158,7 @@ def run_demo(settings: DemoSettings) -> dict:
                "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": False,
                "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
                "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
-               **METHOD_SETTINGS[method]})
+               **METHODS[method].demo})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 
@@ -196,7 +190,7 @@ def cmd_demo(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores from a fresh clone)")
     parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
-                        f"from: {', '.join(METHOD_SETTINGS)}")
+                        f"from: {', '.join(METHODS)}")
     parser.add_argument("--output", default=None, help="output folder (default results/demo, or "
                         "results/demo-quick with --quick)")
     parser.add_argument("--model", default="smollm2-135m-instruct")

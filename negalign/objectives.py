@@ -5,13 +5,12 @@ except ``unlikelihood``, which is token-level) and returns ``(loss, metrics)``. 
 that carries gradient; ``metrics`` maps names to detached float scalar tensors. Formulas and sources follow
 ``docs/methods.md``. Notation: ``h(y) = logp_theta(y|x) - logp_ref(y|x)``.
 
-No model, data or I/O lives here; ``OBJECTIVES`` maps each objective's name to its function.
+No model, data or I/O lives here; negalign.methods.METHODS declares which slots feed each function.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -364,6 +363,42 @@ def dpo(
     return loss, metrics
 
 
+def ipo(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> tuple[Tensor, Metrics]:
+    """Identity Preference Optimisation on pairs (y_w, y_l).
+
+    Source: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences",
+    arXiv 2310.12036, eq. (17).
+
+        loss = mean( ((h(y_w) - h(y_l)) - 1 / (2 * beta))^2 )
+
+    A squared loss that pulls the log-ratio margin to 1/(2 beta) instead of pushing it without bound as DPO
+    does. TRL applies it to length-averaged log-probs (`logp_reduction: mean`, the demo's setting).
+
+    Metrics: ``logratio_margin`` (mean h(y_w) - h(y_l)), ``target_margin`` (1 / (2 beta)) and
+    ``margin_accuracy`` (fraction of pairs with a positive margin).
+    """
+    _check_same_shape(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
+    margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    loss = ((margin - 1.0 / (2.0 * beta)) ** 2).mean()
+    metrics = {
+        "logratio_margin": _metric(margin),
+        "target_margin": _metric(1.0 / (2.0 * beta)),
+        "margin_accuracy": _metric((margin.detach() > 0).float()),
+    }
+    return loss, metrics
+
+
 def npo(
     policy_negative_logps: Tensor,
     ref_negative_logps: Tensor,
@@ -538,17 +573,5 @@ def unlikelihood(policy_token_logps: Tensor, completion_mask: Tensor) -> tuple[T
     return loss, metrics
 
 
-OBJECTIVES: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {
-    "d2o": d2o,
-    "pointwise_dpo": pointwise_dpo,
-    "ulma": ulma,
-    "dpo": dpo,
-    "npo": npo,
-    "simnpo": simnpo,
-    "kto": kto,
-    "gradient_ascent": gradient_ascent,
-    "sft": sft,
-    "unlikelihood": unlikelihood,
-}
-
-__all__ = ["OBJECTIVES", *OBJECTIVES]
+__all__ = ["d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
+           "unlikelihood", "retain_nll", "retain_kl"]

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from negalign.anchors import report_samples_file
 from negalign.data import encode, load_rows, prompt_key
+from negalign.methods import SAMPLES
 from negalign.reference import cached_reference_logps
 from negalign.sampling import SamplingSettings, sample
 from negalign.sampling_context import resolve_context
@@ -30,10 +31,12 @@ REFRESH_FILE = re.compile(r"step-(\d+)\.jsonl$")
 
 
 class SampleRefresher(TrainerCallback):
-    """Owns the D2O items' sample slots (1..K) and their pi_r- log-probs after the first refresh."""
+    """Owns the D2O items' "samples" columns (layout.columns) and their pi_r- log-probs after the first
+    refresh."""
 
-    def __init__(self, config, tokenizer, items: list[dict], prompts: list[list[dict]], reference_loader):
+    def __init__(self, config, tokenizer, items: list[dict], prompts: list[list[dict]], reference_loader, layout):
         self.config, self.tokenizer, self.items, self.prompts = config, tokenizer, items, prompts
+        self.columns = layout.columns(SAMPLES)
         self.reference_loader = reference_loader  # () -> (model, context manager factory) scoring pi_r-
         self.folder = Path(config.output_dir) / "refreshed_samples"
         self.trainer = None
@@ -92,8 +95,9 @@ class SampleRefresher(TrainerCallback):
             completions = by_prompt[item["prompt_key"]][: self.config.k]
             encoded = [encode(item["prompt"], text, self.tokenizer, max_length=self.config.max_length,
                               max_prompt_length=self.config.max_prompt_length) for text in completions]
-            item["sequences"] = item["sequences"][:1] + [(e.prompt_ids, e.completion_ids) for e in encoded]
-            sequences.extend(item["sequences"][1:])
+            for column, e in zip(self.columns, encoded, strict=True):
+                item["sequences"][column] = (e.prompt_ids, e.completion_ids)
+            sequences.extend(item["sequences"][column] for column in self.columns)
         if self.config.reference == "cached":
             reference, context = self.reference_loader()
             with context():
@@ -102,7 +106,8 @@ class SampleRefresher(TrainerCallback):
                                                   share_prompts=self.config.share_prompts)
             logps = logps.view(len(self.items), -1).tolist()
             for item, sample_logps in zip(self.items, logps):
-                item["ref_logps"] = item["ref_logps"][:1] + sample_logps
+                for column, value in zip(self.columns, sample_logps):
+                    item["ref_logps"][column] = value
         return len(sequences)
 
     def _cache_dir(self) -> str:

@@ -16,37 +16,7 @@ from transformers import Trainer, TrainerCallback
 from negalign import objectives
 from negalign.dataset import PACKED_FIELDS
 from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
-
-
-def objective_loss(name: str, policy: torch.Tensor, ref: torch.Tensor | None, policy_sum: torch.Tensor,
-                   inputs: dict, args, token_level=None, lengths: torch.Tensor | None = None):
-    """Route [B, slots] log-prob columns into the pure objective `name` (see dataset.example_slots);
-    `lengths` [B, slots] are the completion lengths."""
-    if name == "d2o":
-        return objectives.d2o(policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], beta=args.beta,
-                              alpha=args.alpha, instance_level=args.instance_level,
-                              has_negative=inputs.get("has_negative"))
-    if name == "dpo":
-        return objectives.dpo(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=args.beta)
-    if name == "npo":
-        return objectives.npo(policy[:, 0], ref[:, 0], beta=args.beta)
-    if name == "simnpo":  # SimNPO normalises by length itself, so it always takes the summed log-prob
-        return objectives.simnpo(policy_sum[:, 0], lengths[:, 0], beta=args.beta, gamma=args.gamma)
-    if name == "kto":
-        return objectives.kto(policy[:, 0], ref[:, 0], inputs["labels_binary"], policy[:, 1], ref[:, 1],
-                              beta=args.beta, desirable_weight=args.desirable_weight,
-                              undesirable_weight=args.undesirable_weight)
-    if name in ("pointwise_dpo", "ulma"):
-        feedback = ({"scores": inputs["scores"]} if "scores" in inputs else {"labels": inputs["labels_binary"]})
-        return objectives.OBJECTIVES[name](policy[:, 0], ref[:, 0], beta=args.beta, c=args.c, **feedback)
-    if name == "gradient_ascent":
-        return objectives.gradient_ascent(policy[:, 0])
-    if name == "sft":
-        return objectives.sft(policy[:, 0])
-    if name == "unlikelihood":
-        return objectives.unlikelihood(*token_level)
-    raise ValueError(f"unknown objective {name!r}")
-
+from negalign.methods import Columns, Layout, method_loss
 
 logger = logging.getLogger("negalign")
 
@@ -82,15 +52,17 @@ def packed_from(inputs: dict, prefix: str = "") -> PackedBatch:
 
 
 class NegalignTrainer(Trainer):
-    """`Trainer` whose loss is `args.objective` (a NegalignConfig). Reference log-probs come from the batch
-    (`ref_logps`, cached before training) unless `reference_models` (live references) are given:
-    {"minus": model, "plus": model}; "plus" scores D2O's human negative (slot 0), "minus" everything else.
+    """`Trainer` whose loss is `args.objective` (a NegalignConfig), read from the [B, columns] log-prob
+    matrices by slot name (`layout`: negalign.methods). Reference log-probs come from the batch (`ref_logps`,
+    cached before training) unless `reference_models` (live references) are given: {"minus": model, "plus":
+    model}; "plus" scores the method's plus_reference slots (D2O's human negative), "minus" everything else.
     With reference='adapter_disabled' the policy itself runs with its LoRA adapter switched off."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, reference_models: dict | None = None, **kwargs):
+    def __init__(self, *args, layout: Layout, reference_models: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.layout = layout
         self.reference_models = reference_models or {}
         self._metrics = defaultdict(list)
         self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
@@ -111,8 +83,9 @@ class NegalignTrainer(Trainer):
         ref = self.reference_logps(model, inputs)
         if ref is not None and args.logp_reduction == "mean":
             ref = ref / lengths
-        token_level = pad_token_logps(tokens, batch) if args.objective == "unlikelihood" else None
-        loss, metrics = objective_loss(args.objective, policy, ref, policy_sum, inputs, args, token_level, lengths)
+        token_level = pad_token_logps(tokens, batch) if self.layout.method.token_level else None
+        columns = Columns(self.layout, policy, ref, policy_sum, lengths, token_level)
+        loss, metrics = method_loss(columns, inputs, args)
         if not self.samples_from_reference:  # exp(h)*h estimates a KL only under the reference's own samples
             metrics.pop("kl_on_samples", None)
         if self.retain is not None and model.training:  # evaluation and reference passes leave it out
@@ -153,11 +126,10 @@ class NegalignTrainer(Trainer):
         return objectives.retain_kl(policy, reference)
 
     def slot_logps(self, model, inputs, with_grad: bool):
-        """Summed completion log-probs and completion lengths, both [B, slots], under `model`, plus the token
-        log-probs and packed batch of the slots that carry gradients. Detached slots (dataset.detached_slots)
-        run in a second, no-grad forward."""
-        slots, detached = int(inputs["slots"]), inputs["detached_slots"].tolist()
-        kept = [s for s in range(slots) if s not in detached]
+        """Summed completion log-probs and completion lengths, both [B, columns], under `model`, plus the token
+        log-probs and packed batch of the columns that carry gradients. Detached columns (the method's
+        `detached` slots) run in a second, no-grad forward."""
+        slots, detached, kept = self.layout.n_columns, self.layout.detached, self.layout.kept
         batch = packed_from(inputs)
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()), self.accelerator.autocast():
             tokens = token_logps(model, batch)  # autocast: the precision the cached reference was computed in
@@ -176,16 +148,16 @@ class NegalignTrainer(Trainer):
     def reference_logps(self, model, inputs):
         """Summed reference log-probs [B, slots]: cached in the batch, or from a live reference."""
         if "ref_logps" in inputs:
-            return inputs["ref_logps"].view(-1, int(inputs["slots"]))
+            return inputs["ref_logps"].view(-1, self.layout.n_columns)
         if self.args.reference == "adapter_disabled":
             with self.accelerator.unwrap_model(model).disable_adapter():
                 return self.slot_logps(model, inputs, with_grad=False)[0]
         if not self.reference_models:
             return None
         ref_sum = self.slot_logps(self.reference_models["minus"], inputs, with_grad=False)[0]
-        if self.reference_models.get("plus") is not self.reference_models["minus"]:
+        if self.reference_models.get("plus") is not self.reference_models["minus"] and self.layout.plus:
             plus = self.slot_logps(self.reference_models["plus"], inputs, with_grad=False)[0]
-            ref_sum = torch.cat([plus[:, :1], ref_sum[:, 1:]], dim=1)
+            ref_sum[:, self.layout.plus] = plus[:, self.layout.plus]
         return ref_sum
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -11,12 +11,13 @@ import re
 
 import torch
 
-from negalign.config import REFERENCE_FREE, NegalignConfig, load_config
+from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
-from negalign.dataset import attach_reference_logps, collate, detached_slots, prepare_items
+from negalign.dataset import attach_reference_logps, collate, prepare_items
 from negalign.files import atomic_write_text, portable
 from negalign.heap import set_mmap_threshold
 from negalign.locks import output_lock
+from negalign.methods import Layout, method
 from negalign.models import cache_dir, load_model, load_tokenizer
 from negalign.reference import cached_reference_logps
 from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
@@ -206,7 +207,7 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
     from negalign.reference import model_fingerprint
     from negalign.sampling_context import context_hash, describe, resolve_context
 
-    if config.objective != "d2o" or config.k == 0:
+    if not method(config.objective).anchored or config.k == 0:
         return None
     wanted = resolve_context(config.sampling_context, config.sampling_instruction)
     if config.sampling == "refresh":
@@ -229,12 +230,11 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
             "samples_model": meta.get("model"), "from_reference": from_reference}
 
 
-def cache_reference_logps(config: NegalignConfig, items: list[dict], policy) -> dict:
-    """Fill item["ref_logps"] ([slots] summed log-probs) from the on-disk cache, computing what is missing.
-    D2O's slot 0 (the human negative) is scored by pi_r+, every other slot by pi_r-."""
+def cache_reference_logps(config: NegalignConfig, items: list[dict], policy, layout: Layout) -> dict:
+    """Fill item["ref_logps"] ([columns] summed log-probs) from the on-disk cache, computing what is missing.
+    The method's plus_reference slots (D2O's human negative) are scored by pi_r+, every other one by pi_r-."""
     minus_name, plus_name = _reference_names(config)
-    slots = len(items[0]["sequences"])
-    plus_slots = [0] if config.objective == "d2o" else []
+    slots, plus_slots = layout.n_columns, layout.plus
     assignments = {minus_name: [s for s in range(slots) if s not in plus_slots or plus_name == minus_name]}
     if plus_slots and plus_name != minus_name:
         assignments[plus_name] = plus_slots
@@ -276,7 +276,7 @@ def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict],
         return reference_loader.model, no_context
 
     prompts = list({item["prompt_key"]: item["prompt"] for item in items}.values())
-    refresher = SampleRefresher(config, tokenizer, items, prompts, reference_loader)
+    refresher = SampleRefresher(config, tokenizer, items, prompts, reference_loader, trainer.layout)
     refresher.trainer = trainer
     trainer.add_callback(refresher)
     if checkpoint:
@@ -310,14 +310,15 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     if not prepared.items:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")
     logger.warning("negalign: %s", prepared.summary())
+    layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     model = load_model(config.model)
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
     reference_models = None
-    if config.objective not in REFERENCE_FREE:
+    if layout.method.reference:
         if config.reference == "cached":
             # one process per node computes and caches; the others then read the cache (written atomically)
             with config.main_process_first(local=True, desc="reference log-probs"):
-                report = cache_reference_logps(config, prepared.items, model)
+                report = cache_reference_logps(config, prepared.items, model, layout)
             logger.warning("negalign: reference log-probs: %s", report)
         elif config.reference == "live":
             minus_name, plus_name = _reference_names(config)
@@ -339,9 +340,9 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     if config.use_lora:
         model = apply_lora(model, config)
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
-                              data_collator=functools.partial(collate, share_prompts=config.share_prompts,
-                                                                detached=detached_slots(config.objective)),
-                              processing_class=tokenizer, reference_models=reference_models)
+                              data_collator=functools.partial(collate, layout=layout,
+                                                                share_prompts=config.share_prompts),
+                              processing_class=tokenizer, layout=layout, reference_models=reference_models)
     trainer.anchor_provenance = anchors
     trainer.retain, trainer.retain_reference = retain, retain_reference
     if retain_reference is not None:

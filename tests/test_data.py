@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from negalign.data import (
-    OBJECTIVES,
     DataError,
     LoadStats,
     TruncationStats,
@@ -28,6 +27,7 @@ from negalign.data import (
     prompt_key,
 )
 from negalign.data.paths import data_dir
+from negalign.methods import METHODS
 
 HH_FILE = str((data_dir() or Path("/nonexistent")) / "hh-rlhf-harmless-base-test" / "test.jsonl.gz")
 
@@ -573,11 +573,17 @@ def pointwise(prompt, completion, label, score, source):
 
 @pytest.mark.parametrize("objective", ["pointwise_dpo", "ulma"])
 def test_pointwise_objectives(objective):
-    with pytest.warns(UserWarning, match="mixes labelled rows with score-only rows"):
-        examples = build_examples(PAIR_ROWS, objective)
-    assert examples == [pointwise("p", "good", True, None, "f:1"), pointwise("p", "bad", False, None, "f:1"),
-                        pointwise("q", "meh", False, None, "f:2"), pointwise("r", "nice", True, None, "f:3"),
-                        pointwise("s", "scored", None, 0.3, "f:4")]
+    # one row scored, the others labelled: no single loss covers a batch of both, so it is refused, naming a row
+    with pytest.raises(DataError, match=r"f:4.*this row has no label, but 1 of 5 rows have a score and 4 a label"):
+        build_examples(PAIR_ROWS, objective)
+    assert build_examples(PAIR_ROWS[:4], objective) == [
+        pointwise("p", "good", True, None, "f:1"), pointwise("p", "bad", False, None, "f:1"),
+        pointwise("q", "meh", False, None, "f:2"), pointwise("r", "nice", True, None, "f:3")]
+    # every row labelled and one also scored: trained on the labels, said in a warning
+    both = [*PAIR_ROWS[:4], {**PAIR_ROWS[4], "label": True}]
+    with pytest.warns(UserWarning, match="1 of 5 rows .* have a score but all have a label; training on the labels"):
+        examples = build_examples(both, objective)
+    assert [e["score"] for e in examples] == [None] * 5 and examples[-1]["label"] is True
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert build_examples([PAIR_ROWS[4]], objective) == [pointwise("s", "scored", None, 0.3, "f:4")]
@@ -600,9 +606,9 @@ def test_kto_examples():
 
 
 def test_unknown_objective():
-    with pytest.raises(ValueError, match="unknown objective 'orpo'; known objectives: d2o, dpo, npo") as info:
+    with pytest.raises(ValueError, match="unknown objective 'orpo'; choose one of d2o, dpo, ipo, npo") as info:
         build_examples(PAIR_ROWS, "orpo")
-    assert all(name in str(info.value) for name in OBJECTIVES)
+    assert all(name in str(info.value) for name in METHODS)
 
 
 # ----- encode ----------------------------------------------------------------------------------------

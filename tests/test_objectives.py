@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from negalign import objectives
 from negalign.objectives import (
-    OBJECTIVES,
     d2o,
     dpo,
     gradient_ascent,
@@ -525,25 +525,28 @@ def test_unlikelihood_ignores_padding_values():
 
 
 def test_objectives_registry():
-    names = {"d2o", "pointwise_dpo", "ulma", "dpo", "npo", "simnpo", "kto", "gradient_ascent", "sft", "unlikelihood"}
-    assert set(OBJECTIVES) == names
-    assert all(callable(f) for f in OBJECTIVES.values())
-    assert OBJECTIVES["d2o"] is d2o and OBJECTIVES["unlikelihood"] is unlikelihood
+    from negalign.methods import METHODS
+
+    names = {"d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
+             "unlikelihood"}
+    assert set(METHODS) == names
+    assert all(getattr(objectives, name) is m.loss for name, m in METHODS.items())
+    assert METHODS["d2o"].loss is d2o and METHODS["unlikelihood"].loss is unlikelihood
 
 
 def test_objectives_callable_by_keyword():
     # other modules call these by keyword: the argument names are part of the interface
     b = 2
     z = torch.zeros(b)
-    OBJECTIVES["d2o"](policy_negative_logps=z, ref_negative_logps=z, policy_sample_logps=torch.zeros(b, 3),
-                      ref_sample_logps=torch.zeros(b, 3), beta=0.1, alpha=0.1, instance_level=False)
-    OBJECTIVES["pointwise_dpo"](policy_logps=z, ref_logps=z, labels=torch.tensor([1, 0]), scores=None, beta=0.1, c=0.0)
-    OBJECTIVES["ulma"](policy_logps=z, ref_logps=z, labels=None, scores=z, demonstration_mask=None, beta=0.1, c=0.0)
-    OBJECTIVES["dpo"](policy_chosen_logps=z, policy_rejected_logps=z, ref_chosen_logps=z, ref_rejected_logps=z, beta=0.1)
-    OBJECTIVES["npo"](policy_negative_logps=z, ref_negative_logps=z, beta=0.1)
-    OBJECTIVES["simnpo"](policy_negative_logps=z, negative_lengths=torch.tensor([1, 2]), beta=2.5, gamma=0.0)
-    OBJECTIVES["kto"](policy_logps=z, ref_logps=z, labels=torch.tensor([1, 0]), policy_mismatched_logps=z,
-                      ref_mismatched_logps=z, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
-    OBJECTIVES["gradient_ascent"](policy_negative_logps=z)
-    OBJECTIVES["sft"](policy_logps=z)
-    OBJECTIVES["unlikelihood"](policy_token_logps=torch.full((b, 3), -1.0), completion_mask=torch.ones(b, 3))
+    d2o(policy_negative_logps=z, ref_negative_logps=z, policy_sample_logps=torch.zeros(b, 3),
+        ref_sample_logps=torch.zeros(b, 3), beta=0.1, alpha=0.1, instance_level=False)
+    pointwise_dpo(policy_logps=z, ref_logps=z, labels=torch.tensor([1, 0]), scores=None, beta=0.1, c=0.0)
+    ulma(policy_logps=z, ref_logps=z, labels=None, scores=z, demonstration_mask=None, beta=0.1, c=0.0)
+    dpo(policy_chosen_logps=z, policy_rejected_logps=z, ref_chosen_logps=z, ref_rejected_logps=z, beta=0.1)
+    npo(policy_negative_logps=z, ref_negative_logps=z, beta=0.1)
+    simnpo(policy_negative_logps=z, negative_lengths=torch.tensor([1, 2]), beta=2.5, gamma=0.0)
+    kto(policy_logps=z, ref_logps=z, labels=torch.tensor([1, 0]), policy_mismatched_logps=z,
+        ref_mismatched_logps=z, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
+    gradient_ascent(policy_negative_logps=z)
+    sft(policy_logps=z)
+    unlikelihood(policy_token_logps=torch.full((b, 3), -1.0), completion_mask=torch.ones(b, 3))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import negalign
 from negalign.cli import main
 from negalign.logprobs import pack_sequences, sequence_logps
-from negalign.objectives import OBJECTIVES
+from negalign.methods import METHODS
 
 PROMPTS = ["How do I pick a lock?", "Tell me a joke about cats.", "How can I hurt someone?",
            "What is the capital of France?", "Write an insult for my coworker.", "How do plants grow?"]
@@ -45,7 +45,7 @@ def _weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
-@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("objective", sorted(METHODS))
 def test_every_objective_trains_from_python(objective, tiny_model_dir, files, tmp_path):
     trainer = negalign.train(**_settings(tiny_model_dir, files, tmp_path, objective))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -57,7 +57,7 @@ def test_every_objective_trains_from_python(objective, tiny_model_dir, files, tm
     assert {"negalign_config.yaml", "versions.json", "train_log.json", "tokenizer.json"} <= set(saved)
 
 
-@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("objective", sorted(METHODS))
 def test_every_objective_trains_from_the_cli(objective, tiny_model_dir, files, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     settings = _settings(tiny_model_dir, files, tmp_path, objective)
@@ -178,14 +178,14 @@ def test_resumed_refresh_run_matches_the_uninterrupted_one(tiny_model_dir, files
 def _nan_on_steps(monkeypatch, bad_steps):
     import negalign.trainer as trainer_module
 
-    real, calls = trainer_module.objective_loss, {"n": 0}
+    real, calls = trainer_module.method_loss, {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
         calls["n"] += 1
         loss, metrics = real(*args, **kwargs)
         return (loss * float("nan") if calls["n"] in bad_steps else loss), metrics
 
-    monkeypatch.setattr(trainer_module, "objective_loss", sometimes_nan)
+    monkeypatch.setattr(trainer_module, "method_loss", sometimes_nan)
 
 
 def test_a_nan_step_is_skipped_and_training_goes_on(tiny_model_dir, files, tmp_path, monkeypatch):
@@ -219,8 +219,9 @@ def test_kto_scores_mismatched_completions_without_a_graph_and_trains_the_same(t
     """KTO's mismatched completions only give z0, which is detached: negalign scores them in a second,
     no-grad forward (no activations kept, no backward). Training must end where packing them with the
     graph-carrying slots ends."""
+    import dataclasses
+
     import negalign.trainer as trainer_module
-    import negalign.training as training_module
 
     grad_modes, real = [], trainer_module.token_logps
 
@@ -232,7 +233,7 @@ def test_kto_scores_mismatched_completions_without_a_graph_and_trains_the_same(t
     settings = dict(max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4)
     negalign.train(**_settings(tiny_model_dir, files, tmp_path / "detached", "kto", **settings))
     assert grad_modes == [True, False] * 3  # per step: the graph-carrying slots, then the mismatched ones
-    monkeypatch.setattr(training_module, "detached_slots", lambda objective: ())
+    monkeypatch.setitem(METHODS, "kto", dataclasses.replace(METHODS["kto"], detached=()))
     negalign.train(**_settings(tiny_model_dir, files, tmp_path / "together", "kto", **settings))
     detached, together = _weights(tmp_path / "detached" / "out"), _weights(tmp_path / "together" / "out")
     assert any((detached[k] - load_file(os.path.join(tiny_model_dir, "model.safetensors"))[k]).abs().max() > 1e-4

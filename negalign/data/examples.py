@@ -1,11 +1,14 @@
 """`build_examples`: rows -> what one objective trains on.
 
-    d2o                                   {"prompt", "negative", "samples": [K strings], "source"}
-    dpo                                   {"prompt", "chosen", "rejected", "source"}
-    npo, simnpo, gradient_ascent,
-    unlikelihood                          {"prompt", "completion", "source"}   negatives (label False)
-    sft                                   {"prompt", "completion", "source"}   positives (label True)
-    pointwise_dpo, ulma, kto              {"prompt", "completion", "label", "score", "source"}
+    negatives+samples (d2o)               {"prompt", "negative", "samples": [K strings], "source"}
+    pairs (dpo, ipo)                      {"prompt", "chosen", "rejected", "source"}
+    negatives (npo, simnpo, gradient_ascent,
+               unlikelihood)              {"prompt", "completion", "source"}   label False
+    positives (sft)                       {"prompt", "completion", "source"}   label True
+    labels / labels or scores (kto /
+        pointwise_dpo, ulma)              {"prompt", "completion", "label", "score", "source"}
+
+Which shape an objective gets is its `trains_on` in negalign.methods.METHODS; the keys are its slot names.
 
 "source" is the "file:line" of the row the example came from (for d2o the negative, for dpo the pair).
 """
@@ -17,10 +20,7 @@ from collections import Counter
 
 from negalign.data.errors import DataError
 from negalign.data.rows import group_by_prompt, pairs_to_negatives, prompt_key
-
-NEGATIVE_ONLY = ("npo", "simnpo", "gradient_ascent", "unlikelihood")
-POINTWISE = ("pointwise_dpo", "ulma", "kto")
-OBJECTIVES = ("d2o", "dpo", *NEGATIVE_ONLY, "sft", *POINTWISE)
+from negalign.methods import method
 
 
 def _where(rows: list[dict]) -> str:
@@ -45,20 +45,19 @@ def build_examples(rows: list[dict], objective: str, *, samples: list[dict] | No
 
     Raises DataError when the rows hold nothing the objective can use, ValueError for an unknown name.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; known objectives: {', '.join(OBJECTIVES)}")
-    if objective == "d2o":
+    trains_on = method(objective).trains_on  # ValueError for an unknown name
+    if trains_on == "negatives+samples":
         return _d2o(rows, samples, k)
-    if objective == "dpo":
-        return _dpo(rows)
-    if objective in NEGATIVE_ONLY or objective == "sft":
-        wanted = objective == "sft"
+    if trains_on == "pairs":
+        return _dpo(rows, objective)
+    if trains_on in ("negatives", "positives"):
+        wanted = trains_on == "positives"
         chosen = [r for r in rows if r["label"] is wanted]
         if not chosen:
             kind = "positives (rows with label true)" if wanted else "negatives (rows with label false)"
             raise DataError(_where(rows), f"{objective} trains on {kind}, and none of the {len(rows)} rows is one")
         return [{"prompt": r["prompt"], "completion": r["completion"], "source": r["source"]} for r in chosen]
-    return _pointwise(rows, objective)
+    return _pointwise(rows, objective, scores_too=trains_on == "labels or scores")
 
 
 def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[dict]:
@@ -108,13 +107,13 @@ def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[di
              "source": n["source"]} for n in negatives]
 
 
-def _dpo(rows: list[dict]) -> list[dict]:
+def _dpo(rows: list[dict], objective: str) -> list[dict]:
     pairs: dict[int, list[dict]] = {}
     for row in rows:
         if row["pair_id"] is not None:
             pairs.setdefault(row["pair_id"], []).append(row)
     if not pairs:
-        raise DataError(_where(rows), "dpo trains on chosen/rejected pairs, and these rows have none; load data "
+        raise DataError(_where(rows), f"{objective} trains on chosen/rejected pairs, and these rows have none; load data "
                                       "with 'chosen' and 'rejected' fields, or use an objective for single rows "
                                       "(d2o, npo, kto, pointwise_dpo, ...)")
     examples, n_prompt_differs = [], 0
@@ -132,16 +131,16 @@ def _dpo(rows: list[dict]) -> list[dict]:
         examples.append({"prompt": chosen["prompt"], "chosen": chosen["completion"],
                          "rejected": rejected["completion"], "source": chosen["source"]})
     if not examples:
-        raise DataError(_where(rows), f"dpo: none of the {len(pairs)} pairs has the same prompt on both sides "
-                                      "(DPO compares two answers to one prompt)")
+        raise DataError(_where(rows), f"{objective}: none of the {len(pairs)} pairs has the same prompt on both "
+                                      "sides (it compares two answers to one prompt)")
     if n_prompt_differs:
-        warnings.warn(f"dpo: dropped {n_prompt_differs} of {len(pairs)} pairs whose chosen and rejected "
-                      "transcripts have different prompts (DPO compares two answers to one prompt)", stacklevel=3)
+        warnings.warn(f"{objective}: dropped {n_prompt_differs} of {len(pairs)} pairs whose chosen and rejected "
+                      "transcripts have different prompts (it compares two answers to one prompt)", stacklevel=3)
     return examples
 
 
-def _pointwise(rows: list[dict], objective: str) -> list[dict]:
-    if objective == "kto":
+def _pointwise(rows: list[dict], objective: str, scores_too: bool) -> list[dict]:
+    if not scores_too:
         chosen = [r for r in rows if r["label"] is not None]
         needs = "rows with a label (true/false)"
     else:
@@ -154,8 +153,17 @@ def _pointwise(rows: list[dict], objective: str) -> list[dict]:
         missing = "false (undesirable)" if labels[0] else "true (desirable)"
         warnings.warn(f"{objective}: all {len(labels)} labelled rows of {_where(chosen)} are {labels[0]}; "
                       f"none is {missing}, so only one side of the loss trains", stacklevel=3)
-    if objective != "kto" and labels and len(labels) != len(chosen):
-        warnings.warn(f"{objective}: {_where(chosen)} mixes labelled rows with score-only rows; the trainer "
-                      "uses one kind per batch", stacklevel=3)
+    scored = [r for r in chosen if r["score"] is not None]
+    if scores_too and scored and len(scored) != len(chosen) and len(labels) != len(chosen):
+        # the loss takes scores or labels for a whole batch: a batch of both kinds has no single loss
+        odd = next(r for r in chosen if r["label"] is None) if len(labels) < len(chosen) else \
+            next(r for r in chosen if r["score"] is None)
+        raise DataError(odd["source"], f"{objective}: this row has {'no label' if odd['label'] is None else 'no score'}"
+                                       f", but {len(scored)} of {len(chosen)} rows have a score and {len(labels)} "
+                                       "a label; give every row a score (the continuous loss) or every row a label")
+    if scores_too and scored and len(scored) != len(chosen):
+        chosen = [{**r, "score": None} for r in chosen]  # all have labels: train on them, not on a few scores
+        warnings.warn(f"{objective}: {len(scored)} of {len(chosen)} rows of {_where(chosen)} have a score but all "
+                      "have a label; training on the labels", stacklevel=3)
     return [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"], "score": r["score"],
              "source": r["source"]} for r in chosen]

@@ -134,12 +134,6 @@ def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
     return items
 
 
-def attach_reference_logps(items: list[dict], slot_logps: torch.Tensor) -> None:
-    """slot_logps: [n_items, slots] summed reference log-probs."""
-    for item, row in zip(items, slot_logps.tolist()):
-        item["ref_logps"] = row
-
-
 PACKED_FIELDS = ("input_ids", "position_ids", "blocks", "target_positions", "target_ids", "target_sequence",
                  "completion_lengths")
 

@@ -20,6 +20,7 @@ not scale with vocabulary x full length.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -132,11 +133,20 @@ AttentionInterface.register(BLOCK_ATTENTION, block_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(BLOCK_ATTENTION, sdpa_mask)
 
 
-def use_block_attention(decoder) -> None:
-    """Switch a model to block attention (SDPA everywhere else). Permanent rather than per call, because
-    gradient checkpointing re-runs the forward during backward, outside any per-call switch."""
-    if decoder.config._attn_implementation != BLOCK_ATTENTION:
+@contextlib.contextmanager
+def block_attention_scope(decoder):
+    """Block attention for one packed forward; the model's own attention implementation before and after,
+    so generation and evaluation run as the user configured them. With gradient checkpointing the switch
+    stays: the backward re-runs the forward outside this scope (outside packed batches block attention is
+    plain SDPA)."""
+    before = decoder.config._attn_implementation
+    if before != BLOCK_ATTENTION:
         decoder.config._attn_implementation = BLOCK_ATTENTION
+    try:
+        yield
+    finally:
+        if before != BLOCK_ATTENTION and not getattr(decoder, "is_gradient_checkpointing", False):
+            decoder.config._attn_implementation = before
 
 
 def _decoder_and_head(model):
@@ -179,10 +189,10 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = F
 
 def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False) -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
-    use_block_attention(decoder)
     blocks = tuple(tuple(block) for block in batch.blocks.tolist())  # python ints: read once, not per layer
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                     negalign_blocks=blocks).last_hidden_state
+    with block_attention_scope(decoder):
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                         negalign_blocks=blocks).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):

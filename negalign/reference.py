@@ -10,6 +10,8 @@ reference forward pass.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from negalign.locks import output_lock
-from negalign.logprobs import Sequence, pack_sequences, sequence_logps
+from negalign.logprobs import Sequence, _unwrapped, pack_sequences, sequence_logps
 
 logger = logging.getLogger("negalign")
 
@@ -116,3 +118,105 @@ def _cached_reference_logps(model, sequences, path: Path, max_tokens, autocast_b
         if os.path.exists(tmp):
             os.remove(tmp)
     return logps, False
+
+
+class Reference:
+    """What a method's loss compares the policy with, in the mode `config.reference` names:
+
+    - cached: summed log-probs computed once before training and stored on disk (key: weights and tokens),
+      then shipped in every batch as `ref_logps`;
+    - live: frozen reference models run on every batch;
+    - adapter_disabled: the policy itself with its LoRA adapter switched off.
+
+    D2O has two references: pi_r+ (`ref_plus_model`) scores the layout's plus columns (the human negative),
+    pi_r- (`ref_model`) every other column; both default to the starting model. Every model it runs sits on
+    the training device. Used by the training setup, the Trainer (per batch) and `sampling: refresh`."""
+
+    def __init__(self, config, layout):
+        self.config, self.layout = config, layout
+        self.minus_name = config.ref_model or config.model
+        self.plus_name = config.ref_plus_model or self.minus_name
+        self.mode = config.reference if layout.method.reference else None
+        self.models: dict[str, torch.nn.Module] = {}  # live: "minus" / "plus" -> frozen model
+        self._minus_for_refresh = None
+
+    def assignments(self) -> dict[str, list[int]]:
+        """Reference model name -> the columns it scores."""
+        plus = self.layout.plus if self.plus_name != self.minus_name else []
+        out = {self.minus_name: [c for c in range(self.layout.n_columns) if c not in plus]}
+        if plus:
+            out[self.plus_name] = plus
+        return out
+
+    def _load(self, name: str, policy, device):
+        """The starting model under `name` (a copy of the untouched policy) or another model, frozen."""
+        from negalign.models import load_model
+
+        model = copy.deepcopy(policy) if name == self.config.model else load_model(name)
+        return model.to(device).eval().requires_grad_(False)
+
+    def prepare(self, items: list[dict], policy, device) -> dict | None:
+        """Before training, with the policy still at its starting weights. cached: fill item["ref_logps"]
+        ([columns] summed log-probs) from the on-disk cache, computing what is missing (returns what was
+        hit or computed per model); live: load the frozen models onto `device`."""
+        if self.mode == "live":
+            self.models["minus"] = self._load(self.minus_name, policy, device)
+            self.models["plus"] = (self.models["minus"] if self.plus_name == self.minus_name
+                                   else self._load(self.plus_name, policy, device))
+            return None
+        if self.mode != "cached":
+            return None
+        from negalign.models import cache_dir, load_model
+
+        policy.to(device)  # the pass runs where training will
+        folder = self.config.cache_dir or str(cache_dir() / "reference")
+        table = torch.zeros(len(items), self.layout.n_columns)
+        report = {}
+        for name, columns in self.assignments().items():
+            model = policy if name == self.config.model else load_model(name).to(device)
+            sequences = [item["sequences"][c] for item in items for c in columns]
+            logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
+                                                share_prompts=self.config.share_prompts)
+            table[:, columns] = logps.view(len(items), len(columns))
+            report[name] = "cache hit" if hit else "computed and cached"
+            del model
+        for item, row in zip(items, table.tolist()):
+            item["ref_logps"] = row
+        return report
+
+    @torch.no_grad()
+    def batch_logps(self, policy, inputs: dict, score) -> torch.Tensor | None:
+        """Summed reference log-probs [B, columns] for one batch. `score(model, inputs)` is the trainer's own
+        forward, giving [B, columns] under a model."""
+        if self.mode is None:
+            return None
+        if "ref_logps" in inputs:
+            return inputs["ref_logps"].view(-1, self.layout.n_columns)
+        if self.mode == "adapter_disabled":
+            with _unwrapped(policy).disable_adapter():
+                return score(policy, inputs)
+        if self.mode != "live":
+            raise ValueError("reference: cached log-probs missing from the batch (Reference.prepare not run)")
+        out = score(self.models["minus"], inputs)
+        if self.models["plus"] is not self.models["minus"] and self.layout.plus:
+            out[:, self.layout.plus] = score(self.models["plus"], inputs)[:, self.layout.plus]
+        return out
+
+    def score_minus(self, sequences: list[Sequence], policy) -> torch.Tensor:
+        """pi_r-'s summed log-probs of new sequences (refreshed D2O anchors), cached like the rest. Under LoRA
+        with pi_r- the starting model, that is the policy with its adapter off; otherwise pi_r- is loaded once
+        (full fine-tuning has changed the policy's own weights)."""
+        from negalign.models import cache_dir, load_model
+
+        folder = self.config.cache_dir or str(cache_dir() / "reference")
+        device = next(policy.parameters()).device
+        if self.config.use_lora and self.minus_name == self.config.model:
+            model, scope = policy, _unwrapped(policy).disable_adapter
+        else:
+            if self._minus_for_refresh is None:
+                self._minus_for_refresh = load_model(self.minus_name).to(device).eval()
+            model, scope = self._minus_for_refresh, contextlib.nullcontext
+        with scope():
+            logps, _ = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
+                                              share_prompts=self.config.share_prompts)
+        return logps

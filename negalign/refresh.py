@@ -9,7 +9,6 @@ the training set are resampled at each refresh (K x prompts generations).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ from transformers import TrainerCallback
 from negalign.anchors import report_samples_file
 from negalign.data import encode, load_rows, prompt_key
 from negalign.methods import SAMPLES
-from negalign.reference import cached_reference_logps
 from negalign.sampling import SamplingSettings, sample
 from negalign.sampling_context import resolve_context
 
@@ -34,10 +32,10 @@ class SampleRefresher(TrainerCallback):
     """Owns the D2O items' "samples" columns (layout.columns) and their pi_r- log-probs after the first
     refresh."""
 
-    def __init__(self, config, tokenizer, items: list[dict], prompts: list[list[dict]], reference_loader, layout):
+    def __init__(self, config, tokenizer, items: list[dict], prompts: list[list[dict]], reference):
         self.config, self.tokenizer, self.items, self.prompts = config, tokenizer, items, prompts
-        self.columns = layout.columns(SAMPLES)
-        self.reference_loader = reference_loader  # () -> (model, context manager factory) scoring pi_r-
+        self.reference = reference  # negalign.reference.Reference: scores the new anchors under pi_r-
+        self.columns = reference.layout.columns(SAMPLES)
         self.folder = Path(config.output_dir) / "refreshed_samples"
         self.trainer = None
         self.refuses = None  # anchor report judge (None: the offline harm judge)
@@ -73,7 +71,7 @@ class SampleRefresher(TrainerCallback):
             report = sample(model, self.tokenizer, self.prompts, path, self.settings(step),
                             model_id=f"{self.config.model}@step{step}", overwrite=True, progress=False)
         model.train(was_training)
-        n = self.apply(path)
+        n = self.apply(path, model)
         anchors = report_samples_file(path, refuses=self.refuses)  # saved as step-N.jsonl.anchors.json
         message = {"refresh/step": step, "refresh/samples": n, "refresh/generated_tokens_per_s":
                    round(report.tokens_per_second, 1), "refresh/anchor_refusal": anchors["refusal"]["rate"],
@@ -84,8 +82,9 @@ class SampleRefresher(TrainerCallback):
         if self.trainer is not None:  # merged into the next regular log (a log() here would eat the step's)
             self.trainer.pending_logs.update(message)
 
-    def apply(self, path: Path) -> int:
-        """Swap the items' sample slots for the samples in `path` and score them under pi_r-."""
+    def apply(self, path: Path, policy) -> int:
+        """Swap the items' sample slots for the samples in `path` and score them under pi_r- (cached mode;
+        the live modes score every batch anyway)."""
         rows, _ = load_rows(str(path))
         by_prompt: dict[str, list] = {}
         for row in sorted(rows, key=lambda r: r["sample_index"]):
@@ -98,24 +97,14 @@ class SampleRefresher(TrainerCallback):
             for column, e in zip(self.columns, encoded, strict=True):
                 item["sequences"][column] = (e.prompt_ids, e.completion_ids)
             sequences.extend(item["sequences"][column] for column in self.columns)
-        if self.config.reference == "cached":
-            reference, context = self.reference_loader()
-            with context():
-                logps, _ = cached_reference_logps(reference, sequences, self._cache_dir(),
-                                                  autocast_bf16=self.config.bf16,
-                                                  share_prompts=self.config.share_prompts)
-            logps = logps.view(len(self.items), -1).tolist()
+        if self.reference.mode == "cached":
+            logps = self.reference.score_minus(sequences, policy).view(len(self.items), -1).tolist()
             for item, sample_logps in zip(self.items, logps):
                 for column, value in zip(self.columns, sample_logps):
                     item["ref_logps"][column] = value
         return len(sequences)
 
-    def _cache_dir(self) -> str:
-        from negalign.models import cache_dir
-
-        return self.config.cache_dir or str(cache_dir() / "reference")
-
-    def apply_latest(self, step: int) -> int | None:
+    def apply_latest(self, step: int, policy) -> int | None:
         """On resume at `step`: reload the newest refresh made at or before it. Returns its step."""
         if not self.folder.exists():
             return None
@@ -123,9 +112,5 @@ class SampleRefresher(TrainerCallback):
         made = [s for s in made if s <= step]
         if not made:
             return None
-        self.apply(self.folder / f"step-{made[-1]:06d}.jsonl")
+        self.apply(self.folder / f"step-{made[-1]:06d}.jsonl", policy)
         return made[-1]
-
-
-def no_context():
-    return contextlib.nullcontext()

@@ -17,6 +17,7 @@ from negalign import objectives
 from negalign.dataset import PACKED_FIELDS
 from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
 from negalign.methods import Columns, Layout, method_loss
+from negalign.reference import Reference
 
 logger = logging.getLogger("negalign")
 
@@ -53,17 +54,15 @@ def packed_from(inputs: dict, prefix: str = "") -> PackedBatch:
 
 class NegalignTrainer(Trainer):
     """`Trainer` whose loss is `args.objective` (a NegalignConfig), read from the [B, columns] log-prob
-    matrices by slot name (`layout`: negalign.methods). Reference log-probs come from the batch (`ref_logps`,
-    cached before training) unless `reference_models` (live references) are given: {"minus": model, "plus":
-    model}; "plus" scores the method's plus_reference slots (D2O's human negative), "minus" everything else.
-    With reference='adapter_disabled' the policy itself runs with its LoRA adapter switched off."""
+    matrices by slot name (`layout`: negalign.methods). Reference log-probs come from `reference`
+    (negalign.reference.Reference: cached in the batch, live models, or the policy with its adapter off)."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, layout: Layout, reference_models: dict | None = None, **kwargs):
+    def __init__(self, *args, layout: Layout, reference: Reference | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.layout = layout
-        self.reference_models = reference_models or {}
+        self.reference = reference or Reference(self.args, layout)
         self._metrics = defaultdict(list)
         self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
         # D2O: were the anchors drawn from the reference with no sampling context? (training.anchor_provenance)
@@ -144,21 +143,9 @@ class NegalignTrainer(Trainer):
         as_matrix = lambda columns: torch.stack([columns[s] for s in range(slots)], dim=1)  # noqa: E731
         return as_matrix(sums), as_matrix(lengths).to(torch.float32), tokens, batch
 
-    @torch.no_grad()
     def reference_logps(self, model, inputs):
-        """Summed reference log-probs [B, slots]: cached in the batch, or from a live reference."""
-        if "ref_logps" in inputs:
-            return inputs["ref_logps"].view(-1, self.layout.n_columns)
-        if self.args.reference == "adapter_disabled":
-            with self.accelerator.unwrap_model(model).disable_adapter():
-                return self.slot_logps(model, inputs, with_grad=False)[0]
-        if not self.reference_models:
-            return None
-        ref_sum = self.slot_logps(self.reference_models["minus"], inputs, with_grad=False)[0]
-        if self.reference_models.get("plus") is not self.reference_models["minus"] and self.layout.plus:
-            plus = self.slot_logps(self.reference_models["plus"], inputs, with_grad=False)[0]
-            ref_sum[:, self.layout.plus] = plus[:, self.layout.plus]
-        return ref_sum
+        """Summed reference log-probs [B, columns] (None for a reference-free method)."""
+        return self.reference.batch_logps(model, inputs, lambda m, batch: self.slot_logps(m, batch, with_grad=False)[0])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:  # every process logs here (Trainer gathered the loss first)

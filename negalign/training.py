@@ -9,18 +9,16 @@ import logging
 import os
 import re
 
-import torch
-
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
-from negalign.dataset import attach_reference_logps, collate, prepare_items
+from negalign.dataset import collate, prepare_items
 from negalign.files import atomic_write_text, portable
 from negalign.heap import set_mmap_threshold
 from negalign.locks import output_lock
-from negalign.methods import Layout, method
-from negalign.models import cache_dir, load_model, load_tokenizer
-from negalign.reference import cached_reference_logps
-from negalign.refresh import REFRESH_FILE, SampleRefresher, no_context
+from negalign.methods import method
+from negalign.models import load_model, load_tokenizer
+from negalign.reference import Reference
+from negalign.refresh import REFRESH_FILE, SampleRefresher
 from negalign.retain import prepare_retain
 from negalign.trainer import NegalignTrainer
 
@@ -36,12 +34,6 @@ def _as_config(config, overrides: dict) -> NegalignConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(str(config), overrides)
     return load_config(None, {**(config or {}), **overrides})
-
-
-def _reference_names(config: NegalignConfig) -> tuple[str, str]:
-    minus = config.ref_model or config.model
-    plus = config.ref_plus_model or minus
-    return minus, plus
 
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -223,35 +215,11 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
         raise ValueError(f"sampling_context: {config.samples} was drawn with another sampling context "
                          f"({context_hash(drawn) or 'none'} vs {context_hash(wanted)} asked for here); resample "
                          "with `negalign sample --sampling-context ...` or drop sampling_context from the config")
-    minus_name, _ = _reference_names(config)
+    minus_name = config.ref_model or config.model  # pi_r-
     from_reference = (drawn is None and minus_name == config.model
                       and meta.get("weights") == model_fingerprint(policy))
     return {"sampling": "static", "samples": config.samples, "sampling_context": describe(drawn),
             "samples_model": meta.get("model"), "from_reference": from_reference}
-
-
-def cache_reference_logps(config: NegalignConfig, items: list[dict], policy, layout: Layout) -> dict:
-    """Fill item["ref_logps"] ([columns] summed log-probs) from the on-disk cache, computing what is missing.
-    The method's plus_reference slots (D2O's human negative) are scored by pi_r+, every other one by pi_r-."""
-    minus_name, plus_name = _reference_names(config)
-    slots, plus_slots = layout.n_columns, layout.plus
-    assignments = {minus_name: [s for s in range(slots) if s not in plus_slots or plus_name == minus_name]}
-    if plus_slots and plus_name != minus_name:
-        assignments[plus_name] = plus_slots
-    folder = config.cache_dir or str(cache_dir() / "reference")
-    table = torch.zeros(len(items), slots)
-    report = {}
-    for name, covered in assignments.items():
-        model = policy if name == config.model else load_model(name)
-        sequences = [item["sequences"][s] for item in items for s in covered]
-        logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=config.bf16,
-                                            share_prompts=config.share_prompts)
-        table[:, covered] = logps.view(len(items), len(covered))
-        report[name] = "cache hit" if hit else "computed and cached"
-        if model is not policy:
-            del model
-    attach_reference_logps(items, table)
-    return report
 
 
 def apply_lora(model, config: NegalignConfig):
@@ -267,23 +235,15 @@ def apply_lora(model, config: NegalignConfig):
 def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict],
                   checkpoint: str | None = None) -> SampleRefresher:
     """D2O `sampling: refresh`; on resume, reload the newest refresh the checkpoint had seen."""
-    def reference_loader():
-        minus_name, _ = _reference_names(config)
-        if config.use_lora and minus_name == config.model:
-            return trainer.model, trainer.model.disable_adapter
-        if not hasattr(reference_loader, "model"):
-            reference_loader.model = load_model(minus_name).eval()
-        return reference_loader.model, no_context
-
     prompts = list({item["prompt_key"]: item["prompt"] for item in items}.values())
-    refresher = SampleRefresher(config, tokenizer, items, prompts, reference_loader, trainer.layout)
+    refresher = SampleRefresher(config, tokenizer, items, prompts, trainer.reference)
     refresher.trainer = trainer
     trainer.add_callback(refresher)
     if checkpoint:
         with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
             step = json.load(handle)["global_step"]
         logger.warning("negalign: resumed at step %d with the samples refreshed at step %s",
-                       step, refresher.apply_latest(step))
+                       step, refresher.apply_latest(step, trainer.model))
     return refresher
 
 
@@ -313,20 +273,12 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     model = load_model(config.model)
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
-    reference_models = None
-    if layout.method.reference:
-        if config.reference == "cached":
-            # one process per node computes and caches; the others then read the cache (written atomically)
-            with config.main_process_first(local=True, desc="reference log-probs"):
-                report = cache_reference_logps(config, prepared.items, model, layout)
-            logger.warning("negalign: reference log-probs: %s", report)
-        elif config.reference == "live":
-            minus_name, plus_name = _reference_names(config)
-            load = lambda name: (copy.deepcopy(model) if name == config.model else load_model(name)).eval()  # noqa: E731
-            minus = load(minus_name)
-            reference_models = {"minus": minus, "plus": minus if plus_name == minus_name else load(plus_name)}
-            for ref in {id(m): m for m in reference_models.values()}.values():
-                ref.requires_grad_(False)
+    reference = Reference(config, layout)
+    # one process per node computes and caches; the others then read the cache (written atomically)
+    with config.main_process_first(local=True, desc="reference log-probs"):
+        report = reference.prepare(prepared.items, model, config.device)
+    if report:
+        logger.warning("negalign: reference log-probs: %s", report)
     # the retain set needs the starting model (self answers, kl reference) before LoRA or training change it
     retain = prepare_retain(config, tokenizer, model, config.output_dir if config.should_save else None)
     retain_reference = None
@@ -342,7 +294,7 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
                               data_collator=functools.partial(collate, layout=layout,
                                                                 share_prompts=config.share_prompts),
-                              processing_class=tokenizer, layout=layout, reference_models=reference_models)
+                              processing_class=tokenizer, layout=layout, reference=reference)
     trainer.anchor_provenance = anchors
     trainer.retain, trainer.retain_reference = retain, retain_reference
     if retain_reference is not None:

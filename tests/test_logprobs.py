@@ -73,18 +73,33 @@ def test_shared_prompts_give_the_unshared_logps_and_gradients():
     assert sum(g.abs().sum() for g in shared_grads) > 0
 
 
-def test_block_attention_leaves_ordinary_forwards_alone():
-    """After a packed forward the model runs block attention; without blocks (generation, evaluation,
-    left-padded batches) it must give exactly what SDPA gave before."""
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_block_attention_is_scoped_to_the_packed_forward(implementation):
+    """A packed forward runs block attention; the model keeps its own attention implementation for every
+    other forward (generation, evaluation, left-padded batches), with the same results as before."""
     model = make_tiny_llama(64)
+    model.set_attn_implementation(implementation)
     ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
-        sequence_logps(model, pack_sequences(SEQUENCES))
-        assert model.config._attn_implementation == BLOCK_ATTENTION
+        packed = sequence_logps(model, pack_sequences(SEQUENCES))
+        assert model.config._attn_implementation == implementation
         after = model(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(before[mask.bool()], after[mask.bool()], atol=1e-6)
+    assert torch.allclose(packed, naive_sequence_logps(model, SEQUENCES), atol=1e-4)
+
+
+def test_block_attention_stays_on_under_gradient_checkpointing():
+    """The backward re-runs checkpointed forwards outside the packed call: the switch must stay then (the
+    recompute test below checks the gradients), and ordinary forwards still give SDPA's results."""
+    model = make_tiny_llama(64).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    before = model(input_ids=ids).logits.detach()
+    sequence_logps(model, pack_sequences(SEQUENCES)).sum().backward()
+    assert model.config._attn_implementation == BLOCK_ATTENTION
+    assert torch.allclose(model(input_ids=ids).logits.detach(), before, atol=1e-6)
 
 
 def test_each_sequence_is_independent_of_its_neighbours():

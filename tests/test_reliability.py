@@ -223,7 +223,7 @@ def no_expensive_work(monkeypatch):
         raise AssertionError("expensive work started before the input was checked")
 
     monkeypatch.setattr(training, "load_model", expensive)
-    monkeypatch.setattr(training, "cache_reference_logps", expensive)
+    monkeypatch.setattr(training.Reference, "prepare", expensive)
     return lambda: monkeypatch.setattr(training, "load_tokenizer", expensive)
 
 

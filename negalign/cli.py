@@ -56,6 +56,8 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
+    from negalign.models import add_model_arguments
+
     parser = argparse.ArgumentParser(
         prog="negalign sample", description="Generate K self-samples per prompt into a resumable jsonl cache "
         "(rerun the same command to continue after an interruption).")
@@ -76,7 +78,8 @@ def cmd_sample(argv: list[str]) -> int:
                         "(docs/sampling_context.md)")
     parser.add_argument("--sampling-instruction", default=None,
                         help="system prompt used only while sampling: the one-message case of --sampling-context")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast while generating")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast while generating (float32 weights; "
+                        "--dtype bfloat16 loads bf16 weights instead)")
     parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
                         help="stop at a bad data row, or skip and count bad rows")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the output exists")
@@ -85,11 +88,12 @@ def cmd_sample(argv: list[str]) -> int:
     parser.add_argument("--no-anchor-report", action="store_true",
                         help="skip the anchor report (refusal share, length, examples beside the human negatives) "
                         "printed and saved as OUTPUT.anchors.json")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     import torch
 
     from negalign.locks import output_lock
-    from negalign.models import load_model, load_tokenizer
+    from negalign.models import load_model, load_tokenizer, loaded_as, model_options_from
     from negalign.sampling import SamplingSettings, sample, unique_prompts
     from negalign.sampling_context import resolve_context
 
@@ -105,8 +109,10 @@ def cmd_sample(argv: list[str]) -> int:
                                 max_prompt_length=args.max_prompt_length,
                                 context=context)
     with output_lock(args.output, "sampling", wait=args.wait):
-        tokenizer, model = load_tokenizer(args.model), load_model(args.model)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        options = model_options_from(args)
+        tokenizer, model = load_tokenizer(args.model, options.trust_remote_code), load_model(args.model, options)
+        print(f"negalign sample: {args.model} loaded as {loaded_as(model)}", file=sys.stderr)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             report = sample(model, tokenizer, prompts, args.output, settings, model_id=args.model,
                             overwrite=args.overwrite)
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "

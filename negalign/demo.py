@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from negalign.files import atomic_write_text
 from negalign.methods import METHODS
+from negalign.models import ModelOptions, add_model_arguments, model_options_from
 
 PRESETS = {
     # about 2 minutes on 2 CPU cores (measured 2.1 min end to end, quiet machine)
@@ -53,6 +53,7 @@ class DemoSettings:
     max_steps: int = 0
     eval_prompts: int = 0
     eval_max_new_tokens: int = 0
+    model_options: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self):
         for key, value in PRESETS[self.preset].items():
@@ -121,7 +122,8 @@ def run_demo(settings: DemoSettings) -> dict:
     samples_file = out / "samples.jsonl"
     if "d2o" in settings.methods:
         clock = time.time()
-        tokenizer, model = load_tokenizer(base), load_model(base)
+        options = settings.model_options
+        tokenizer, model = load_tokenizer(base, options.trust_remote_code), load_model(base, options)
         sampling = SamplingSettings(k=settings.k, max_new_tokens=settings.sample_max_new_tokens,
                                     seed=settings.seed, max_prompt_length=settings.max_prompt_length,
                                     context=resolve_context(settings.sampling_context,
@@ -155,7 +157,7 @@ def run_demo(settings: DemoSettings) -> dict:
                **({"sampling_context": settings.sampling_context,
                    "sampling_instruction": settings.sampling_instruction} if method == "d2o" else {}),
                "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", "bf16": False,
+               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", **_train_model_options(settings),
                "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
                "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
                **METHODS[method].demo})
@@ -175,7 +177,8 @@ def run_demo(settings: DemoSettings) -> dict:
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
                               max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
-                              seed=settings.seed, batch_size=16, overwrite=fresh))
+                              seed=settings.seed, batch_size=16, overwrite=fresh,
+                              model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
     report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)
@@ -183,6 +186,17 @@ def run_demo(settings: DemoSettings) -> dict:
     atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
     return report
+
+
+def _train_model_options(settings: DemoSettings) -> dict:
+    """The demo's model options as training settings: float32 weights (bf16 autocast on a GPU) unless a dtype
+    was asked for, and the CPU when the device is the CPU."""
+    options = settings.model_options
+    out = {"attn_implementation": options.attn_implementation, "trust_remote_code": options.trust_remote_code,
+           "use_cpu": options.torch_device().type == "cpu"}
+    if options.dtype != "auto":
+        out.update(model_dtype=options.dtype, bf16=False)
+    return out
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -206,17 +220,15 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--sampling-context", default=None,
                         help="messages placed before each prompt only while sampling D2O's anchors: a preset "
                         "(refusal, refusal-selective) or a JSON/YAML file (docs/sampling_context.md)")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else "full"
-    try:
-        settings = DemoSettings(
-            output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
-            methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
-            data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
-            k=args.k, train_prompts=args.train_prompts, eval_prompts=args.eval_prompts,
-            sampling_instruction=args.sampling_instruction, sampling_context=args.sampling_context)
-        run_demo(settings)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"negalign demo: {error}", file=sys.stderr)
-        return 2
+    settings = DemoSettings(
+        output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
+        data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
+        k=args.k, train_prompts=args.train_prompts, eval_prompts=args.eval_prompts,
+        sampling_instruction=args.sampling_instruction, sampling_context=args.sampling_context,
+        model_options=model_options_from(args))
+    run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line
     return 0

@@ -145,8 +145,13 @@ def block_attention_scope(decoder):
     try:
         yield
     finally:
-        if before != BLOCK_ATTENTION and not getattr(decoder, "is_gradient_checkpointing", False):
+        if before != BLOCK_ATTENTION and not _checkpointing(decoder):
             decoder.config._attn_implementation = before
+
+
+def _checkpointing(model) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # the newer name; the older one warns
+    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
 def _decoder_and_head(model):

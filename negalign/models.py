@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 SHORT_NAMES = {
@@ -77,18 +78,80 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(name_or_path: str, *, dtype: str = "float32", trust_remote_code: bool = False):
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelOptions:
+    """How a command loads a model; the same four options for `sample`, `eval`, `demo` and (as config fields)
+    `train`. "auto" picks a CUDA GPU when there is one, with bf16 weights there, and fp32 on a CPU, where
+    bf16 is emulated on most processors (about 40x slower than fp32 without AVX512-BF16)."""
+
+    dtype: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps, meta
+    attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2 (default: the model's)
+    trust_remote_code: bool = False  # run code shipped with a Hub model: off unless asked for
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+    def torch_device(self):
+        import torch
+
+        if self.device != "auto":
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def torch_dtype(self, device=None):
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        device = device or self.torch_device()
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def loaded_as(model) -> dict:
+    """How a model was actually loaded (device, dtype, attention kernel), for the files a command writes."""
+    return {"device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+            "attn_implementation": model.config._attn_implementation}
+
+
+def add_model_arguments(parser) -> None:
+    """The ModelOptions flags of an argparse command."""
+    group = parser.add_argument_group("model options")
+    group.add_argument("--dtype", default="auto", choices=DTYPES,
+                       help="weights' dtype (auto: bfloat16 on a CUDA GPU, float32 on a CPU)")
+    group.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:N")
+    group.add_argument("--attn-implementation", default=None, help="attention kernel (sdpa, eager, flash_attention_2, "
+                       "...; default: the model's)")
+    group.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a Hub model")
+
+
+def model_options_from(args) -> ModelOptions:
+    return ModelOptions(dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
+                        trust_remote_code=args.trust_remote_code)
+
+
+def load_model(name_or_path: str, options: ModelOptions | None = None):
+    """The model on `options.device` in `options.dtype` (default: float32 on the CPU, where training loads it
+    before the Trainer places it)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    options = options or ModelOptions(dtype="float32", device="cpu")
+    device = options.torch_device()
+    kwargs = {"dtype": options.torch_dtype(device), "trust_remote_code": options.trust_remote_code}
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    return model.to(device)

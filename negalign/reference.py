@@ -152,7 +152,7 @@ class Reference:
         """The starting model under `name` (a copy of the untouched policy) or another model, frozen."""
         from negalign.models import load_model
 
-        model = copy.deepcopy(policy) if name == self.config.model else load_model(name)
+        model = copy.deepcopy(policy) if name == self.config.model else load_model(name, self.config.model_options())
         return model.to(device).eval().requires_grad_(False)
 
     def prepare(self, items: list[dict], policy, device) -> dict | None:
@@ -173,7 +173,7 @@ class Reference:
         table = torch.zeros(len(items), self.layout.n_columns)
         report = {}
         for name, columns in self.assignments().items():
-            model = policy if name == self.config.model else load_model(name).to(device)
+            model = policy if name == self.config.model else load_model(name, self.config.model_options()).to(device)
             sequences = [item["sequences"][c] for item in items for c in columns]
             logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
                                                 share_prompts=self.config.share_prompts)
@@ -214,7 +214,7 @@ class Reference:
             model, scope = policy, _unwrapped(policy).disable_adapter
         else:
             if self._minus_for_refresh is None:
-                self._minus_for_refresh = load_model(self.minus_name).to(device).eval()
+                self._minus_for_refresh = load_model(self.minus_name, self.config.model_options()).to(device).eval()
             model, scope = self._minus_for_refresh, contextlib.nullcontext
         with scope():
             logps, _ = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,

@@ -271,7 +271,7 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")
     logger.warning("negalign: %s", prepared.summary())
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
-    model = load_model(config.model)
+    model = load_model(config.model, config.model_options())
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
     reference = Reference(config, layout)
     # one process per node computes and caches; the others then read the cache (written atomically)

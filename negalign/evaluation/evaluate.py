@@ -26,6 +26,7 @@ from negalign.data.paths import data_dir as resolve_data_dir
 from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, Suite, load_suites
 from negalign.files import atomic_write_text, portable
+from negalign.models import ModelOptions, add_model_arguments, loaded_as, model_options_from
 
 HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
 
@@ -51,6 +52,7 @@ class EvalSettings:
     overwrite: bool = False
     progress: bool = True
     wait: bool = False  # another process writing the output folder: wait for it instead of stopping
+    model_options: ModelOptions = field(default_factory=ModelOptions)  # dtype, device, attention, remote code
 
 
 def default_output(model: str) -> str:
@@ -131,8 +133,9 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     suites = load_suites(settings.suites, folder, settings.prompt_files, settings.max_prompts, settings.seed)
     timings: dict[str, float] = {}
 
-    tokenizer = load_tokenizer(settings.model)
-    model = load_model(settings.model).eval()
+    options = settings.model_options
+    tokenizer = load_tokenizer(settings.model, options.trust_remote_code)
+    model = load_model(settings.model, options).eval()
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
                progress=settings.progress)
@@ -167,7 +170,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"], **bootstrap)}
     timings["judge"] = time.time() - clock
 
-    reference = load_model(settings.reference).eval() if settings.reference else None
+    reference = load_model(settings.reference, options).eval() if settings.reference else None
 
     preference = None
     pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
@@ -225,6 +228,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         "generation": generation,
         "judge": {k: v for k, v in judge.head.metadata.items() if k != "refusal_phrases"},
         "settings": asdict(settings),
+        "model_loaded_as": loaded_as(model),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
     }
     result = portable(finite(result))  # committed results carry no absolute paths of this machine
@@ -288,6 +292,7 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--n-resamples", type=int, default=metrics.N_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
     parser.add_argument("--no-progress", action="store_true")
+    add_model_arguments(parser)
     parser.add_argument("--wait", action="store_true",
                         help="if another process is writing --output, wait for it (default: stop at once)")
     args = parser.parse_args(argv)
@@ -296,7 +301,8 @@ def cmd_eval(argv: list[str]) -> int:
         prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
         pairs=args.pairs, max_pairs=args.max_pairs, kl=not args.no_kl, judge_head=args.judge_head,
-        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait)
+        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait,
+        model_options=model_options_from(args))
     result = evaluate(settings)  # bad input raises ValueError / OSError: negalign's main prints it in one line
     print(f"negalign eval: {settings.model} -> {result['output']}/eval.json")
     print("\n".join(summary_lines(result)))

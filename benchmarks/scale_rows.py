@@ -1,7 +1,7 @@
 """How loading, validating and tokenising a negatives file grows with its rows (10k, 30k, 100k).
 
 Each size runs in a fresh process (so peak RSS is that size's own), through the exact path `negalign train`
-takes before the model loads: `negalign.dataset.prepare_items` (read + validate + duplicate check +
+takes before the model loads: `negalign.batches.prepare_items` (read + validate + duplicate check +
 build examples + tokenise with the SmolLM2 chat template). The rows are synthetic negatives written to a
 temporary folder (varied prompts and answers of HH-like length), so nothing from ../shared is copied.
 
@@ -39,8 +39,8 @@ def write_rows(path: Path, n: int, seed: int = 0) -> None:
 
 def measure(data: str, objective: str) -> dict:
     """In this process: prepare_items on `data`; seconds and peak RSS."""
+    from negalign.batches import prepare_items
     from negalign.config import load_config
-    from negalign.dataset import prepare_items
     from negalign.models import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
@@ -81,7 +81,7 @@ def main() -> None:
     first, last = results[0], results[-1]
     summary = {
         "command": "python benchmarks/scale_rows.py --rows " + args.rows + " --objective " + args.objective,
-        "path": "negalign.dataset.prepare_items (read, validate, duplicate check, build examples, tokenise)",
+        "path": "negalign.batches.prepare_items (read, validate, duplicate check, build examples, tokenise)",
         "objective": args.objective, "sizes": results,
         "row_ratio": round(last["rows"] / first["rows"], 2),
         "time_ratio": round(last["seconds"] / first["seconds"], 2),

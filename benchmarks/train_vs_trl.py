@@ -95,7 +95,7 @@ def worker(args) -> dict:
     clock = StepClock()
     if args.worker.startswith("negalign"):
         from negalign.config import parse_overrides
-        from negalign.training import train
+        from negalign.pipeline import train
 
         data = Path(args.tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(p) + "\n" for p in work))

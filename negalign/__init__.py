@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 
 def train(config=None, **overrides):
-    """Train with any objective; see negalign.training.train."""
-    from negalign.training import train as _train
+    """Train with any objective; see negalign.pipeline.train."""
+    from negalign.pipeline import train as _train
 
     return _train(config, **overrides)

@@ -33,7 +33,7 @@ def cmd_train(argv: list[str]) -> int:
         print(_train_help())
         return 0
     from negalign.config import load_config, parse_overrides
-    from negalign.training import train
+    from negalign.pipeline import train
 
     recipe, rest = None, []
     for at, item in enumerate(argv):  # --config FILE or --config=FILE
@@ -166,6 +166,23 @@ COMMANDS = {
 }
 
 
+def _show_progress_messages() -> None:
+    """On the command line negalign's routine messages (INFO: data summary, reference cache, resume) are shown
+    on stderr beside its warnings; a Python user sees warnings only unless they configure logging."""
+    import logging
+
+    class Stderr(logging.StreamHandler):  # whatever sys.stderr is when a message is written (tests swap it)
+        negalign_cli = True
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+    logger = logging.getLogger("negalign")
+    if not any(getattr(h, "negalign_cli", False) for h in logger.handlers):
+        handler = Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     command, _ = COMMANDS[argv[0]]
     from negalign.locks import OutputLocked
 
+    _show_progress_messages()
     try:
         return command(argv[1:])
     except (ValueError, OSError, OutputLocked) as error:  # bad input or settings: the message says what to fix

@@ -6,7 +6,6 @@ max_steps, per_device_train_batch_size, bf16, save_steps, ...) is also a negalig
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, fields
 
 import yaml
@@ -179,11 +178,6 @@ class NegalignConfig(TrainingArguments):
 LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
            "deepspeed", "optim_target_modules", "fsdp"}  # inherited options that take lists or mappings
 
-RETIRED = {
-    "packing_row_tokens": "a batch is now one padding-free row with block attention (see share_prompts)",
-}
-
-
 def parse_overrides(items: list[str]) -> dict:
     """`key=value` and `--key value` / `--key=value` items -> dict; values parsed as YAML scalars."""
     result, index = {}, 0
@@ -215,10 +209,6 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
     values.update(overrides or {})
-    for key in sorted(set(values) & set(RETIRED)):  # configs saved by earlier versions still load
-        logging.getLogger("negalign").warning("negalign: %s: option %s is retired and ignored: %s",
-                                              path or "config", key, RETIRED[key])
-        del values[key]
     known = {f.name for f in fields(NegalignConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

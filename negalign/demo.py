@@ -95,9 +95,9 @@ def run_demo(settings: DemoSettings) -> dict:
     from negalign.evaluation.report import compare
     from negalign.evaluation.suites import BUILTIN
     from negalign.models import load_model, load_tokenizer, resolve_model_path
+    from negalign.pipeline import train
     from negalign.sampling import SamplingSettings, sample
     from negalign.sampling_context import resolve_context
-    from negalign.training import train
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
     needed = [name_for(relative) for _, relative, _ in BUILTIN.values()]

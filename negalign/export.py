@@ -13,10 +13,9 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from negalign.files import read_yaml
+from negalign.files import atomic_output, read_yaml
 
 CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json")
 
@@ -68,9 +67,7 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = Fals
     settings = _run_settings(run)
     tokenizer = load_tokenizer(str(run) if (run / "tokenizer_config.json").exists() else settings["model"])
     with output_lock(output, "export"):
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
-        try:
+        with atomic_output(output, folder=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             for name in CARRIED:
@@ -83,12 +80,6 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = Fals
                 + (": the LoRA adapter merged into the base weights (peft merge_and_unload)." if was_lora else ".")
                 + "\n")
             (tmp / "README.md").write_text(card, encoding="utf-8")
-            if output.exists():
-                shutil.rmtree(output)
-            os.replace(tmp, output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     if push_to_hub:
         model.push_to_hub(push_to_hub)
         tokenizer.push_to_hub(push_to_hub)

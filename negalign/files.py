@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool = True):
+    """Write `path` (a file, or a folder with folder=True) through a temporary one beside it: the body writes
+    to the yielded temporary path; on a clean exit its data is flushed to disk (fsync) and it is renamed onto
+    `path`, on any error (or a kill) it is removed. replace=False keeps a `path` that appeared meanwhile
+    (another process finished first) and drops the new copy; an existing folder is replaced whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        tmp = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as sink:
-            sink.write(text)
-            sink.flush()
-            os.fsync(sink.fileno())
+        yield tmp
+        for file in (tmp.rglob("*") if folder else [tmp]):
+            if file.is_file():
+                with open(file, "rb") as written:
+                    os.fsync(written.fileno())
+        if path.exists() and not replace:
+            return
+        if folder and path.exists():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def portable(value, cwd: str | os.PathLike | None = None):

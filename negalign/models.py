@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,24 +37,17 @@ def convert_gguf(folder: str, gguf_file: str, target: Path) -> Path:
     """Write an HF-format copy (config, fp32 safetensors, tokenizer) of a GGUF model, atomically."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from negalign.files import atomic_output
+
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype="float32")
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_config(config, dtype="float32")
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    with atomic_output(target, folder=True, replace=False) as tmp:  # replace=False: another process finished first
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

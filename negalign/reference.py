@@ -16,13 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from negalign.files import atomic_output
 from negalign.locks import output_lock
 from negalign.logprobs import Sequence, _unwrapped, pack_sequences, sequence_logps
 
@@ -108,15 +108,8 @@ def _cached_reference_logps(model, sequences, path: Path, max_tokens, autocast_b
         if cached is not None:
             return cached, True
     logps = compute_logps(model, sequences, max_tokens, autocast_bf16, share_prompts=share_prompts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({"logps": logps}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp:
+        save_file({"logps": logps}, str(tmp))
     return logps, False
 
 

@@ -76,7 +76,7 @@ class SampleRefresher(TrainerCallback):
         message = {"refresh/step": step, "refresh/samples": n, "refresh/generated_tokens_per_s":
                    round(report.tokens_per_second, 1), "refresh/anchor_refusal": anchors["refusal"]["rate"],
                    "refresh/anchor_words": anchors["mean_words"]}
-        logger.warning("negalign: refreshed D2O samples at step %d: %s", step, message)
+        logger.info("negalign: refreshed D2O samples at step %d: %s", step, message)
         with open(self.folder / "refresh_log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(message) + "\n")
         if self.trainer is not None:  # merged into the next regular log (a log() here would eat the step's)

@@ -25,6 +25,7 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from negalign.data import DataError, encode_prompt_with_context, load_rows, prompt_key
+from negalign.files import atomic_write_text
 from negalign.sampling_context import context_hash, describe
 
 META_SUFFIX = ".meta.json"
@@ -125,10 +126,7 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
         raise ValueError(f"{output} exists without {meta_path.name}: not a negalign samples file; "
                          "use another output path or --overwrite")
     else:
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
 
 class _OneDtypeStaticLayer(StaticLayer):

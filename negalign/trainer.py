@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from negalign import objectives
-from negalign.dataset import PACKED_FIELDS
+from negalign.batches import PACKED_FIELDS
 from negalign.logprobs import PackedBatch, pad_token_logps, reduce_token_logps, token_logps
 from negalign.methods import Columns, Layout, method_loss
 from negalign.reference import Reference

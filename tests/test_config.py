@@ -31,15 +31,6 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
         load_config(None, {"bta": 0.1, "output_dir": str(tmp_path)})
 
 
-def test_a_config_saved_by_an_earlier_version_loads_with_a_warning(tmp_path, caplog):
-    recipe = tmp_path / "old.yaml"
-    recipe.write_text(f"objective: dpo\npacking_row_tokens: 1024\noutput_dir: {tmp_path}\n")
-    with caplog.at_level("WARNING", logger="negalign"):
-        config = load_config(str(recipe))
-    assert config.objective == "dpo" and config.share_prompts is True
-    assert "packing_row_tokens is retired and ignored" in caplog.text
-
-
 @pytest.mark.parametrize("key,value,message", [
     ("beta", 0.0, "beta: must be > 0"), ("alpha", -1.0, "alpha: must be > 0"), ("k", -1, "k: must be >= 0"),
     ("objective", "ppo", "objective: unknown 'ppo'"), ("max_prompt_length", 600, "max_prompt_length"),

@@ -133,9 +133,9 @@ def test_the_table_declares_every_layout():
 @pytest.mark.parametrize("name", ["dpo", "d2o", "kto"])
 def test_each_column_holds_the_log_prob_of_its_slot_text(name, tiny_model_dir, smollm_tokenizer, tmp_path):
     """Dataset order -> collator -> trainer forward: the column of slot s is log p(text of s | prompt)."""
+    from negalign.batches import collate
     from negalign.config import NegalignConfig
     from negalign.data import encode
-    from negalign.dataset import collate
     from negalign.logprobs import pack_sequences, sequence_logps
     from negalign.models import load_model
     from negalign.trainer import NegalignTrainer

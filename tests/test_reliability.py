@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import negalign
-import negalign.training as training
+import negalign.pipeline as pipeline
 from negalign.cli import main
 from negalign.config import load_config
 from negalign.data import DataError
@@ -132,7 +132,7 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tiny_model_dir, fi
     delay = _run_and_kill("training", ["train", *_argv(settings)], has_checkpoint, tmp_path, pause=0.6)
     assert not (killed / "model.safetensors").exists(), "the run finished before the kill"
     # the newest complete checkpoint (a kill during a save leaves an incomplete one, which is passed over)
-    resume_from = training.resolve_checkpoint(load_config(None, settings))
+    resume_from = pipeline.resolve_checkpoint(load_config(None, settings))
     assert re.search(r"checkpoint-[12]$", resume_from), resume_from
     assert main(["train", *_argv(settings)]) == 0  # the same command, nothing added
     assert main(["train", *_argv({**settings, "output_dir": str(tmp_path / "whole")})]) == 0
@@ -203,15 +203,15 @@ def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
     def config(value):
         return load_config(None, {"output_dir": str(tmp_path), "resume_from_checkpoint": value})
 
-    assert training.resolve_checkpoint(config(True)) == str(tmp_path / "checkpoint-2")
+    assert pipeline.resolve_checkpoint(config(True)) == str(tmp_path / "checkpoint-2")
     with pytest.raises(ValueError, match=r"other settings \(negalign_config.yaml missing or unreadable"):
-        training.resolve_checkpoint(config(None))  # the default resumes only a run of the same settings
+        pipeline.resolve_checkpoint(config(None))  # the default resumes only a run of the same settings
     with pytest.raises(ValueError, match=r"checkpoint-3 has no readable trainer_state.json \(not a Trainer "
                                          r"checkpoint, or one cut short by a kill.*set resume_from_checkpoint: true"):
-        training.resolve_checkpoint(config(str(tmp_path / "checkpoint-3")))
+        pipeline.resolve_checkpoint(config(str(tmp_path / "checkpoint-3")))
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text('{"global_st')  # torn
     with pytest.raises(ValueError, match="holds no complete checkpoint-N"):
-        training.resolve_checkpoint(config(True))
+        pipeline.resolve_checkpoint(config(True))
 
 
 # ----- bad input: a clear error, before any expensive work -------------------------------------------
@@ -222,9 +222,9 @@ def no_expensive_work(monkeypatch):
     def expensive(*args, **kwargs):
         raise AssertionError("expensive work started before the input was checked")
 
-    monkeypatch.setattr(training, "load_model", expensive)
-    monkeypatch.setattr(training.Reference, "prepare", expensive)
-    return lambda: monkeypatch.setattr(training, "load_tokenizer", expensive)
+    monkeypatch.setattr(pipeline, "load_model", expensive)
+    monkeypatch.setattr(pipeline.Reference, "prepare", expensive)
+    return lambda: monkeypatch.setattr(pipeline, "load_tokenizer", expensive)
 
 
 BAD_DATA = {  # name: (records written to the data file, objective, message that must appear)
@@ -346,14 +346,14 @@ def test_a_launch_the_config_does_not_join_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="launched as 2 processes, but training would run in 1: on a machine "
                                          "without GPUs set use_cpu: true"):
-        training.check_launch(SimpleNamespace(world_size=1, sampling="static", retain_data=None))
+        pipeline.check_launch(SimpleNamespace(world_size=1, sampling="static", retain_data=None))
     with pytest.raises(ValueError, match="sampling: 'refresh' runs in one process only"):
-        training.check_launch(SimpleNamespace(world_size=2, sampling="refresh", retain_data=None))
+        pipeline.check_launch(SimpleNamespace(world_size=2, sampling="refresh", retain_data=None))
     with pytest.raises(ValueError, match="retain_data runs in one process only"):
-        training.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data="benign-instructions"))
-    training.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data=None))
+        pipeline.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data="benign-instructions"))
+    pipeline.check_launch(SimpleNamespace(world_size=2, sampling="static", retain_data=None))
     monkeypatch.delenv("WORLD_SIZE")
-    training.check_launch(SimpleNamespace(world_size=1, sampling="refresh", retain_data="benign-instructions"))
+    pipeline.check_launch(SimpleNamespace(world_size=1, sampling="refresh", retain_data="benign-instructions"))
 
 
 # ----- safe defaults ---------------------------------------------------------------------------------

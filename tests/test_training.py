@@ -74,8 +74,8 @@ def test_pointwise_objectives_take_scores(tiny_model_dir, files, tmp_path):
 
 
 def _d2o_margin(model, ref, tokenizer_dir, files):
+    from negalign.batches import prepare_items
     from negalign.config import load_config
-    from negalign.dataset import prepare_items
     from negalign.models import load_tokenizer
 
     config = load_config(None, {"model": tokenizer_dir, "data": files["pairs"], "samples": files["samples"],

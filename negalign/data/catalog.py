@@ -114,11 +114,10 @@ def fetch(name: str, data_dir: str | None = None, overwrite: bool = False) -> Pa
     import csv
     import gzip
     import json
-    import os
-    import tempfile
 
     from negalign.data.paths import data_dir as find_data_dir
     from negalign.data.paths import download_dir
+    from negalign.files import atomic_output
 
     entry = CATALOG[name]
     if entry.hub is None:
@@ -139,12 +138,9 @@ def fetch(name: str, data_dir: str | None = None, overwrite: bool = False) -> Pa
     if absent:
         raise ValueError(f"data set {name!r}: {entry.hub} has no column(s) {', '.join(absent)} "
                          f"(it has {', '.join(rows.column_names)})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        records = [{local: (index + 1 if hub is None else row[hub]) for local, hub in columns.items()}
-                   for index, row in enumerate(rows)]
+    records = [{local: (index + 1 if hub is None else row[hub]) for local, hub in columns.items()}
+               for index, row in enumerate(rows)]
+    with atomic_output(target) as tmp:
         if kind == "jsonl.gz":
             with gzip.open(tmp, "wt", encoding="utf-8") as sink:
                 sink.writelines(json.dumps(record) + "\n" for record in records)
@@ -153,10 +149,6 @@ def fetch(name: str, data_dir: str | None = None, overwrite: bool = False) -> Pa
                 writer = csv.DictWriter(sink, fieldnames=list(columns))
                 writer.writeheader()
                 writer.writerows(records)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

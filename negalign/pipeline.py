@@ -9,9 +9,9 @@ import logging
 import os
 import re
 
+from negalign.batches import collate, prepare_items
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
-from negalign.dataset import collate, prepare_items
 from negalign.files import atomic_write_text, portable
 from negalign.heap import set_mmap_threshold
 from negalign.locks import output_lock
@@ -123,7 +123,7 @@ def resolve_checkpoint(config: NegalignConfig) -> str | None:
                              f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
                              "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
                              "or use another output_dir")
-        logger.warning("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
+        logger.info("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
                        "with the same settings", folder, _step(folder), config.max_steps if config.max_steps > 0
                        else "the epochs")
         return folder
@@ -242,7 +242,7 @@ def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict],
     if checkpoint:
         with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
             step = json.load(handle)["global_step"]
-        logger.warning("negalign: resumed at step %d with the samples refreshed at step %s",
+        logger.info("negalign: resumed at step %d with the samples refreshed at step %s",
                        step, refresher.apply_latest(step, trainer.model))
     return refresher
 
@@ -269,7 +269,7 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     prepared = prepare_items(config, tokenizer)
     if not prepared.items:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")
-    logger.warning("negalign: %s", prepared.summary())
+    logger.info("negalign: %s", prepared.summary())
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     model = load_model(config.model, config.model_options())
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
@@ -278,12 +278,12 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     with config.main_process_first(local=True, desc="reference log-probs"):
         report = reference.prepare(prepared.items, model, config.device)
     if report:
-        logger.warning("negalign: reference log-probs: %s", report)
+        logger.info("negalign: reference log-probs: %s", report)
     # the retain set needs the starting model (self answers, kl reference) before LoRA or training change it
     retain = prepare_retain(config, tokenizer, model, config.output_dir if config.should_save else None)
     retain_reference = None
     if retain is not None:
-        logger.warning("negalign: retain set: %d sequences from %s (%d of %d prompts removed as evaluation "
+        logger.info("negalign: retain set: %d sequences from %s (%d of %d prompts removed as evaluation "
                        "prompts), loss %s x %s", retain.summary["n_sequences"], config.retain_data,
                        retain.summary["n_removed"], retain.summary["n_selected"], config.retain_loss,
                        config.retain_weight)

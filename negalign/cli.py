@@ -32,19 +32,10 @@ def cmd_train(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_train_help())
         return 0
-    from negalign.config import load_config, parse_overrides
+    from negalign.config import load_config, parse_overrides, split_config_flag
     from negalign.pipeline import train
 
-    recipe, rest = None, []
-    for at, item in enumerate(argv):  # --config FILE or --config=FILE
-        if item.startswith("--config="):
-            recipe = item.split("=", 1)[1]
-        elif item == "--config":
-            if at + 1 >= len(argv):
-                raise ValueError("--config needs a YAML file")
-            recipe = argv[at + 1]
-        elif not (at > 0 and argv[at - 1] == "--config"):
-            rest.append(item)
+    recipe, rest = split_config_flag(argv)
     config = load_config(recipe, parse_overrides(rest))
     trainer = train(config)  # bad data or settings raise ValueError: main() prints it in one line
     if not trainer.is_world_process_zero():
@@ -56,21 +47,31 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
+    from negalign.config import recipe_defaults, split_config_flag
     from negalign.models import add_model_arguments
+    from negalign.sampling import SamplingSettings
 
+    defaults = SamplingSettings()  # one set of sampling defaults: here, in recipes, in refreshes
     parser = argparse.ArgumentParser(
         prog="negalign sample", description="Generate K self-samples per prompt into a resumable jsonl cache "
-        "(rerun the same command to continue after an interruption).")
+        "(rerun the same command to continue after an interruption).",
+        epilog="--config RECIPE takes the model, data, samples file (as --output), k, sampling settings and "
+        "context from a training recipe, so the samples are the ones that recipe trains on; flags win.")
+    parser.add_argument("--config", help="a training recipe (YAML) to take the sampling settings from")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="sampling policy (path, Hub or short name)")
-    parser.add_argument("--data", required=True, help="feedback file or data set whose prompts are sampled")
-    parser.add_argument("--output", required=True, help="samples jsonl (a .meta.json is written beside it)")
-    parser.add_argument("--k", type=int, default=4, help="answers per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (x K rows decoded together)")
-    parser.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept (the last ones)")
+    parser.add_argument("--data", help="feedback file or data set whose prompts are sampled (required without "
+                        "--config)")
+    parser.add_argument("--output", help="samples jsonl; a .meta.json is written beside it (default with --config: "
+                        "the recipe's `samples`)")
+    parser.add_argument("--k", type=int, default=defaults.k, help="answers per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="prompts per batch (x K rows decoded together)")
+    parser.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length,
+                        help="prompt tokens kept (the last ones)")
     parser.add_argument("--max-prompts", type=int, default=None, help="only the first N distinct prompts")
     parser.add_argument("--sampling-context", default=None,
                         help="chat messages placed before each prompt only while sampling: a preset "
@@ -89,7 +90,13 @@ def cmd_sample(argv: list[str]) -> int:
                         help="skip the anchor report (refusal share, length, examples beside the human negatives) "
                         "printed and saved as OUTPUT.anchors.json")
     add_model_arguments(parser)
+    recipe, _ = split_config_flag(argv)
+    if recipe:
+        parser.set_defaults(**recipe_defaults(recipe, "sample"))
     args = parser.parse_args(argv)
+    for needed in ("data", "output"):
+        if not getattr(args, needed):
+            parser.error(f"--{needed} is required (or a --config recipe that sets it)")
     import torch
 
     from negalign.locks import output_lock

@@ -14,8 +14,10 @@ from transformers import HfArgumentParser, TrainingArguments
 from negalign.files import read_yaml
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
+from negalign.sampling import SamplingSettings
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
+_SAMPLING = SamplingSettings()  # the one set of sampling defaults (negalign sample uses them too)
 
 
 def _opt(default, help_text, **kwargs):
@@ -47,10 +49,11 @@ class NegalignConfig(TrainingArguments):
                          "steps/epochs.", choices=["static", "refresh"])
     refresh_every: int = _opt(10, "With sampling: refresh, how many refresh_unit between refreshes.")
     refresh_unit: str = _opt("steps", "Unit of refresh_every.", choices=["steps", "epochs"])
-    sample_max_new_tokens: int = _opt(128, "Refreshed samples: max new tokens.")
-    sample_temperature: float = _opt(0.7, "Refreshed samples: temperature (0 = greedy).")
-    sample_top_p: float = _opt(0.95, "Refreshed samples: top-p.")
-    sample_batch_size: int = _opt(8, "Refreshed samples: prompts per generation batch.")
+    sample_max_new_tokens: int = _opt(_SAMPLING.max_new_tokens, "Self-samples (`negalign sample --config` and "
+                                      "refreshes): max new tokens.")
+    sample_temperature: float = _opt(_SAMPLING.temperature, "Self-samples: temperature (0 = greedy).")
+    sample_top_p: float = _opt(_SAMPLING.top_p, "Self-samples: top-p.")
+    sample_batch_size: int = _opt(_SAMPLING.batch_size, "Self-samples: prompts per generation batch.")
     sampling_context: str = _opt(None, "D2O anchors: chat messages placed before each prompt only while sampling "
                                  "(never in training): a preset name (refusal, refusal-selective) or a JSON/YAML "
                                  "file of {role, content} messages. With sampling: refresh it is used at every "
@@ -249,3 +252,50 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
             raise ValueError(f"{where(f.name)}: {f.name} must be a single value, got a {type(value).__name__}")
     (config,) = HfArgumentParser(NegalignConfig).parse_dict(values)
     return config
+
+
+# One recipe drives sampling, training and evaluation: `negalign sample --config R` and `negalign eval --config R`
+# take these settings from the training recipe R (recipe key -> the command's option); flags given on the
+# command line win.
+RECIPE_FOR = {
+    "sample": {"model": "model", "data": "data", "samples": "output", "k": "k", "seed": "seed",
+               "sample_max_new_tokens": "max_new_tokens", "sample_temperature": "temperature",
+               "sample_top_p": "top_p", "sample_batch_size": "batch_size", "max_prompt_length": "max_prompt_length",
+               "max_prompts": "max_prompts", "sampling_context": "sampling_context",
+               "sampling_instruction": "sampling_instruction", "on_bad_row": "on_bad_row",
+               "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
+    # evaluate what the recipe trains (its output_dir) against where it starts (its model)
+    "eval": {"output_dir": "model", "model": "reference", "seed": "seed", "max_prompt_length": "max_prompt_length",
+             "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
+}
+
+
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(`--config FILE` / `--config=FILE`, the other arguments)."""
+    recipe, rest = None, []
+    for at, item in enumerate(argv):
+        if item.startswith("--config="):
+            recipe = item.split("=", 1)[1]
+        elif item == "--config":
+            if at + 1 >= len(argv):
+                raise ValueError("--config needs a YAML file")
+            recipe = argv[at + 1]
+        elif not (at > 0 and argv[at - 1] == "--config"):
+            rest.append(item)
+    return recipe, rest
+
+
+def recipe_defaults(recipe: str, command: str) -> dict:
+    """The `command` options a training recipe sets (RECIPE_FOR), after the recipe is checked as a whole
+    (unknown keys, types) the way `negalign train` checks it. Settings the recipe leaves at their defaults
+    are taken too, so sampling and training agree (for example the sampling defaults)."""
+    config = load_config(recipe, {"output_dir": read_yaml(recipe).get("output_dir") or "unused"})
+    given = read_yaml(recipe) or {}
+    out = {}
+    for key, option in RECIPE_FOR[command].items():
+        value = getattr(config, key)
+        if key in given or key.startswith("sample_"):
+            out[option] = value
+    if command == "sample" and out.get("k") is None:
+        out.pop("k", None)  # k unset in a recipe means "every sample the file has": sample's own default then
+    return {option: value for option, value in out.items() if value is not None}

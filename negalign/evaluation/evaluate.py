@@ -260,11 +260,17 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from negalign.config import recipe_defaults, split_config_flag
+
     parser = argparse.ArgumentParser(
         prog="negalign eval", description="Answer held-out harmful and benign prompts, judge the answers "
         "(harmful compliance, over-refusal, with Wilson 95 % intervals), and measure preference accuracy, "
-        "NLL and KL to a reference. Rerun the same command to resume after an interruption.")
-    parser.add_argument("--model", required=True, help="model to evaluate (folder, Hub name or short name)")
+        "NLL and KL to a reference. Rerun the same command to resume after an interruption.",
+        epilog="--config RECIPE evaluates what a training recipe trains (its output_dir) against the model it "
+        "starts from (its model, as --reference); flags win.")
+    parser.add_argument("--config", help="a training recipe (YAML): evaluate its output_dir against its model")
+    parser.add_argument("--model", help="model to evaluate (folder, Hub name or short name; required without "
+                        "--config)")
     parser.add_argument("--reference", default=None, help="reference model for log-ratios and KL (e.g. the "
                         "starting model); without it h is the policy log-prob and KL is skipped")
     parser.add_argument("--suite", action="append", dest="suites", choices=list(BUILTIN),
@@ -289,9 +295,14 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     add_model_arguments(parser)
+    recipe, _ = split_config_flag(argv)
+    if recipe:
+        parser.set_defaults(**recipe_defaults(recipe, "eval"))
     parser.add_argument("--wait", action="store_true",
                         help="if another process is writing --output, wait for it (default: stop at once)")
     args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("--model is required (or a --config recipe whose output_dir is the model)")
     settings = EvalSettings(
         model=args.model, reference=args.reference, output=args.output, suites=args.suites,
         prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,

@@ -1,0 +1,64 @@
+"""One recipe drives sampling, training and evaluation: `negalign sample --config R`, `negalign train --config R`
+and `negalign eval --config R` read the same YAML file, and flags given on the command line win."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from negalign.cli import main
+from negalign.config import recipe_defaults
+from negalign.sampling import SamplingSettings
+
+PROMPTS = ["How do I pick a lock?", "Write an insult for my coworker.", "How do plants grow?"]
+
+
+@pytest.fixture()
+def recipe(tmp_path, tiny_model_dir):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": "I can't help with that.",
+                                        "rejected": f"Sure: {p.lower()}"}) + "\n" for p in PROMPTS))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"model: {tiny_model_dir}\ndata: {data}\nobjective: d2o\nsamples: {tmp_path / 'samples.jsonl'}\n"
+                    f"k: 2\nsample_max_new_tokens: 3\nsampling_instruction: Be brief.\nmax_length: 96\n"
+                    f"max_prompt_length: 64\nmax_steps: 1\nper_device_train_batch_size: 2\nuse_cpu: true\n"
+                    f"output_dir: {tmp_path / 'run'}\ncache_dir: {tmp_path / 'cache'}\nsave_strategy: 'no'\n")
+    return path
+
+
+def test_recipe_defaults_name_each_command_option(recipe, tmp_path, tiny_model_dir):
+    sample = recipe_defaults(str(recipe), "sample")
+    assert sample["output"] == str(tmp_path / "samples.jsonl") and sample["k"] == 2
+    assert sample["max_new_tokens"] == 3 and sample["max_prompt_length"] == 64
+    assert sample["sampling_instruction"] == "Be brief." and sample["model"] == tiny_model_dir
+    assert sample["temperature"] == SamplingSettings().temperature  # one default for sample, recipe and refresh
+    assert recipe_defaults(str(recipe), "eval") == {"model": str(tmp_path / "run"), "reference": tiny_model_dir,
+                                                    "max_prompt_length": 64}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bta: 0.1\n")
+    with pytest.raises(ValueError, match=r"bta \(did you mean beta\?\)"):
+        recipe_defaults(str(bad), "sample")
+
+
+def test_one_recipe_samples_trains_and_evaluates(recipe, tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,harmful\n" + "".join(f'"{p}",{str(i < 2).lower()}\n' for i, p in enumerate(PROMPTS)))
+    assert main(["sample", f"--config={recipe}", "--no-anchor-report", "--temperature", "0"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    meta = json.loads((tmp_path / "samples.jsonl.meta.json").read_text())
+    assert len(rows) == 2 * len(PROMPTS)  # the recipe's k
+    assert meta["settings"]["max_new_tokens"] == 3 and meta["settings"]["temperature"] == 0  # the flag won
+    assert meta["sampling_context"]["messages"][0]["content"] == "Be brief."
+    assert main(["train", "--config", str(recipe)]) == 0  # trains on those samples, with the same context
+    assert main(["eval", "--config", str(recipe), "--prompts", str(prompts), "--max-new-tokens", "2", "--no-kl",
+                 "--data-dir", str(tmp_path / "none"), "--no-progress", "--n-resamples", "20"]) == 0
+    result = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    # committed results carry portable paths (relative to the working folder)
+    assert Path(result["model"]).resolve() == (tmp_path / "run").resolve()
+    assert Path(result["reference"]).resolve() == Path(tiny_model_dir).resolve()
+
+
+def test_sample_without_data_or_recipe_says_what_is_missing(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--output", "x.jsonl"])
+    assert "--data is required (or a --config recipe that sets it)" in capsys.readouterr().err

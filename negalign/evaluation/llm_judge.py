@@ -267,8 +267,7 @@ def cmd_llm_judge(argv: list[str]) -> int:
     answers_a, answers_b = load_answers(args.a), load_answers(args.b)
     shared = [key for key in answers_a if key in answers_b][: args.max_items]
     if not shared:
-        print("negalign llm-judge: the two systems answered no prompt in common", file=sys.stderr)
-        return 2
+        raise ValueError("the two systems answered no prompt in common")
     template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
     client = ChatClient(args.base_url, args.judge_model, os.environ.get(args.api_key_env))
     output = Path(args.output or (args.a if Path(args.a).is_dir() else Path(args.a).parent))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from negalign.files import atomic_output, read_yaml
 
-CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json")
+CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json", "trained_prompts.jsonl",
+           "retain_decontamination.json")
 
 
 def _run_settings(run: Path) -> dict:

@@ -68,8 +68,31 @@ def resolved_settings(config) -> dict:
     return portable(json.loads(json.dumps(resolved, default=str)))
 
 
-def write_provenance(output_dir: str, config, anchors: dict | None = None) -> None:
+TRAINED_PROMPTS = "trained_prompts.jsonl"
+
+
+def trained_prompts(items: list[dict], retain_prompts: list | None = None) -> list[dict]:
+    """One row per distinct prompt the model was trained on: its messages, its role (`feedback`: a row of the
+    training data; `benign`: a D2O benign prompt with anchors and no human negative; `retain`: a retain-set
+    prompt) and how many training examples it gave."""
+    from negalign.data import prompt_key
+
+    rows: dict[tuple[str, str], dict] = {}
+    for item in items:
+        role = "feedback" if item.get("has_negative", True) else "benign"
+        entry = rows.setdefault((role, item["prompt_key"]), {"prompt": item["prompt"], "role": role, "examples": 0})
+        entry["examples"] += 1
+    for prompt in retain_prompts or []:
+        entry = rows.setdefault(("retain", prompt_key(prompt)), {"prompt": prompt, "role": "retain", "examples": 0})
+        entry["examples"] += 1
+    return list(rows.values())
+
+
+def write_provenance(output_dir: str, config, anchors: dict | None = None, prompts: list[dict] | None = None) -> None:
     os.makedirs(output_dir, exist_ok=True)
+    if prompts is not None:  # the prompts behind these weights, so nobody evaluates on them by mistake
+        atomic_write_text(os.path.join(output_dir, TRAINED_PROMPTS),
+                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prompts))
     atomic_write_text(os.path.join(output_dir, CONFIG_FILE), yaml.safe_dump(resolved_settings(config), sort_keys=True))
     atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))
     if anchors is not None:

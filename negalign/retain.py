@@ -35,6 +35,7 @@ ANSWER_FIELDS = ("completion", "chosen", "output", "response", "answer")
 class RetainSet:
     sequences: list[tuple[list[int], list[int]]]  # (prompt ids, answer ids)
     summary: dict = field(default_factory=dict)
+    prompts: list[list[dict]] = field(default_factory=list)  # the retain prompts, as messages (trained_prompts.jsonl)
 
 
 def _messages(value, where: str) -> list[dict]:
@@ -191,7 +192,7 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
     summary["n_sequences"] = len(sequences)
     if output_dir:
         atomic_write_text(os.path.join(output_dir, "retain_decontamination.json"), json.dumps(portable(summary), indent=2) + "\n")
-    return RetainSet(sequences, summary)
+    return RetainSet(sequences, summary, [row["prompt"] for row in kept])
 
 
 def retain_indices(n_rows: int, batch_size: int, draw: int, seed: int) -> list[int]:

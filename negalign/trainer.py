@@ -174,6 +174,7 @@ class NegalignTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
-        from negalign.provenance import write_provenance
+        from negalign.provenance import trained_prompts, write_provenance
 
-        write_provenance(output_dir or self.args.output_dir, self.args, self.anchor_provenance)
+        prompts = trained_prompts(self.train_dataset, self.retain.prompts if self.retain is not None else None)
+        write_provenance(output_dir or self.args.output_dir, self.args, self.anchor_provenance, prompts)

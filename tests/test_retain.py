@@ -90,6 +90,9 @@ def test_retain_nll_is_logged_apart_and_equals_the_hand_computed_nll(tiny_model_
     assert "npo/retain/nll" not in log
     saved = json.loads((tmp_path / "mixed" / "retain_decontamination.json").read_text())
     assert saved["n_sequences"] == len(RETAIN) and saved["loss"] == "nll"
+    listed = [json.loads(line) for line in (tmp_path / "mixed" / "trained_prompts.jsonl").read_text().splitlines()]
+    assert sorted(row["prompt"][-1]["content"] for row in listed if row["role"] == "retain") == sorted(
+        p for p, _ in RETAIN)
 
 
 def test_self_answers_are_generated_once_and_reused(tiny_model_dir, data, tmp_path, monkeypatch):
@@ -202,6 +205,9 @@ def test_d2o_trains_with_benign_samples_mixed_in(tiny_model_dir, data, tmp_path,
     assert flags.count(False) == len(RETAIN) - 1 and flags.count(True) == len(PROMPTS)  # one decontaminated away
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["d2o/benign_share"] == pytest.approx(3 / 7) and math.isfinite(log["loss"])
+    listed = [json.loads(line) for line in (tmp_path / "d2o" / "trained_prompts.jsonl").read_text().splitlines()]
+    benign_listed = {row["prompt"][-1]["content"] for row in listed if row["role"] == "benign"}
+    assert benign_listed == {p for p, _ in RETAIN[:3] + RETAIN[4:]}  # the decontaminated one was not trained on
 
 
 def test_prompts_without_answers_can_be_sampled(tmp_path):

@@ -55,6 +55,10 @@ def test_every_objective_trains_from_python(objective, tiny_model_dir, files, tm
     assert any(not torch.equal(before[k], after[k]) for k in before)
     saved = os.listdir(tmp_path / "out")
     assert {"negalign_config.yaml", "versions.json", "train_log.json", "tokenizer.json"} <= set(saved)
+    # the weights list the prompts of their training data (every one, whether or not a step reached it)
+    listed = [json.loads(line) for line in (tmp_path / "out" / "trained_prompts.jsonl").read_text().splitlines()]
+    assert {row["prompt"][-1]["content"] for row in listed} == set(PROMPTS)
+    assert {row["role"] for row in listed} == {"feedback"} and all(row["examples"] >= 1 for row in listed)
 
 
 @pytest.mark.parametrize("objective", sorted(METHODS))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
+from negalign.data.paths import data_dir
 from negalign.logprobs import pack_sequences
 from negalign.methods import Layout, example_slots, method
 
@@ -53,10 +54,14 @@ class PreparedData:
     load_summary: str
     n_prompt_truncated: int = 0
     n_completion_truncated: int = 0
+    removed_prompts: list[dict] = field(default_factory=list)  # training prompts left out as evaluation prompts
+    decontaminated_against: str = "nothing"
 
     def summary(self) -> str:
         return (f"{len(self.items)} training examples from {self.n_rows} rows ({self.load_summary}); "
-                f"truncated: {self.n_prompt_truncated} prompts, {self.n_completion_truncated} completions")
+                f"truncated: {self.n_prompt_truncated} prompts, {self.n_completion_truncated} completions; "
+                f"{len(self.removed_prompts)} prompts left out as evaluation prompts (decontaminated against "
+                f"{self.decontaminated_against})")
 
 
 def prepare_items(config, tokenizer) -> PreparedData:
@@ -73,7 +78,13 @@ def prepare_items(config, tokenizer) -> PreparedData:
 
 def _prepare_items(config, tokenizer) -> PreparedData:
     rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
-    if config.max_prompts:
+    removed = []
+    folder = data_dir() if config.decontaminate else None
+    if folder is not None:  # never train on an evaluation prompt: max_prompts counts clean prompts
+        from negalign.decontamination import clean_first_prompts
+
+        rows, removed = clean_first_prompts(rows, config.max_prompts or None, folder)
+    elif config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)
     samples = None
     if method(config.objective).anchored and config.k != 0:
@@ -98,15 +109,15 @@ def _prepare_items(config, tokenizer) -> PreparedData:
                       "prompt": example["prompt"], "prompt_key": prompt_key(example["prompt"])})
     if method(config.objective).anchored and config.benign_samples:
         items.extend(benign_items(config, tokenizer, {item["prompt_key"] for item in items}))
-    return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut)
+    return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut, removed,
+                        "built-in evaluation suites" if folder is not None else "nothing")
 
 
 def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
     """D2O items for benign prompts with anchors and no human negative (`benign_samples`): slot 0 is a
     one-token placeholder that the loss gives no weight (has_negative False). Prompts that are evaluation
-    prompts (negalign.retain.decontaminate) or that also have a human negative are left out."""
-    from negalign.data.paths import data_dir
-    from negalign.retain import decontaminate, evaluation_prompts
+    prompts (negalign.decontamination) or that also have a human negative are left out."""
+    from negalign import decontamination
 
     samples, _ = load_rows(config.benign_samples, on_bad_row=config.on_bad_row)
     groups = {key: sorted(group, key=lambda r: r["sample_index"] or 0)
@@ -118,7 +129,7 @@ def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
     rows = [{"prompt": g[0]["prompt"], "group": g} for g in groups.values()]
     folder = data_dir()
     if folder is not None:
-        rows, removed = decontaminate(rows, evaluation_prompts(folder))
+        rows, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder))
         if removed:
             logger.warning("negalign: benign_samples: %d prompts left out as evaluation prompts (e.g. %r ~ %r)",
                            len(removed), removed[0]["prompt"][:60], removed[0]["match"][:60])

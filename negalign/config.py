@@ -40,6 +40,9 @@ class NegalignConfig(TrainingArguments):
                       "is emulated on most processors and about 40x slower than fp32).")
     data: str = _opt(None, "Feedback file (jsonl/jsonl.gz/json/csv/parquet) or Hub data set name.")
     data_split: str = _opt(None, "Split to load for a Hub data set (default: train).")
+    decontaminate: bool = _opt(True, "Leave out training prompts that duplicate a prompt of a built-in evaluation "
+                               "suite (exactly, or by sentence-embedding cosine >= 0.85), when the data directory "
+                               "is found; max_prompts then counts clean prompts. Removals: decontamination.json.")
     objective: str = _opt("d2o", f"Training objective, one of: {', '.join(METHODS)}.")
     samples: str = _opt(None, "D2O self-samples file (rows of prompt, completion, origin='self', sample_index).")
     k: int = _opt(None, "D2O: self-samples used per prompt (default: all in the samples file; 0 = ablation "

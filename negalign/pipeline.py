@@ -315,6 +315,9 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
         trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.args.should_save:  # the main process only, as for the model
+        atomic_write_text(os.path.join(config.output_dir, "decontamination.json"), json.dumps(portable({
+            "decontaminated_against": prepared.decontaminated_against, "n_removed": len(prepared.removed_prompts),
+            "removed": prepared.removed_prompts}), indent=2) + "\n")
         atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(portable(
             {"data": prepared.summary(), "log_history": trainer.state.log_history}), indent=2))
     return trainer

@@ -9,9 +9,9 @@ term, as in the unlearning literature (gradient difference, NPO + retain), adds 
     kl    L = (1/T) sum_t KL( pi_ref(. | x, a_<t) || pi_theta(. | x, a_<t) )   full-vocabulary, per token,
           on the given answers or, where there are none, the starting model's greedy answers
 
-Retain prompts are decontaminated before use: a prompt whose normalised text equals an evaluation prompt, or
-whose sentence embedding has cosine similarity >= `DUPLICATE_COSINE` with one, is removed, and the removals are
-written beside the run (retain_decontamination.json).
+Retain prompts are decontaminated before use (negalign.decontamination): a prompt that duplicates an evaluation
+prompt, exactly or by embedding similarity, is removed, and the removals are written beside the run
+(retain_decontamination.json).
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from negalign import decontamination
 from negalign.data import DataError, encode, prompt_key
 from negalign.data.readers import iter_records
 
 RETAIN_LOSSES = ("nll", "self", "kl")
-DUPLICATE_COSINE = 0.85  # all-MiniLM-L6-v2: paraphrases of one request score about 0.85-0.95
 ANSWER_FIELDS = ("completion", "chosen", "output", "response", "answer")
 
 
@@ -81,58 +80,6 @@ def read_retain_rows(source: str, data_dir: str | None = None) -> list[dict]:
     return rows
 
 
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
-
-
-def evaluation_prompts(data_dir) -> list[str]:
-    """Every prompt of every built-in evaluation suite (whole suites, not the subsamples a run draws)."""
-    from negalign.evaluation.suites import BUILTIN, builtin_suite
-
-    prompts = []
-    for name in BUILTIN:
-        try:
-            prompts.extend(builtin_suite(name, data_dir).prompts)
-        except FileNotFoundError:
-            continue
-    return prompts
-
-
-def last_user_text(prompt: list[dict]) -> str:
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-
-
-def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = DUPLICATE_COSINE,
-                  encode_texts=None) -> tuple[list[dict], list[dict]]:
-    """(kept rows, removed [{prompt, reason, match, cosine}]): exact duplicates of an evaluation prompt after
-    normalising case and punctuation, then near duplicates by embedding cosine >= threshold."""
-    exact = {normalise(p): p for p in eval_prompts}
-    kept, removed = [], []
-    for row in rows:
-        text = last_user_text(row["prompt"])
-        if normalise(text) in exact:
-            removed.append({"prompt": text, "reason": "exact", "match": exact[normalise(text)], "cosine": 1.0})
-        else:
-            kept.append(row)
-    if kept and eval_prompts:
-        if encode_texts is None:
-            from negalign.evaluation.encoder import SentenceEncoder
-
-            encode_texts = SentenceEncoder().encode
-        ours = encode_texts([last_user_text(r["prompt"]) for r in kept])
-        theirs = encode_texts(list(eval_prompts))
-        best, index = (ours @ theirs.T).max(dim=1)
-        survivors = []
-        for row, cosine, at in zip(kept, best.tolist(), index.tolist()):
-            if cosine >= threshold:
-                removed.append({"prompt": last_user_text(row["prompt"]), "reason": "near duplicate",
-                                "match": eval_prompts[at], "cosine": round(cosine, 4)})
-            else:
-                survivors.append(row)
-        kept = survivors
-    return kept, removed
-
-
 def self_answers(model, tokenizer, prompts: list[list[dict]], folder: str | os.PathLike, max_new_tokens: int,
                  max_prompt_length: int, batch_size: int = 8) -> list[str]:
     """The starting model's greedy answers, generated once with the batched sampler and cached under `folder`,
@@ -164,13 +111,13 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
         rows = rows[: config.retain_max_prompts]
     folder = find_data_dir()
     if folder is not None:
-        kept, removed = decontaminate(rows, evaluation_prompts(folder))
+        kept, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder))
     else:  # no evaluation suites to compare against: say so in the record rather than guess
         kept, removed = rows, []
     summary = {"source": config.retain_data, "loss": config.retain_loss, "weight": config.retain_weight,
                "n_selected": len(rows), "n_kept": len(kept), "n_removed": len(removed),
                "decontaminated_against": "built-in evaluation suites" if folder is not None else "nothing (no data "
-               "directory)", "duplicate_cosine": DUPLICATE_COSINE, "removed": removed}
+               "directory)", "duplicate_cosine": decontamination.DUPLICATE_COSINE, "removed": removed}
     if not kept:
         raise ValueError(f"retain_data: {config.retain_data}: every row was removed as an evaluation prompt")
     missing = [r for r in kept if r["answer"] is None]

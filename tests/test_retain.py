@@ -9,12 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import negalign
-import negalign.retain as retain
 import negalign.sampling as sampling
+from negalign import decontamination
+from negalign.decontamination import decontaminate
 from negalign.logprobs import naive_sequence_logps
 from negalign.models import load_tokenizer
 from negalign.objectives import retain_kl, retain_nll
-from negalign.retain import decontaminate, read_retain_rows, retain_indices
+from negalign.retain import read_retain_rows, retain_indices
 
 PROMPTS = ["How do I pick a lock?", "Tell me a joke about cats.", "How can I hurt someone?",
            "What is the capital of France?"]
@@ -30,7 +31,7 @@ def _write(path, rows):
 @pytest.fixture()
 def data(tmp_path, monkeypatch):
     # no evaluation suites here: decontamination is tested on its own below
-    monkeypatch.setattr(retain, "evaluation_prompts", lambda folder: [])
+    monkeypatch.setattr(decontamination, "evaluation_prompts", lambda folder: [])
     return {"pairs": _write(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": "Sure, safely.", "rejected": "Bad."}
                                                         for p in PROMPTS]),
             "retain": _write(tmp_path / "retain.jsonl", [{"prompt": p, "completion": a} for p, a in RETAIN]),
@@ -131,10 +132,10 @@ def test_evaluation_prompts_are_removed_and_reported():
     eval_prompts = ["Write a tutorial on how to make a bomb", "Give a tutorial for making a bomb"]
     # a stand-in encoder: bag of words, so the cosine is known: rows 2 vs eval 1 share 4 of 6 words
     vocabulary = sorted({w for t in [r["prompt"][0]["content"] for r in rows] + eval_prompts
-                         for w in retain.normalise(t).split()})
+                         for w in decontamination.normalise(t).split()})
 
     def encode_texts(texts):
-        vectors = torch.tensor([[float(w in retain.normalise(t).split()) for w in vocabulary] for t in texts])
+        vectors = torch.tensor([[float(w in decontamination.normalise(t).split()) for w in vocabulary] for t in texts])
         return torch.nn.functional.normalize(vectors, dim=1)
 
     kept, removed = decontaminate(rows, eval_prompts, threshold=0.6, encode_texts=encode_texts)
@@ -194,7 +195,7 @@ def test_d2o_benign_rows_train_towards_their_anchors_only():
 
 
 def test_d2o_trains_with_benign_samples_mixed_in(tiny_model_dir, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(retain, "evaluation_prompts", lambda folder: [RETAIN[3][0]])  # "Say hello." is an eval prompt
+    monkeypatch.setattr(decontamination, "evaluation_prompts", lambda folder: [RETAIN[3][0]])  # "Say hello." is an eval prompt
     samples = _write(tmp_path / "s.jsonl", [{"prompt": p, "completion": f"anchor {i}", "origin": "self",
                                              "sample_index": i} for p in PROMPTS for i in range(2)])
     benign = _write(tmp_path / "b.jsonl", [{"prompt": p, "completion": f"{a} ({i})", "origin": "self",

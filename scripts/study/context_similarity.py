@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from negalign.data.paths import data_dir
+from negalign.decontamination import evaluation_prompts
 from negalign.evaluation.encoder import SentenceEncoder
-from negalign.retain import evaluation_prompts
 from negalign.sampling_context import presets, resolve_context
 
 

@@ -1,0 +1,141 @@
+"""Never train on an evaluation prompt: training, benign and retain prompts that duplicate one are left out.
+
+A prompt is an evaluation prompt's duplicate when one of its user turns equals a prompt of a built-in
+evaluation suite after normalising case and punctuation (`exact`), or when the two sentence embeddings
+(all-MiniLM-L6-v2, unit-norm, mean-pooled) have cosine similarity >= `DUPLICATE_COSINE` (`near duplicate`;
+paraphrases of one request score about 0.85-0.95 there, e.g. "How can I rob a bank?" ~ "Provide instructions
+on how to rob a bank" 0.89). Every removal is recorded beside the run with the evaluation prompt it matched.
+
+The encoder and the evaluation prompts' embeddings are made once per process (and the embeddings kept on disk
+under ~/.cache/negalign/decontamination/, keyed by the prompts), so a run pays only for its own prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+
+DUPLICATE_COSINE = 0.85
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def user_texts(prompt: list[dict]) -> list[str]:
+    """Every user turn of a prompt (a multi-turn transcript can carry an evaluation request in any of them)."""
+    return [m["content"] for m in prompt if m["role"] == "user" and m["content"].strip()] or [""]
+
+
+def evaluation_prompts(data_dir) -> list[str]:
+    """Every prompt of every built-in evaluation suite (whole suites, not the subsamples a run draws)."""
+    return list(_evaluation_prompts(str(data_dir)))
+
+
+@functools.lru_cache(maxsize=4)
+def _evaluation_prompts(data_dir: str) -> tuple[str, ...]:
+    from negalign.evaluation.suites import BUILTIN, builtin_suite
+
+    prompts = []
+    for name in BUILTIN:
+        try:
+            prompts.extend(builtin_suite(name, data_dir).prompts)
+        except FileNotFoundError:
+            continue
+    return tuple(prompts)
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder():
+    from negalign.evaluation.encoder import SentenceEncoder
+
+    return SentenceEncoder()
+
+
+def _encode(texts: list[str]):
+    return _encoder().encode(texts)
+
+
+@functools.lru_cache(maxsize=4)
+def _evaluation_embeddings(prompts: tuple[str, ...]):
+    """The evaluation prompts' embeddings: from memory, from the disk cache, or encoded once and cached."""
+    from safetensors.torch import load_file, save_file
+
+    from negalign.evaluation.encoder import encoder_path
+    from negalign.files import atomic_output
+    from negalign.models import cache_dir
+
+    key = hashlib.sha256(json.dumps([encoder_path(), list(prompts)]).encode()).hexdigest()[:24]
+    path = Path(cache_dir()) / "decontamination" / f"evaluation-{key}.safetensors"
+    if path.exists():
+        try:
+            vectors = load_file(path)["embeddings"]
+            if vectors.shape[0] == len(prompts):
+                return vectors
+        except Exception:  # a damaged file: encode again (the write below is atomic)
+            pass
+    vectors = _encode(list(prompts))
+    with atomic_output(path) as tmp:
+        save_file({"embeddings": vectors.contiguous()}, str(tmp))
+    return vectors
+
+
+def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = DUPLICATE_COSINE,
+                  encode_texts=None) -> tuple[list[dict], list[dict]]:
+    """(kept rows, removed [{prompt, reason, match, cosine}]) for rows with a "prompt" (messages): exact
+    duplicates of an evaluation prompt (normalised text of any user turn), then near duplicates by embedding
+    cosine >= threshold. `encode_texts` (texts -> unit-norm [N, D]) replaces the sentence encoder in tests."""
+    exact = {normalise(p): p for p in eval_prompts}
+    kept, removed = [], []
+    for row in rows:
+        hit = next((t for t in user_texts(row["prompt"]) if normalise(t) in exact), None)
+        if hit is not None:
+            removed.append({"prompt": hit, "reason": "exact", "match": exact[normalise(hit)], "cosine": 1.0})
+        else:
+            kept.append(row)
+    if not kept or not eval_prompts:
+        return kept, removed
+    if encode_texts is None:
+        theirs, encode_texts = _evaluation_embeddings(tuple(eval_prompts)), _encode
+    else:
+        theirs = encode_texts(list(eval_prompts))
+    turns = [(i, text) for i, row in enumerate(kept) for text in user_texts(row["prompt"])]
+    best, index = (encode_texts([text for _, text in turns]) @ theirs.T).max(dim=1)
+    worst: dict[int, tuple[float, int, str]] = {}  # row -> its user turn closest to an evaluation prompt
+    for (i, text), cosine, at in zip(turns, best.tolist(), index.tolist()):
+        if i not in worst or cosine > worst[i][0]:
+            worst[i] = (cosine, at, text)
+    survivors = []
+    for i, row in enumerate(kept):
+        cosine, at, text = worst[i]
+        if cosine >= threshold:
+            removed.append({"prompt": text, "reason": "near duplicate", "match": eval_prompts[at],
+                            "cosine": round(cosine, 4)})
+        else:
+            survivors.append(row)
+    return survivors, removed
+
+
+def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 512) -> tuple[list[dict], list[dict]]:
+    """The rows of the first n distinct prompts (file order) that are not evaluation prompts (all of them for
+    n None), and the removals. Prompts are checked in blocks, so a run on n prompts of a large file encodes
+    about n prompts, not the file."""
+    from negalign.data import prompt_key
+
+    eval_prompts = evaluation_prompts(data_dir)
+    order = list(dict.fromkeys(prompt_key(row["prompt"]) for row in rows))
+    first = {}
+    for row in rows:
+        first.setdefault(prompt_key(row["prompt"]), row)
+    clean, removed, at = [], [], 0
+    while at < len(order) and (n is None or len(clean) < n):
+        take = order[at:at + (block if n is None else max(block, n - len(clean)))]
+        at += len(take)
+        kept, gone = decontaminate([{"prompt": first[key]["prompt"], "key": key} for key in take], eval_prompts)
+        clean.extend(row["key"] for row in kept)
+        removed.extend(gone)
+    keep = set(clean if n is None else clean[:n])
+    return [row for row in rows if prompt_key(row["prompt"]) in keep], removed

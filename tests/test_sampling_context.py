@@ -193,12 +193,13 @@ def test_refresh_samples_under_the_same_context(tiny_model_dir, tmp_path, monkey
     trainer = _train_d2o(tiny_model_dir, tmp_path, samples, max_steps=2, sampling="refresh", refresh_every=1,
                          sample_max_new_tokens=3, sampling_context=str(_write_context(tmp_path)))
     tokenizer = load_tokenizer(tiny_model_dir)
-    assert len(seen) == len(PROMPTS) and all(DEMO_ANSWER in tokenizer.decode(ids) for ids in seen)
+    trained = {item["prompt_key"] for item in trainer.train_dataset}  # after decontamination ("pick a lock" goes)
+    assert len(seen) == len(trained) and all(DEMO_ANSWER in tokenizer.decode(ids) for ids in seen)
     folder = tmp_path / "run" / "refreshed_samples"
     meta = json.loads((folder / "step-000001.jsonl.meta.json").read_text())
     assert meta["sampling_context"]["messages"] == CONTEXT
     report = json.loads((folder / "step-000001.jsonl.anchors.json").read_text())
-    assert report["n_anchors"] == len(PROMPTS) * 2
+    assert report["n_anchors"] == len(trained) * 2
     logged = next(h for h in trainer.state.log_history if "refresh/step" in h)
     assert logged["refresh/anchor_refusal"] == report["refusal"]["rate"]
 

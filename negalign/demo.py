@@ -46,18 +46,19 @@ class DemoSettings:
     max_prompt_length: int = 192
     sampling_instruction: str | None = None
     sampling_context: str | None = None
-    train_prompts: int = 0
-    heldout_pairs: int = 0
-    k: int = 0
-    sample_max_new_tokens: int = 0
-    max_steps: int = 0
-    eval_prompts: int = 0
-    eval_max_new_tokens: int = 0
+    # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
+    train_prompts: int | None = None
+    heldout_pairs: int | None = None
+    k: int | None = None
+    sample_max_new_tokens: int | None = None
+    max_steps: int | None = None
+    eval_prompts: int | None = None
+    eval_max_new_tokens: int | None = None
     model_options: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self):
         for key, value in PRESETS[self.preset].items():
-            if not getattr(self, key):
+            if getattr(self, key) is None:
                 setattr(self, key, value)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -120,7 +121,7 @@ def run_demo(settings: DemoSettings) -> dict:
     _log(f"{len(train_pairs)} training pairs, {len(heldout)} held-out pairs (disjoint prompts); model {base}")
 
     samples_file = out / "samples.jsonl"
-    if "d2o" in settings.methods:
+    if "d2o" in settings.methods and settings.k:  # k=0: the no-sample ablation draws no anchors
         clock = time.time()
         options = settings.model_options
         tokenizer, model = load_tokenizer(base, options.trust_remote_code), load_model(base, options)
@@ -153,7 +154,7 @@ def run_demo(settings: DemoSettings) -> dict:
         clock = time.time()
         _log(f"{method}: training {settings.max_steps} steps")
         train({"model": base, "data": str(out / "train_pairs.jsonl"), "objective": method,
-               "samples": str(samples_file) if method == "d2o" else None, "k": settings.k,
+               "samples": str(samples_file) if method == "d2o" and settings.k else None, "k": settings.k,
                **({"sampling_context": settings.sampling_context,
                    "sampling_instruction": settings.sampling_instruction} if method == "d2o" else {}),
                "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
@@ -211,10 +212,10 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--data-dir", default=None, help="data folder (default $NEGALIGN_DATA or ../shared/data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=2e-5, help="same for every method")
-    parser.add_argument("--steps", type=int, default=0, help="training steps per method (default: the preset's)")
-    parser.add_argument("--k", type=int, default=0, help="D2O self-samples per prompt (default: the preset's)")
-    parser.add_argument("--train-prompts", type=int, default=0, help="training prompts (default: the preset's)")
-    parser.add_argument("--eval-prompts", type=int, default=0, help="prompts per eval suite (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the preset's)")
+    parser.add_argument("--k", type=int, default=None, help="D2O self-samples per prompt (default: the preset's)")
+    parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: the preset's)")
+    parser.add_argument("--eval-prompts", type=int, default=None, help="prompts per eval suite (default: the preset's)")
     parser.add_argument("--sampling-instruction", default=None,
                         help="system prompt used only while sampling D2O's anchors (off by default)")
     parser.add_argument("--sampling-context", default=None,

@@ -62,3 +62,13 @@ def test_sample_without_data_or_recipe_says_what_is_missing(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--output", "x.jsonl"])
     assert "--data is required (or a --config recipe that sets it)" in capsys.readouterr().err
+
+
+def test_demo_settings_take_the_preset_only_where_unset():
+    from negalign.demo import PRESETS, DemoSettings
+
+    assert DemoSettings(preset="quick").k == PRESETS["quick"]["k"]
+    ablation = DemoSettings(preset="quick", k=0, max_steps=3)
+    assert ablation.k == 0 and ablation.max_steps == 3  # 0 is a value, not "use the preset"
+    with pytest.raises(ValueError, match="--methods: unknown \\['orpo'\\]"):
+        DemoSettings(methods=["orpo"])

@@ -72,7 +72,10 @@ def cmd_sample(argv: list[str]) -> int:
                         help="prompts per batch (x K rows decoded together)")
     parser.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length,
                         help="prompt tokens kept (the last ones)")
-    parser.add_argument("--max-prompts", type=int, default=None, help="only the first N distinct prompts")
+    parser.add_argument("--max-prompts", type=int, default=None, help="only the first N distinct prompts (that "
+                        "are not evaluation prompts, as in training)")
+    parser.add_argument("--no-decontaminate", action="store_true", help="also sample prompts that duplicate an "
+                        "evaluation prompt (training leaves those out unless `decontaminate: false`)")
     parser.add_argument("--sampling-context", default=None,
                         help="chat messages placed before each prompt only while sampling: a preset "
                         "(refusal, refusal-selective) or a JSON/YAML file of {role, content} messages "
@@ -99,6 +102,7 @@ def cmd_sample(argv: list[str]) -> int:
             parser.error(f"--{needed} is required (or a --config recipe that sets it)")
     import torch
 
+    from negalign.data.paths import data_dir
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as, model_options_from
     from negalign.sampling import SamplingSettings, sample, unique_prompts
@@ -107,7 +111,17 @@ def cmd_sample(argv: list[str]) -> int:
     if args.k < 1:
         parser.error(f"--k must be >= 1, got {args.k}")
     context = resolve_context(args.sampling_context, args.sampling_instruction)
-    prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)[: args.max_prompts]
+    prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)
+    folder = None if args.no_decontaminate else data_dir()
+    if folder is not None:  # the prompts training will use: evaluation prompts never get anchors
+        from negalign.decontamination import clean_first_prompts
+
+        kept, removed = clean_first_prompts([{"prompt": p} for p in prompts], args.max_prompts, folder)
+        prompts = [row["prompt"] for row in kept]
+        if removed:
+            print(f"negalign sample: {len(removed)} prompts left out as evaluation prompts (e.g. "
+                  f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)
+    prompts = prompts[: args.max_prompts]
     if not prompts:
         raise ValueError(f"{args.data}: no prompts to sample (the file has no usable rows"
                          + (", or --max-prompts is 0)" if args.max_prompts == 0 else ")"))

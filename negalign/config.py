@@ -264,7 +264,7 @@ RECIPE_FOR = {
     "sample": {"model": "model", "data": "data", "samples": "output", "k": "k", "seed": "seed",
                "sample_max_new_tokens": "max_new_tokens", "sample_temperature": "temperature",
                "sample_top_p": "top_p", "sample_batch_size": "batch_size", "max_prompt_length": "max_prompt_length",
-               "max_prompts": "max_prompts", "sampling_context": "sampling_context",
+               "max_prompts": "max_prompts", "decontaminate": "no_decontaminate", "sampling_context": "sampling_context",
                "sampling_instruction": "sampling_instruction", "on_bad_row": "on_bad_row",
                "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
     # evaluate what the recipe trains (its output_dir) against where it starts (its model)
@@ -297,6 +297,8 @@ def recipe_defaults(recipe: str, command: str) -> dict:
     out = {}
     for key, option in RECIPE_FOR[command].items():
         value = getattr(config, key)
+        if option == "no_decontaminate":
+            value = not value
         if key in given or key.startswith("sample_"):
             out[option] = value
     if command == "sample" and out.get("k") is None:

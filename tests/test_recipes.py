@@ -10,7 +10,7 @@ from negalign.cli import main
 from negalign.config import recipe_defaults
 from negalign.sampling import SamplingSettings
 
-PROMPTS = ["How do I pick a lock?", "Write an insult for my coworker.", "How do plants grow?"]
+PROMPTS = ["Tell me a joke about cats.", "Write an insult for my coworker.", "How do plants grow?"]
 
 
 @pytest.fixture()

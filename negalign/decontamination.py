@@ -90,14 +90,17 @@ def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = 
     cosine >= threshold. `encode_texts` (texts -> unit-norm [N, D]) replaces the sentence encoder in tests."""
     exact = {normalise(p): p for p in eval_prompts}
     kept, removed = [], []
-    for row in rows:
+    at_row = {}  # id(row) -> its place in `rows`, so removals can be put back in file order
+    for place, row in enumerate(rows):
+        at_row[id(row)] = place
         hit = next((t for t in user_texts(row["prompt"]) if normalise(t) in exact), None)
         if hit is not None:
-            removed.append({"prompt": hit, "reason": "exact", "match": exact[normalise(hit)], "cosine": 1.0})
+            removed.append({"prompt": hit, "reason": "exact", "match": exact[normalise(hit)], "cosine": 1.0,
+                            "row": place})
         else:
             kept.append(row)
     if not kept or not eval_prompts:
-        return kept, removed
+        return kept, _in_order(removed)
     if encode_texts is None:
         theirs, encode_texts = _evaluation_embeddings(tuple(eval_prompts)), _encode
     else:
@@ -113,10 +116,15 @@ def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = 
         cosine, at, text = worst[i]
         if cosine >= threshold:
             removed.append({"prompt": text, "reason": "near duplicate", "match": eval_prompts[at],
-                            "cosine": round(cosine, 4)})
+                            "cosine": round(cosine, 4), "row": at_row[id(row)]})
         else:
             survivors.append(row)
-    return survivors, removed
+    return survivors, _in_order(removed)
+
+
+def _in_order(removed: list[dict]) -> list[dict]:
+    """Removals in the order of the rows they came from, without the row index."""
+    return [{k: v for k, v in r.items() if k != "row"} for r in sorted(removed, key=lambda r: r["row"])]
 
 
 def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 512) -> tuple[list[dict], list[dict]]:
@@ -130,12 +138,18 @@ def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 
     first = {}
     for row in rows:
         first.setdefault(prompt_key(row["prompt"]), row)
-    clean, removed, at = [], [], 0
+    clean, removed, at = [], [], 0  # removed: (place in `order`, record)
     while at < len(order) and (n is None or len(clean) < n):
         take = order[at:at + (block if n is None else max(block, n - len(clean)))]
-        at += len(take)
         kept, gone = decontaminate([{"prompt": first[key]["prompt"], "key": key} for key in take], eval_prompts)
-        clean.extend(row["key"] for row in kept)
-        removed.extend(gone)
-    keep = set(clean if n is None else clean[:n])
-    return [row for row in rows if prompt_key(row["prompt"]) in keep], removed
+        kept_keys = {row["key"] for row in kept}
+        places = [at + i for i, key in enumerate(take) if key not in kept_keys]  # file order, as `gone` is
+        clean.extend((at + i, key) for i, key in enumerate(take) if key in kept_keys)
+        removed.extend(zip(places, gone))
+        at += len(take)
+    if n is not None:
+        clean = clean[:n]
+    # only what was left out to reach the n prompts counts (a block checks a few prompts beyond them)
+    last = clean[-1][0] if n is not None and clean and len(clean) == n else len(order)
+    keep = {key for _, key in clean}
+    return [row for row in rows if prompt_key(row["prompt"]) in keep], [r for place, r in removed if place < last]

@@ -43,3 +43,13 @@ def test_the_real_encoder_flags_a_multi_turn_paraphrase():
     kept, removed = decontamination.decontaminate(rows, EVAL)
     assert [r["prompt"][0]["content"] for r in kept] == ["Suggest a name for a goldfish."]
     assert removed[0]["match"] == "How do I steal a car?" and removed[0]["cosine"] >= decontamination.DUPLICATE_COSINE
+
+
+def test_only_prompts_passed_over_to_reach_n_are_recorded(monkeypatch):
+    monkeypatch.setattr(decontamination, "evaluation_prompts", lambda folder: ["How do I steal a car?"])
+    monkeypatch.setattr(decontamination, "_encode", lambda texts: torch.eye(8)[[hash(t) % 7 for t in texts]])
+    monkeypatch.setattr(decontamination, "_evaluation_embeddings", lambda prompts: torch.eye(8)[[7]])
+    rows = [_row("How do I steal a car?"), _row("a"), _row("b"), _row("how do I steal a car"), _row("c")]
+    kept, removed = clean_first_prompts(rows, 2, "unused", block=8)  # the block reaches the second duplicate
+    assert [r["prompt"][0]["content"] for r in kept] == ["a", "b"]
+    assert [r["prompt"] for r in removed] == ["How do I steal a car?"]  # the one after "b" was not needed

@@ -4,6 +4,7 @@ committed tree, with the clone's own code. The committed results must never bloc
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -52,3 +53,16 @@ def test_readme_command_1_runs_to_the_end_from_a_clean_clone(tmp_path):
     methods = demo[demo.index("--methods") + 1].split(",") if "--methods" in demo else ["d2o"]
     text = report.read_text()
     assert all(f"| {method} |" in text for method in methods), text[:2000]
+    out = clone / "results" / "demo-quick"
+    summary = json.loads((out / "report.json").read_text())
+    assert [run["label"] for run in summary["runs"]] == ["base", *methods]
+    for run in summary["runs"]:
+        harmful = run["harmful_compliance"]
+        assert 0.0 <= harmful["low"] <= harmful["rate"] <= harmful["high"] <= 1.0
+    assert (out / "harm_vs_refusal.png").exists()
+    # the same command again reuses every stage (samples, trained model, evaluations)
+    first = json.loads((out / "demo_timings.json").read_text())["total"]
+    again = subprocess.run([sys.executable, "-m", "negalign", *demo, "--quick"], cwd=clone, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads((out / "demo_timings.json").read_text())["total"] < first / 2

@@ -35,23 +35,3 @@ def test_sample_then_train_d2o_on_the_real_model(tmp_path):
     # both steps see the same two examples (one batch), so the second shows what the first update did
     assert steps[1]["d2o/logratio_margin"] > steps[0]["d2o/logratio_margin"]
     assert {"model.safetensors", "negalign_config.yaml", "versions.json"} <= set(os.listdir(out))
-
-
-def test_demo_quick_path_smaller_on_the_real_model(tmp_path):
-    """`negalign demo --quick` cut down to fit CI: real model, real data, every stage, the report."""
-    from negalign.cli import main
-
-    out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--output", str(out), "--train-prompts", "2", "--steps", "1", "--eval-prompts", "2"]
-    assert main(argv) == 0
-    report = json.loads((out / "report.json").read_text())
-    labels = [run["label"] for run in report["runs"]]
-    assert labels == ["base", "d2o"]
-    for run in report["runs"]:
-        harmful = run["harmful_compliance"]
-        assert 0.0 <= harmful["low"] <= harmful["rate"] <= harmful["high"] <= 1.0
-    assert {"harm_vs_refusal.png", "report.md"} <= set(os.listdir(out))
-    timings = json.loads((out / "demo_timings.json").read_text())
-    assert main(argv) == 0  # a rerun reuses every stage
-    again = json.loads((out / "demo_timings.json").read_text())
-    assert again["total"] < timings["total"] / 2

@@ -292,8 +292,9 @@ def recipe_defaults(recipe: str, command: str) -> dict:
     """The `command` options a training recipe sets (RECIPE_FOR), after the recipe is checked as a whole
     (unknown keys, types) the way `negalign train` checks it. Settings the recipe leaves at their defaults
     are taken too, so sampling and training agree (for example the sampling defaults)."""
-    config = load_config(recipe, {"output_dir": read_yaml(recipe).get("output_dir") or "unused"})
-    given = read_yaml(recipe) or {}
+    given = read_yaml(recipe)
+    given = given if isinstance(given, dict) else {}  # not a mapping: load_config says so in one line
+    config = load_config(recipe, {"output_dir": given.get("output_dir") or "unused"})
     out = {}
     for key, option in RECIPE_FOR[command].items():
         value = getattr(config, key)

@@ -1,28 +1,34 @@
-"""Training throughput and memory: negalign vs TRL on the same work, measured side by side in one run.
+"""Training: negalign vs TRL on the same work, end to end and per step, measured side by side in one run.
 
-Same model (SmolLM2-135M-Instruct), same data (HH harmless-base), same batch, max length, dtype (`--dtype`:
-fp32, or bf16 autocast) and LoRA setting (r16 on all linear layers), each tool with its defaults otherwise
-(negalign: shared prompts, cached reference; TRL: its reference forward every step). Each trainer runs in its own subprocess so that
-peak RSS is its own. Comparisons:
+Same model (SmolLM2-135M-Instruct), same data file (HH harmless-base), same batch, max length, dtype (`--dtype`:
+fp32, or bf16 autocast), LoRA setting (r16 on all linear layers) and number of steps. TRL runs twice, with
+its defaults (a reference forward every step) and with the fastest settings its documentation offers for the
+case (`--trl-settings fast`: `precompute_ref_log_probs=True` with a larger `precompute_ref_batch_size`, and
+for DPO `padding_free=True`, which TRL 1.16 accepts but falls back from with a warning: it is recorded, not
+effective). Ratios are taken against the faster TRL setting (by end-to-end wall-clock); the ratios against
+each setting are kept too. Each trainer runs in its own fresh process (fresh caches) so that its peak RSS and
+its wall-clock are its own. Comparisons:
 
-    dpo   negalign DPO            vs trl.DPOTrainer (4 pairs per step)
-    kto   negalign KTO            vs trl.KTOTrainer (the same pairs as 8 unpaired rows per step)
+    dpo   negalign DPO            vs trl.DPOTrainer (pairs per step = --batch)
+    kto   negalign KTO            vs trl.KTOTrainer (the same pairs as 2 x --batch unpaired rows per step)
     d2o   negalign D2O, K = 4     vs trl.KTOTrainer on the same rows unpaired (the human negative as
                                    undesirable, the 4 self-samples as desirable: what a user would do instead)
 
-Completion tokens/s counts the completion tokens of the rows each trainer processed in the timed steps
-(the first `--warmup` steps are not timed), tokenised once with the same chat template and max length.
-The matmul peak is measured here (best of 5 timings, before and after the trainers run) with a 2048^3
-matmul in bf16 and in fp32 (on a CPU without AMX fp32 is the
-faster one). Executed FLOPs per step = (2 forward + 2 backward-through-activations) x non-embedding
-parameters x the tokens negalign actually lays out (shared prompts once), plus the LM head on completion
-tokens (LoRA: no weight gradients for the frozen base; attention FLOPs not counted, so the fraction is a
-lower bound). matmul_peak_fraction divides the step's FLOP/s by the larger of the two peaks;
-matmul_peak_fraction_bf16 by the bf16 peak, as the issue words it.
+End-to-end wall-clock: from launching the trainer's process to its exit after saving the weights: Python
+start-up, imports, model load, reading the data file, tokenisation, the reference pass, all steps, save.
+Steady state: completion tokens/s over the steps after the first `--warmup`, counted from the rows each
+trainer processed (tokenised once with the same chat template and max length). `--rows` distinct examples
+(default 16 batches) are cycled through for `--steps` steps (HF Trainer's max_steps), so the one-off work
+(tokenising, the reference pass) is over those rows. The matmul peak is measured here (best of 5 timings,
+before and after the trainers) with a 2048^3 matmul in bf16 and fp32 (on a CPU without AMX fp32 is faster).
+Executed FLOPs per step = (2 forward + 2 backward-through-activations) x non-embedding parameters x the tokens
+negalign lays out (shared prompts once), plus the LM head on completion tokens (attention not counted, so
+the fraction is a lower bound).
 
-    .venv/bin/python benchmarks/train_vs_trl.py --comparison dpo --steps 6 --dtype fp32
+    .venv/bin/pip install -e ".[bench]"   # trl
+    .venv/bin/python benchmarks/train_vs_trl.py --comparison dpo --steps 64 --batch 2 --max-length 256
 
-Writes benchmarks/results/<comparison>.json.
+Writes benchmarks/results/<name or comparison>.json.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +46,9 @@ from pathlib import Path
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
+# the fastest settings TRL's documentation offers for each trainer on one CPU process (TRL 1.16)
+TRL_FAST = {"trl-dpo": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16, "padding_free": True},
+            "trl-kto": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16}}
 
 
 def matmul_peak(dtype: str, size: int = 2048, repeats: int = 4, trials: int = 5) -> float:
@@ -57,11 +67,18 @@ def matmul_peak(dtype: str, size: int = 2048, repeats: int = 4, trials: int = 5)
     return best
 
 
-def pairs(n: int) -> list[dict]:
+def pairs(n: int, max_length: int, model: str = "smollm2-135m-instruct") -> list[dict]:
+    """The first n HH pairs whose prompt fits in half of max_length: TRL drops a row whose prompt fills
+    max_length and keeps the start of a long one, negalign keeps the end of a prompt past max_prompt_length;
+    on rows whose prompt fits, both train on exactly the same tokens."""
     from negalign.data import complete_pairs, load_rows
+    from negalign.data.encode import encode_prompt
+    from negalign.models import load_tokenizer
 
+    tokenizer = load_tokenizer(model)
     rows, _ = load_rows(str(HH), on_bad_row="skip")
-    return complete_pairs(rows)[:n]
+    fits = [p for p in complete_pairs(rows) if len(encode_prompt(p["prompt"], tokenizer)) < max_length // 2]
+    return fits[:n]
 
 
 class StepClock:
@@ -79,36 +96,50 @@ class StepClock:
         self.times, self.callback = [time.time()], Callback()
 
 
+def write_data(args) -> None:
+    """The data files every trainer starts from (not timed: they are the user's input): negalign's pairs, and
+    the same rows in TRL's conversational format (DPO pairs, or KTO's unpaired rows)."""
+    tmp = Path(args.tmp)
+    work = pairs(args.rows, args.max_length, args.model)
+    (tmp / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in work))
+    answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    if args.comparison == "dpo":
+        rows = [{"prompt": p["prompt"], "chosen": answer(p["chosen"]), "rejected": answer(p["rejected"])} for p in work]
+    elif args.comparison == "kto":
+        rows = [r for p in work for r in ({"prompt": p["prompt"], "completion": answer(p["chosen"]), "label": True},
+                                          {"prompt": p["prompt"], "completion": answer(p["rejected"]), "label": False})]
+    else:  # the D2O rows unpaired: negative undesirable, 4 self-samples desirable
+        samples = [json.loads(line) for line in open(tmp / "samples.jsonl")]
+        rows = [{"prompt": p["prompt"], "completion": answer(p["rejected"]), "label": False} for p in work]
+        rows += [{"prompt": s["prompt"], "completion": answer(s["completion"]), "label": True} for s in samples]
+    (tmp / "trl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def worker(args) -> dict:
     import torch
 
-    from negalign.models import load_model, load_tokenizer
-
     started = time.time()
     torch.manual_seed(0)
-    tokenizer, model = load_tokenizer(args.model), load_model(args.model)
-    work = pairs(args.batch * (args.steps + args.warmup))
-    samples_file = Path(args.tmp) / "samples.jsonl"
-    common = dict(per_device_train_batch_size=args.batch, max_steps=args.steps + args.warmup, learning_rate=1e-5,
+    tmp = Path(args.tmp)
+    run_dir = tmp / args.worker
+    common = dict(per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
                   bf16=args.dtype == "bf16", use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
-                  output_dir=str(Path(args.tmp) / args.worker), seed=0)
+                  output_dir=str(run_dir), seed=0)
     clock = StepClock()
     if args.worker.startswith("negalign"):
         from negalign.config import parse_overrides
         from negalign.pipeline import train
 
-        data = Path(args.tmp) / "pairs.jsonl"
-        data.write_text("".join(json.dumps(p) + "\n" for p in work))
         objective = args.worker.split("-")[1]
-        config = {"model": args.model, "data": str(data), "objective": objective, "use_lora": True,
+        config = {"model": args.model, "data": str(tmp / "pairs.jsonl"), "objective": objective, "use_lora": True,
                   "lora_r": 16, "lora_alpha": 32, "max_length": args.max_length,
-                  "max_prompt_length": args.max_length // 2, "cache_dir": str(Path(args.tmp) / "cache"), **common}
+                  "max_prompt_length": args.max_length // 2, "cache_dir": str(run_dir / "cache"),
+                  "decontaminate": False, **common}  # TRL has no decontamination step: the same rows for both
         if objective == "d2o":
-            config.update(samples=str(samples_file), k=4)
+            config.update(samples=str(tmp / "samples.jsonl"), k=4)
         config.update(parse_overrides(args.negalign_set))
         if objective == "kto":  # pairs -> 2 rows each: the same rows per step as TRL at batch 2x
             config["per_device_train_batch_size"] = args.batch * 2
-        del model
         from negalign import trainer as trainer_module
 
         real_init = trainer_module.NegalignTrainer.__init__
@@ -119,44 +150,40 @@ def worker(args) -> dict:
             clock.times[0] = time.time()
 
         trainer_module.NegalignTrainer.__init__ = init_with_clock
-        train(config)
+        train(config)  # saves the weights to output_dir
     else:
-        from datasets import Dataset
+        from datasets import load_dataset
         from peft import LoraConfig
 
+        from negalign.models import load_model, load_tokenizer
+
+        tokenizer, model = load_tokenizer(args.model), load_model(args.model)
+        dataset = load_dataset("json", data_files=str(tmp / "trl.jsonl"), split="train")
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-        if args.worker == "trl-dpo":
+        kind, setting = args.worker.rsplit("-", 1)
+        extra = TRL_FAST["trl-dpo" if kind == "trl-dpo" else "trl-kto"] if setting == "fast" else {}
+        if kind == "trl-dpo":
             from trl import DPOConfig, DPOTrainer
 
-            rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                     "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in work]
-            trainer = DPOTrainer(model=model, args=DPOConfig(max_length=args.max_length, beta=0.1, **common),
-                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                 peft_config=lora, callbacks=[clock.callback])
+            trainer = DPOTrainer(model=model, args=DPOConfig(max_length=args.max_length, beta=0.1, **common, **extra),
+                                 train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
+                                 callbacks=[clock.callback])
         else:
             from trl import KTOConfig, KTOTrainer
 
-            if args.worker == "trl-kto-pairs":
-                rows = [r for p in work for r in (
-                    {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["chosen"]}], "label": True},
-                    {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["rejected"]}], "label": False})]
-                batch = args.batch * 2
-            else:  # the D2O rows unpaired: negative undesirable, 4 self-samples desirable
-                samples = [json.loads(line) for line in open(samples_file)]
-                rows = [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": p["rejected"]}], "label": False}
-                        for p in work]
-                rows += [{"prompt": s["prompt"], "completion": [{"role": "assistant", "content": s["completion"]}],
-                          "label": True} for s in samples]
-                batch = args.batch * 5
-            config = KTOConfig(max_length=args.max_length, beta=0.1, **{**common, "per_device_train_batch_size": batch})
-            trainer = KTOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer, peft_config=lora, callbacks=[clock.callback])
+            batch = args.batch * (2 if args.comparison == "kto" else 5)
+            config = KTOConfig(max_length=args.max_length, beta=0.1, **{**common, "per_device_train_batch_size": batch},
+                               **extra)
+            trainer = KTOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                 peft_config=lora, callbacks=[clock.callback])
         clock.times[0] = time.time()
         trainer.train()
+        trainer.save_model(str(run_dir))
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])][args.warmup:]
     return {"seconds_per_step": sorted(steps)[len(steps) // 2], "mean_seconds_per_step": sum(steps) / len(steps),
-            "step_seconds": [round(s, 2) for s in steps],
-            # everything, setup included (negalign's one-off reference log-prob pass, TRL's tokenisation)
+            "steps": len(steps) + args.warmup, "step_seconds": [round(s, 2) for s in steps],
+            # the trainer's process from its first line to the saved weights (imports not included; the parent's
+            # end_to_end_seconds includes them)
             "total_seconds": round(time.time() - started, 1),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
@@ -172,8 +199,8 @@ def work_per_step(args, comparison: str) -> dict:
 
     share = str(parse_overrides(args.negalign_set).get("share_prompts", True)).lower() not in ("false", "0", "no")
     tokenizer = load_tokenizer(args.model)
-    steps = args.steps + args.warmup
-    work = pairs(args.batch * steps)
+    work = pairs(args.rows, args.max_length, args.model)
+    batches = len(work) / args.batch  # steps cycle through whole epochs of these rows: per-step means hold
     if comparison == "d2o":
         samples = [json.loads(line) for line in open(Path(args.tmp) / "samples.jsonl")]
         by_prompt = {}
@@ -190,19 +217,52 @@ def work_per_step(args, comparison: str) -> dict:
         completion += sum(len(c) for _, c in sequences)
         total += sum(len(p) + len(c) for p, c in sequences)
         laid_out += pack_sequences(sequences, share).input_ids.numel()
-    return {"completion": completion / steps, "all": total / steps, "laid_out": laid_out / steps}
+    return {"completion": completion / batches, "all": total / batches, "laid_out": laid_out / batches}
+
+
+def run_worker(args, name: str) -> dict:
+    """One trainer in a fresh process; its wall-clock from launch to exit (weights saved) is end_to_end_seconds."""
+    command = [sys.executable, __file__, "--worker", name] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        if k not in ("worker", "negalign_set", "name", "negalign_only", "trl_settings")]
+    command += ["--negalign-set", *args.negalign_set]
+    fresh = Path(args.tmp) / "hf-datasets-cache" / name  # no dataset cache carried from an earlier run
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(Path(args.tmp) / name, ignore_errors=True)
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_DATASETS_CACHE": str(fresh)}
+    start = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.time() - start
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+    result = {**json.loads(line[0][7:]), "end_to_end_seconds": round(seconds, 1)}
+    warnings = sorted({x.strip() for x in done.stderr.splitlines() if "padding_free" in x})
+    if warnings:
+        result["warnings"] = warnings
+    print(name, {k: v for k, v in result.items() if k != "step_seconds"}, flush=True)
+    return result
+
+
+def ratios(ours: dict, theirs: dict, rate) -> dict:
+    return {"tokens_per_s_ratio": round(rate(ours) / rate(theirs), 2),
+            "end_to_end_ratio": round(theirs["end_to_end_seconds"] / ours["end_to_end_seconds"], 2),
+            "peak_rss_ratio": round(ours["peak_rss_gb"] / theirs["peak_rss_gb"], 2)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comparison", choices=list(COMPETITOR), default="dpo")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
+    parser.add_argument("--steps", type=int, default=64, help="optimizer steps per trainer (all of them timed "
+                        "end to end; the steady state leaves out the first --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=4, help="pairs (or D2O examples) per step")
+    parser.add_argument("--batch", type=int, default=2, help="pairs (or D2O examples) per step")
+    parser.add_argument("--rows", type=int, default=None, help="distinct examples, cycled (default: 16 batches)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="both tools: fp32, or bf16 autocast (bf16=True)")
+    parser.add_argument("--trl-settings", default="defaults,fast", help="TRL runs: defaults and/or fast")
     parser.add_argument("--negalign-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="negalign config overrides, for ablations (e.g. share_prompts=false)")
     parser.add_argument("--negalign-only", action="store_true",
@@ -211,45 +271,50 @@ def main():
     parser.add_argument("--tmp", default="/tmp/negalign-bench")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.rows = args.rows or args.batch * 16
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
-    peaks_before = {} if args.negalign_only else {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
+    # bf16 is emulated on CPUs without AVX512-BF16/AMX (tens of times slower): its peak is measured only where
+    # the hardware has it or the comparison runs in bf16
+    import torch
+
+    dtypes = ["float32"] + (["bfloat16"] if args.dtype == "bf16" or "AVX512" in torch.backends.cpu.get_cpu_capability()
+                            or "AMX" in torch.backends.cpu.get_cpu_capability() else [])
+    peaks_before = {} if args.negalign_only else {dtype: matmul_peak(dtype) for dtype in dtypes}
     if args.comparison == "d2o":
         from negalign.models import load_model, load_tokenizer
         from negalign.sampling import SamplingSettings, sample
 
-        prompts = [p["prompt"] for p in pairs(args.batch * (args.steps + args.warmup))]
-        sample(load_model(args.model), load_tokenizer(args.model), prompts, Path(args.tmp) / "samples.jsonl",
+        samples = Path(args.tmp) / "samples.jsonl"
+        for stale in Path(args.tmp).glob("samples.jsonl*"):
+            stale.unlink()
+        sample(load_model(args.model), load_tokenizer(args.model), [p["prompt"] for p in pairs(args.rows, args.max_length, args.model)], samples,
                SamplingSettings(k=4, max_new_tokens=64), model_id=args.model)
-    workers = {"dpo": ("negalign-dpo", "trl-dpo"), "kto": ("negalign-kto", "trl-kto-pairs"),
-               "d2o": ("negalign-d2o", "trl-kto-d2o-rows")}[args.comparison]
-    results = {}
+    write_data(args)
+    kind = {"dpo": "trl-dpo", "kto": "trl-kto-pairs", "d2o": "trl-kto-d2o-rows"}[args.comparison]
+    ours_name = f"negalign-{args.comparison}"
+    theirs_names = [] if args.negalign_only else [f"{kind}-{s}" for s in args.trl_settings.split(",")]
+    results = {name: run_worker(args, name) for name in [ours_name, *theirs_names]}
+    command = (f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
+               f"--batch {args.batch} --max-length {args.max_length} --dtype {args.dtype}"
+               + (f" --rows {args.rows}" if args.rows != args.batch * 16 else "")
+               + (" --negalign-only" if args.negalign_only else "")
+               + (f" --negalign-set {' '.join(args.negalign_set)}" if args.negalign_set else ""))
+    work = work_per_step(args, args.comparison)
     if args.negalign_only:  # an ablation of negalign's own settings: no competitor, no ratio
-        workers = workers[:1]
-    for name in workers:
-        command = [sys.executable, __file__, "--worker", name] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "negalign_set", "name", "negalign_only")]
-        command += ["--negalign-set", *args.negalign_set]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-        results[name] = json.loads(line[0][7:])
-        print(name, results[name], flush=True)
-    if args.negalign_only:
         result = {"ablation": args.comparison, "negalign_overrides": args.negalign_set, "dtype": args.dtype,
-                  "batch": args.batch, "max_length": args.max_length, "timed_steps": args.steps,
-                  "work_per_step": work_per_step(args, args.comparison), "negalign": results[workers[0]],
-                  "command": f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
-                             f"--dtype {args.dtype} --negalign-only --negalign-set {' '.join(args.negalign_set)}"}
+                  "batch": args.batch, "max_length": args.max_length, "steps": args.steps,
+                  "work_per_step": work, "negalign": results[ours_name], "command": command}
         out = Path(__file__).parent / "results" / f"{args.name or 'ablation-' + args.comparison}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return
-    ours, theirs = (results[w] for w in workers)
-    work = work_per_step(args, args.comparison)
+    ours = results[ours_name]
+    theirs_all = {name.rsplit("-", 1)[1]: results[name] for name in theirs_names}
+    faster = min(theirs_all, key=lambda s: theirs_all[s]["end_to_end_seconds"])
+    theirs = theirs_all[faster]
     peaks = {dtype: max(peaks_before[dtype], matmul_peak(dtype)) for dtype in peaks_before}  # before and after
     from negalign.models import load_model
 
@@ -259,26 +324,26 @@ def main():
     step_flops = 4 * non_embedding * work["laid_out"] + 4 * head * work["completion"]
     achieved = step_flops / ours["mean_seconds_per_step"]
     rate = lambda result: work["completion"] / result["mean_seconds_per_step"]  # noqa: E731
+    settings = {s: ("TRL defaults" if s == "defaults" else ", ".join(f"{k}={v}" for k, v in TRL_FAST[kind[:7]].items()))
+                for s in theirs_all}
     result = {
-        "comparison": args.comparison, "competitor": COMPETITOR[args.comparison], "model": args.model,
-        "batch": args.batch, "max_length": args.max_length, "dtype": args.dtype, "lora": "r16 all-linear",
-        "timed_steps": args.steps, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "comparison": args.comparison, "competitor": f"{COMPETITOR[args.comparison]} ({faster}: {settings[faster]})",
+        "competitor_settings": settings, "faster_competitor_setting": faster, "model": args.model,
+        "batch": args.batch, "rows": args.rows, "steps": args.steps, "max_length": args.max_length,
+        "dtype": args.dtype, "lora": "r16 all-linear", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "completion_tokens_per_step": round(work["completion"], 1), "tokens_per_step": round(work["all"], 1),
         "negalign_laid_out_tokens_per_step": round(work["laid_out"], 1),
-        "negalign": ours, "competitor_result": theirs,
+        "negalign": ours, "competitor_results": theirs_all,
         "negalign_tokens_per_s": round(rate(ours), 1), "competitor_tokens_per_s": round(rate(theirs), 1),
-        "tokens_per_s_ratio": round(rate(ours) / rate(theirs), 2),
-        "seconds_per_step_ratio": round(ours["mean_seconds_per_step"] / theirs["mean_seconds_per_step"], 3),
-        "peak_rss_ratio": round(ours["peak_rss_gb"] / theirs["peak_rss_gb"], 2),
-        "matmul_peak_gflops_bf16": round(peaks["bfloat16"] / 1e9, 1),
+        **ratios(ours, theirs, rate),
+        "ratios_by_setting": {s: ratios(ours, r, rate) for s, r in theirs_all.items()},
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "matmul_peak_gflops_bf16": round(peaks["bfloat16"] / 1e9, 1) if "bfloat16" in peaks else None,
         "matmul_peak_gflops_fp32": round(peaks["float32"] / 1e9, 1),
         "negalign_gflops": round(achieved / 1e9, 1),
         "matmul_peak_fraction": round(achieved / max(peaks.values()), 3),
-        "matmul_peak_fraction_bf16": round(achieved / peaks["bfloat16"], 3),
-        "command": f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
-                   f"--batch {args.batch} --max-length {args.max_length} --dtype {args.dtype}"
-                   + (f" --negalign-set {' '.join(args.negalign_set)}" if args.negalign_set else ""),
-        "negalign_overrides": args.negalign_set,
+        "matmul_peak_fraction_bf16": round(achieved / peaks["bfloat16"], 3) if "bfloat16" in peaks else None,
+        "command": command, "negalign_overrides": args.negalign_set,
     }
     out = Path(__file__).parent / "results" / f"{args.name or args.comparison}.json"
     out.parent.mkdir(exist_ok=True)

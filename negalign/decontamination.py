@@ -89,34 +89,32 @@ def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = 
     duplicates of an evaluation prompt (normalised text of any user turn), then near duplicates by embedding
     cosine >= threshold. `encode_texts` (texts -> unit-norm [N, D]) replaces the sentence encoder in tests."""
     exact = {normalise(p): p for p in eval_prompts}
-    kept, removed = [], []
-    at_row = {}  # id(row) -> its place in `rows`, so removals can be put back in file order
+    kept, removed = [], []  # kept: (place in `rows`, row), so removals can be put back in file order
     for place, row in enumerate(rows):
-        at_row[id(row)] = place
         hit = next((t for t in user_texts(row["prompt"]) if normalise(t) in exact), None)
         if hit is not None:
             removed.append({"prompt": hit, "reason": "exact", "match": exact[normalise(hit)], "cosine": 1.0,
                             "row": place})
         else:
-            kept.append(row)
+            kept.append((place, row))
     if not kept or not eval_prompts:
-        return kept, _in_order(removed)
+        return [row for _, row in kept], _in_order(removed)
     if encode_texts is None:
         theirs, encode_texts = _evaluation_embeddings(tuple(eval_prompts)), _encode
     else:
         theirs = encode_texts(list(eval_prompts))
-    turns = [(i, text) for i, row in enumerate(kept) for text in user_texts(row["prompt"])]
+    turns = [(i, text) for i, (_, row) in enumerate(kept) for text in user_texts(row["prompt"])]
     best, index = (encode_texts([text for _, text in turns]) @ theirs.T).max(dim=1)
     worst: dict[int, tuple[float, int, str]] = {}  # row -> its user turn closest to an evaluation prompt
     for (i, text), cosine, at in zip(turns, best.tolist(), index.tolist()):
         if i not in worst or cosine > worst[i][0]:
             worst[i] = (cosine, at, text)
     survivors = []
-    for i, row in enumerate(kept):
+    for i, (place, row) in enumerate(kept):
         cosine, at, text = worst[i]
         if cosine >= threshold:
             removed.append({"prompt": text, "reason": "near duplicate", "match": eval_prompts[at],
-                            "cosine": round(cosine, 4), "row": at_row[id(row)]})
+                            "cosine": round(cosine, 4), "row": place})
         else:
             survivors.append(row)
     return survivors, _in_order(removed)

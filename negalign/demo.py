@@ -178,7 +178,7 @@ def run_demo(settings: DemoSettings) -> dict:
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
                               max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
-                              seed=settings.seed, batch_size=16, overwrite=fresh,
+                              seed=settings.seed, overwrite=fresh,
                               model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 

@@ -44,9 +44,13 @@ class SamplingSettings:
     context: list[dict] | None = None
 
     def generation_key(self) -> dict:
-        """Settings that change what is generated (batch_size does too: it changes the random draws); the
-        context by its hash (the meta records its messages apart)."""
-        return {**asdict(self), "context": context_hash(self.context)}
+        """Settings that change what is generated (batch_size does too when sampling: it changes the random
+        draws; greedy answers do not depend on it, so a greedy file resumes under any batch size); the context
+        by its hash (the meta records its messages apart)."""
+        key = {**asdict(self), "context": context_hash(self.context)}
+        if self.temperature == 0:
+            del key["batch_size"]
+        return key
 
 
 @dataclass

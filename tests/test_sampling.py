@@ -93,6 +93,21 @@ def test_cache_made_with_other_settings_is_refused_or_overwritten(tiny, tmp_path
     assert report.n_rows_written == 4 and len(_rows(tmp_path / "s.jsonl")) == 4
 
 
+def test_greedy_file_resumes_under_another_batch_size_a_sampled_one_does_not(tiny, tmp_path):
+    """Batch size changes the random draws of a sampled file, not greedy answers: evaluation answers made at one
+    batch size are reused at another, samples are refused."""
+    model, tokenizer = tiny
+    greedy = dict(k=1, temperature=0.0)
+    sample(model, tokenizer, PROMPTS, tmp_path / "g.jsonl", _settings(**greedy), model_id="tiny", progress=False)
+    report = sample(model, tokenizer, PROMPTS, tmp_path / "g.jsonl", _settings(**greedy, batch_size=4),
+                    model_id="tiny", progress=False)
+    assert (report.n_rows_reused, report.n_rows_written) == (7, 0)
+    sample(model, tokenizer, PROMPTS[:3], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(settings differ"):
+        sample(model, tokenizer, PROMPTS[:3], tmp_path / "s.jsonl", _settings(batch_size=4), model_id="tiny",
+               progress=False)
+
+
 def test_shared_prefill_generates_what_plain_generate_does(tiny):
     model, tokenizer = tiny
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,

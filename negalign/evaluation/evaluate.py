@@ -42,7 +42,7 @@ class EvalSettings:
     data_dir: str | None = None
     seed: int = 0
     max_new_tokens: int = 256
-    batch_size: int = 8
+    batch_size: int = 64  # prompts per generation batch: 64 is the fastest measured (benchmarks/generation.py)
     max_prompt_length: int = 256
     pairs: str | None = None  # preference pairs file; default: the HH harmless-base file in the data dir
     max_pairs: int | None = None  # default: max_prompts, else 200

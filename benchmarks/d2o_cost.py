@@ -176,7 +176,8 @@ def main():
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "by_k": by_k, "by_length": by_length,
               "k8_over_k2_step_time": round(step[(8, False)] / step[(2, False)], 2),
               "k8_unshared_over_shared_step_time": round(step[(8, True)] / step[(8, False)], 2),
-              "command": "python benchmarks/d2o_cost.py" + (f" --batch {args.batch}" if args.batch != 2 else "")}
+              "command": "python benchmarks/d2o_cost.py" + (f" --batch {args.batch}" if args.batch != 2 else "")
+              + (f" --steps {args.steps}" if args.steps != 4 else "")}
     out = Path(__file__).parent / "results" / "d2o_cost.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, Path(__file__).resolve().parents[1] / "docs" / "d2o_cost.png")

@@ -128,13 +128,16 @@ def plot_harm_vs_refusal(summaries: list[dict], path: Path) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(points) > len(colours):  # one colour per run: the default cycle has 10
+        colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     for index, s in enumerate(points):
         harm, refuse = s["harmful_compliance"], s["benign_refusal"]
         colour = colours[index % len(colours)]
         ax.errorbar([refuse["rate"]], [harm["rate"]], xerr=_errors([refuse]), yerr=_errors([harm]), fmt="o",
                     color=colour, capsize=4, markersize=7, label=s["label"])
-        ax.annotate(s["label"], (refuse["rate"], harm["rate"]), textcoords="offset points", xytext=(7, 6),
-                    fontsize=9, color=colour)
+        if len(points) <= 6:  # beyond that the names overlap: the legend names them
+            ax.annotate(s["label"], (refuse["rate"], harm["rate"]), textcoords="offset points", xytext=(7, 6),
+                        fontsize=9, color=colour)
     ax.set_xlabel("over-refusal: refusal rate on benign prompts")
     ax.set_ylabel("harm: compliance rate on harmful prompts")
     ax.set_xlim(-0.03, 1.03)

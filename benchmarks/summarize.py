@@ -48,33 +48,37 @@ for path in sorted((HERE / "results").glob("*.json")):
                         f"{r['peak_rss_ratio']}x ({ours['peak_rss_gb']:.2f} vs {theirs['peak_rss_gb']:.2f} GB) | {peak(r)} | "
                         f"`{r['command']}` |")
 
-table = ("End to end (data file to saved weights) against TRL run twice, with its defaults and with its fastest "
-         "documented settings; ratios against the faster of the two (by end-to-end time), the steady-state ratio "
-         "against each setting in brackets (defaults / fast):\n\n"
-         "| comparison | competitor (faster setting) | work | end-to-end s (negalign vs TRL defaults / fast) | "
-         "end-to-end speed-up | steady state | peak RSS ratio | step FLOP/s vs matmul peak | command |\n"
-         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(end_to_end))
-table += ("\n\nGeneration (generated tokens/s, EOS included; one run per row, each implementation on the same "
-          "prompts one after the other):\n\n"
-          "| workload | prompts x K x new tokens | negalign | batched generate (static cache) | plain loop | "
-          "vs batched | vs plain | command |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(generation))
+def section(intro: str, columns: list[str], rows: list[str]) -> str:
+    return (f"{intro}\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + "\n".join(rows))
+
+
+table = section("End to end (data file to saved weights) against TRL run twice, with its defaults and with its fastest "
+                "documented settings; ratios against the faster of the two (by end-to-end time), the steady-state "
+                "ratio against each setting in brackets (defaults / fast):",
+                ["comparison", "competitor (faster setting)", "work", "end-to-end s (negalign vs TRL defaults / fast)",
+                 "end-to-end speed-up", "steady state", "peak RSS ratio", "step FLOP/s vs matmul peak", "command"],
+                end_to_end)
+table += "\n\n" + section("Generation (generated tokens/s, EOS included; one run per row, each implementation on the "
+                          "same prompts one after the other):",
+                          ["workload", "prompts x K x new tokens", "negalign", "batched generate (static cache)",
+                           "plain loop", "vs batched", "vs plain", "command"], generation)
 if cost:
     rows = [f"| K = {c['k']}{' (prompts not shared)' if c['unshared'] else ''} | {c['length']} | "
             f"{c['laid_out_tokens_per_step']:.0f} | {c['seconds_per_step']:.2f} | {c['peak_rss_gb']:.2f} |"
             for c in cost["by_k"] + [c for c in cost["by_length"] if c not in cost["by_k"]]]
-    table += (f"\n\nD2O step cost (batch {cost['batch']}, prompts at most {cost['prompt_tokens_at_most']} tokens, "
-              f"LoRA r16, fp32; `{cost['command']}`; plot: d2o_cost.png). K = 8 over K = 2 step time: "
-              f"**{cost['k8_over_k2_step_time']}x**; K = 8 without prompt sharing over with: "
-              f"**{cost['k8_unshared_over_shared_step_time']}x**.\n\n"
-              "| setting | completion tokens | laid-out tokens/step | s/step (median) | peak RSS GB |\n"
-              "|---|---|---|---|---|\n" + "\n".join(rows))
-table += ("\n\nEarlier per-step comparisons (TRL defaults only, first step excluded, reference pass not counted; "
-          "measured on an AVX-512 host):\n\n"
-          "| comparison | competitor | setting | throughput (negalign vs competitor) | speed ratio | peak RSS ratio | "
-          "step FLOP/s vs matmul peak | command |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(per_step))
-table += ("\n\nAblations (negalign alone, same rows; laid-out tokens = tokens through the decoder per step):\n\n"
-          "| comparison | setting | overrides | s/step (mean) | peak RSS GB | laid-out tokens/step | command |\n"
-          "|---|---|---|---|---|---|---|\n" + "\n".join(ablations))
+    table += "\n\n" + section(
+        f"D2O step cost (batch {cost['batch']}, prompts at most {cost['prompt_tokens_at_most']} tokens, LoRA r16, "
+        f"fp32; `{cost['command']}`; plot: d2o_cost.png). K = 8 over K = 2 step time: "
+        f"**{cost['k8_over_k2_step_time']}x**; K = 8 without prompt sharing over with: "
+        f"**{cost['k8_unshared_over_shared_step_time']}x**.",
+        ["setting", "completion tokens", "laid-out tokens/step", "s/step (median)", "peak RSS GB"], rows)
+table += "\n\n" + section("Earlier per-step comparisons (TRL defaults only, first step excluded, reference pass not "
+                          "counted; measured on an AVX-512 host):",
+                          ["comparison", "competitor", "setting", "throughput (negalign vs competitor)", "speed ratio",
+                           "peak RSS ratio", "step FLOP/s vs matmul peak", "command"], per_step)
+table += "\n\n" + section("Ablations (negalign alone, same rows; laid-out tokens = tokens through the decoder per "
+                          "step):", ["comparison", "setting", "overrides", "s/step (mean)", "peak RSS GB",
+                                     "laid-out tokens/step", "command"], ablations)
 doc = HERE.parent / "docs" / "benchmarks.md"
 doc.write_text(doc.read_text().split("<!-- table -->")[0] + "<!-- table -->\n" + table + "\n")
 print(table)

@@ -164,6 +164,12 @@ def cmd_export(argv: list[str]) -> int:
     return run(argv)
 
 
+def cmd_flag(argv: list[str]) -> int:
+    from negalign.flag import cmd_flag as run
+
+    return run(argv)
+
+
 def _evaluation(name: str):
     def command(argv: list[str]) -> int:  # imported on use: evaluation pulls in matplotlib and the judge
         from negalign.evaluation import commands
@@ -176,6 +182,7 @@ COMMANDS = {
     "demo": (cmd_demo, "the whole path on SmolLM2 + HH negatives: sample, train D2O (and baselines), eval, report"),
     "train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
     "sample": (cmd_sample, "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
+    "flag": (cmd_flag, "turn the model's own answers to harmful prompts into negatives (judged complying)"),
     "eval": (_evaluation("cmd_eval"), "answer held-out prompts and judge them: harm, over-refusal, "
              "preference accuracy, KL"),
     "compare": (_evaluation("cmd_compare"), "report over runs/evals: report.json, report.md, PNG plots"),

@@ -17,7 +17,7 @@ SAMPLES=runs/study/samples/self-negatives-k${K}-${CONTEXT}.jsonl
 time $NL sample --data $DATA/negatives.jsonl --output $SAMPLES --k $K --max-new-tokens 64 --batch-size 32 \
   --max-prompt-length 256 --sampling-context $CONTEXT
 cp $SAMPLES.anchors.json results/study/$NAME/anchors.json
-cp $DATA/flags.json results/study/$NAME/self_negatives.json
+cp $DATA/negatives.jsonl.flags.json results/study/$NAME/self_negatives.json
 time $NL train model=smollm2-135m-instruct data=$DATA/negatives.jsonl samples=$SAMPLES \
   benign_samples=$BENIGN objective=d2o k=$K alpha=0.1 beta=0.1 logp_reduction=sum max_length=384 \
   max_prompt_length=256 learning_rate=2e-5 per_device_train_batch_size=4 max_steps=96 \

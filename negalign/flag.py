@@ -1,0 +1,99 @@
+"""Negatives from the model's own answers: `negalign flag` keeps the answers a judge says comply.
+
+A user who has harmful prompts but no bad answers can still give D2O (or NPO, gradient ascent, ...) the
+negatives it needs: the model answers the prompts (`negalign sample --k 1 --temperature 0`, greedy, its most
+likely answer), the offline judge scores each answer, and every answer judged to comply becomes a
+{prompt, rejected} negative. These negatives are *on-policy*: what the model itself says, which is what the
+D2O paper trains on (its negatives were written by the model it aligns). Only prompts that are harmful should
+go in: the judge measures compliance, not harm, so a benign prompt's helpful answer would be flagged too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from negalign.evaluation.metrics import THRESHOLD, wilson_interval
+from negalign.files import atomic_write_text, portable
+
+REPORT_SUFFIX = ".flags.json"
+
+
+def read_answers(path: str | os.PathLike) -> list[dict]:
+    """The rows of a samples file (`negalign sample` output): {prompt (messages), completion, ...}."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+            for field in ("prompt", "completion"):
+                if field not in row:
+                    raise ValueError(f"{path}:{number}: no {field!r} field (expected a `negalign sample` file)")
+            row["source"] = f"{Path(path).name}:{number}"  # the line each negative came from
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no answers in the file")
+    return rows
+
+
+def question(prompt) -> str:
+    """The last user turn: what the judge sees beside the answer."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
+                   complies: Callable[[list[str], list[str]], Sequence[float]],
+                   threshold: float = THRESHOLD, judge_name: str = "offline") -> dict:
+    """Write the answers judged to comply (probability > threshold) to `output` as negatives; returns the
+    report (also written to OUTPUT.flags.json): counts, the flagged share with its Wilson interval."""
+    rows = read_answers(answers)
+    scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
+    flagged = [{"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
+                "flagged_from": r["source"]} for r, s in zip(rows, scores) if s > threshold]
+    atomic_write_text(output, "".join(json.dumps(f) + "\n" for f in flagged))
+    low, high = wilson_interval(len(flagged), len(rows))
+    report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
+              "flagged_share": round(len(flagged) / len(rows), 4), "wilson95": [round(low, 4), round(high, 4)],
+              "judge": judge_name, "threshold": threshold,
+              "not_flagged_examples": [{"prompt": question(r["prompt"]), "answer": r["completion"][:200]}
+                                       for r, s in zip(rows, scores) if s <= threshold][:5]}
+    atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def cmd_flag(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="negalign flag", description="Turn the model's own answers to harmful prompts into negatives: every "
+        "answer the judge scores as complying becomes a {prompt, rejected} row.",
+        epilog="example:\n  negalign sample --data harmful_prompts.jsonl --k 1 --temperature 0 --max-new-tokens 64 "
+        "--output runs/answers.jsonl --no-anchor-report\n  negalign flag --answers runs/answers.jsonl --output "
+        "runs/negatives.jsonl\n  negalign train objective=d2o data=runs/negatives.jsonl ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--answers", required=True, help="the model's answers: a `negalign sample` output file")
+    parser.add_argument("--output", required=True, help="negatives jsonl ({prompt, rejected, judge_complies}); "
+                        f"a report is written beside it as OUTPUT{REPORT_SUFFIX}")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help="an answer whose judge probability of complying is above this is flagged")
+    parser.add_argument("--judge", default=None, help="a judge head made by `negalign judge fit` (default: the "
+                        "built-in offline judge)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.threshold < 1:
+        parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    from negalign.evaluation.judge import HarmJudge
+
+    judge = HarmJudge.load(args.judge)
+    report = flag_complying(args.answers, args.output, judge.complies, args.threshold,
+                            judge_name=args.judge or "offline")
+    print(f"negalign flag: {report['n_flagged']} of {report['n_answers']} answers judged complying "
+          f"({report['flagged_share']:.3f} [{report['wilson95'][0]:.3f}, {report['wilson95'][1]:.3f}]) -> "
+          f"{args.output}")
+    return 0

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Harmful compliance, benign refusal and held-out NLL against training steps: evaluates each checkpoint-N a run
+# kept (train it with save_steps=N save_total_limit=null) with the study's evaluation, into
+# results/study/<name>/curve/step-N/. The final model's own evaluation is the last point.
+# Usage: bash scripts/study/checkpoint_curve.sh NAME
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NAME=${1:?run name}
+for checkpoint in $(ls -d runs/study/$NAME/checkpoint-* | sort -t- -k2 -n); do
+  step=${checkpoint##*-}
+  time .venv/bin/negalign eval --model $checkpoint --reference smollm2-135m-instruct --max-prompts 50 \
+    --max-new-tokens 64 --output results/study/$NAME/curve/step-$step --no-progress
+done

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."
 NAME=${1:?run name}
 for checkpoint in $(ls -d runs/study/$NAME/checkpoint-* | sort -t- -k2 -n); do
   step=${checkpoint##*-}
+  last=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['max_steps'])" $checkpoint/trainer_state.json)
+  [ "$step" = "$last" ] && continue  # the final model: its evaluation is results/study/NAME/eval
   time .venv/bin/negalign eval --model $checkpoint --reference smollm2-135m-instruct --max-prompts 50 \
     --max-new-tokens 64 --output results/study/$NAME/curve/step-$step --no-progress
 done

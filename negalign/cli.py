@@ -4,6 +4,7 @@ YAML recipe (`key: value`) or on the command line (`key=value` or `--key value`)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 TRAIN_EPILOG = """\
@@ -118,6 +119,12 @@ def cmd_sample(argv: list[str]) -> int:
 
         kept, removed = clean_first_prompts([{"prompt": p} for p in prompts], args.max_prompts, folder)
         prompts = [row["prompt"] for row in kept]
+        # recorded beside the samples, as training records its own removals beside the model
+        from negalign.files import atomic_write_text, portable
+
+        atomic_write_text(f"{args.output}.decontamination.json", json.dumps(portable({
+            "decontaminated_against": "built-in evaluation suites", "data_dir": str(folder), "n_removed": len(removed),
+            "removed": removed}), indent=2) + "\n")
         if removed:
             print(f"negalign sample: {len(removed)} prompts left out as evaluation prompts (e.g. "
                   f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)

@@ -22,8 +22,9 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench_common import StepClock, token_counts
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 PROMPT_TOKENS = 128
@@ -50,27 +51,12 @@ def make_rows(tmp: Path, model: str, examples: int, k: int, length: int) -> tupl
 
 
 def worker(args) -> dict:
-    from transformers import TrainerCallback
-
-    from negalign import trainer as trainer_module
     from negalign.pipeline import train
 
     tmp = Path(args.tmp)
     data, samples = make_rows(tmp, args.model, args.batch * args.steps, args.k, args.length)
-    times = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            times.append(time.time())
-
-    real_init = trainer_module.NegalignTrainer.__init__
-
-    def init_with_clock(self, *a, **k):
-        real_init(self, *a, **k)
-        self.add_callback(Clock())
-        times.append(time.time())
-
-    trainer_module.NegalignTrainer.__init__ = init_with_clock
+    clock = StepClock()
+    clock.attach_to_negalign()
     train({"model": args.model, "data": str(data), "objective": "d2o", "samples": str(samples), "k": args.k,
            "use_lora": True, "lora_r": 16, "lora_alpha": 32, "max_prompt_length": PROMPT_TOKENS,
            "max_length": PROMPT_TOKENS + args.length + 1, "per_device_train_batch_size": args.batch,
@@ -78,7 +64,7 @@ def worker(args) -> dict:
            "save_strategy": "no", "decontaminate": False, "share_prompts": not args.unshared, "seed": 0,
            "output_dir": str(tmp / f"run-{args.k}-{args.length}-{args.unshared}"),
            "cache_dir": str(tmp / f"cache-{args.k}-{args.length}-{args.unshared}")})
-    intervals = [b - a for a, b in zip(times, times[1:])]
+    intervals = clock.step_seconds()
     timed = sorted(intervals[1:])  # the first step is the warm-up
     return {"seconds_per_step": round(timed[len(timed) // 2], 2), "step_seconds": [round(s, 2) for s in intervals],
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
@@ -86,24 +72,18 @@ def worker(args) -> dict:
 
 def laid_out_tokens(args, k: int, length: int, unshared: bool) -> float:
     """Tokens negalign lays out per step for these rows (prompt once per example when shared)."""
-    from negalign.data import encode
-    from negalign.logprobs import pack_sequences
     from negalign.models import load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
     data, samples = Path(args.tmp) / f"rows-{k}-{length}.jsonl", Path(args.tmp) / f"samples-{k}-{length}.jsonl"
     rows = [json.loads(line) for line in open(data)]
     anchors = {}
     for line in open(samples):
         s = json.loads(line)
         anchors.setdefault(json.dumps(s["prompt"]), []).append(s["completion"])
-    total = 0
-    for row in rows:
-        encoded = [encode(row["prompt"], c, tokenizer, max_length=PROMPT_TOKENS + length + 1,
-                          max_prompt_length=PROMPT_TOKENS)
-                   for c in [row["completion"], *anchors.get(json.dumps(row["prompt"]), [])]]
-        total += pack_sequences([(e.prompt_ids, e.completion_ids) for e in encoded], not unshared).input_ids.numel()
-    return total / (len(rows) / args.batch)
+    examples = [(row["prompt"], [row["completion"], *anchors.get(json.dumps(row["prompt"]), [])]) for row in rows]
+    counts = token_counts(examples, load_tokenizer(args.model), max_length=PROMPT_TOKENS + length + 1,
+                          max_prompt_length=PROMPT_TOKENS, share_prompts=not unshared)
+    return counts["laid_out"] / (len(rows) / args.batch)
 
 
 def plot(result: dict, path: Path) -> None:

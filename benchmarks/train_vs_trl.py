@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import StepClock, token_counts
+
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
 # the fastest settings TRL's documentation offers for each trainer on one CPU process (TRL 1.16)
@@ -79,21 +81,6 @@ def pairs(n: int, max_length: int, model: str = "smollm2-135m-instruct") -> list
     rows, _ = load_rows(str(HH), on_bad_row="skip")
     fits = [p for p in complete_pairs(rows) if len(encode_prompt(p["prompt"], tokenizer)) < max_length // 2]
     return fits[:n]
-
-
-class StepClock:
-    """A TrainerCallback recording when each optimizer step ends."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                clock.times.append(time.time())
-
-        self.times, self.callback = [time.time()], Callback()
 
 
 def write_data(args) -> None:
@@ -140,16 +127,7 @@ def worker(args) -> dict:
         config.update(parse_overrides(args.negalign_set))
         if objective == "kto":  # pairs -> 2 rows each: the same rows per step as TRL at batch 2x
             config["per_device_train_batch_size"] = args.batch * 2
-        from negalign import trainer as trainer_module
-
-        real_init = trainer_module.NegalignTrainer.__init__
-
-        def init_with_clock(self, *a, **k):
-            real_init(self, *a, **k)
-            self.add_callback(clock.callback)
-            clock.times[0] = time.time()
-
-        trainer_module.NegalignTrainer.__init__ = init_with_clock
+        clock.attach_to_negalign()
         train(config)  # saves the weights to output_dir
     else:
         from datasets import load_dataset
@@ -179,7 +157,7 @@ def worker(args) -> dict:
         clock.times[0] = time.time()
         trainer.train()
         trainer.save_model(str(run_dir))
-    steps = [b - a for a, b in zip(clock.times, clock.times[1:])][args.warmup:]
+    steps = clock.step_seconds()[args.warmup:]
     return {"seconds_per_step": sorted(steps)[len(steps) // 2], "mean_seconds_per_step": sum(steps) / len(steps),
             "steps": len(steps) + args.warmup, "step_seconds": [round(s, 2) for s in steps],
             # the trainer's process from its first line to the saved weights (imports not included; the parent's
@@ -193,12 +171,9 @@ def work_per_step(args, comparison: str) -> dict:
     completion tokens (the rate's numerator), all tokens with every prompt repeated per completion (what
     TRL runs), and the tokens negalign lays out (each example's prompt once)."""
     from negalign.config import parse_overrides
-    from negalign.data import encode
-    from negalign.logprobs import pack_sequences
     from negalign.models import load_tokenizer
 
     share = str(parse_overrides(args.negalign_set).get("share_prompts", True)).lower() not in ("false", "0", "no")
-    tokenizer = load_tokenizer(args.model)
     work = pairs(args.rows, args.max_length, args.model)
     batches = len(work) / args.batch  # steps cycle through whole epochs of these rows: per-step means hold
     if comparison == "d2o":
@@ -209,15 +184,9 @@ def work_per_step(args, comparison: str) -> dict:
         groups = [[p["rejected"], *by_prompt[json.dumps(p["prompt"])][:4]] for p in work]
     else:
         groups = [[p["chosen"], p["rejected"]] for p in work]
-    completion = total = laid_out = 0
-    for p, completions in zip(work, groups):
-        encoded = [encode(p["prompt"], c, tokenizer, max_length=args.max_length,
-                          max_prompt_length=args.max_length // 2) for c in completions]
-        sequences = [(e.prompt_ids, e.completion_ids) for e in encoded]
-        completion += sum(len(c) for _, c in sequences)
-        total += sum(len(p) + len(c) for p, c in sequences)
-        laid_out += pack_sequences(sequences, share).input_ids.numel()
-    return {"completion": completion / batches, "all": total / batches, "laid_out": laid_out / batches}
+    counts = token_counts([(p["prompt"], g) for p, g in zip(work, groups)], load_tokenizer(args.model),
+                          max_length=args.max_length, max_prompt_length=args.max_length // 2, share_prompts=share)
+    return {name: total / batches for name, total in counts.items()}
 
 
 def run_worker(args, name: str) -> dict:

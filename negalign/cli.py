@@ -60,8 +60,8 @@ def cmd_sample(argv: list[str]) -> int:
         "context from a training recipe, so the samples are the ones that recipe trains on; flags win.")
     parser.add_argument("--config", help="a training recipe (YAML) to take the sampling settings from")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="sampling policy (path, Hub or short name)")
-    parser.add_argument("--data", help="feedback file or data set whose prompts are sampled (required without "
-                        "--config)")
+    parser.add_argument("--data", nargs="+", help="feedback file(s) or data set(s) whose prompts are sampled, in "
+                        "order, duplicates once (required without --config)")
     parser.add_argument("--output", help="samples jsonl; a .meta.json is written beside it (default with --config: "
                         "the recipe's `samples`)")
     parser.add_argument("--k", type=int, default=defaults.k, help="answers per prompt")
@@ -112,7 +112,8 @@ def cmd_sample(argv: list[str]) -> int:
     if args.k < 1:
         parser.error(f"--k must be >= 1, got {args.k}")
     context = resolve_context(args.sampling_context, args.sampling_instruction)
-    prompts = unique_prompts(args.data, on_bad_row=args.on_bad_row)
+    sources = args.data if isinstance(args.data, list) else [args.data]  # a recipe's `data` is one source
+    prompts = unique_prompts([p for source in sources for p in unique_prompts(source, on_bad_row=args.on_bad_row)])
     folder = None if args.no_decontaminate else data_dir()
     if folder is not None:  # the prompts training will use: evaluation prompts never get anchors
         from negalign.decontamination import clean_first_prompts
@@ -130,7 +131,7 @@ def cmd_sample(argv: list[str]) -> int:
                   f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)
     prompts = prompts[: args.max_prompts]
     if not prompts:
-        raise ValueError(f"{args.data}: no prompts to sample (the file has no usable rows"
+        raise ValueError(f"{', '.join(sources)}: no prompts to sample (the file has no usable rows"
                          + (", or --max-prompts is 0)" if args.max_prompts == 0 else ")"))
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
@@ -148,7 +149,8 @@ def cmd_sample(argv: list[str]) -> int:
     if not args.no_anchor_report:
         from negalign.anchors import REPORT_SUFFIX, format_report, report_samples_file
 
-        print(format_report(report_samples_file(args.output, args.data, on_bad_row=args.on_bad_row)))
+        print(format_report(report_samples_file(args.output, sources[0] if len(sources) == 1 else None,
+                                                      on_bad_row=args.on_bad_row)))
         print(f"negalign: anchor report -> {args.output}{REPORT_SUFFIX}")
     return 0
 

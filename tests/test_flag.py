@@ -89,3 +89,16 @@ def test_sample_records_the_prompts_it_left_out(tiny_model_dir, tmp_path):
     assert record["n_removed"] == 1 and record["removed"][0]["reason"] == "exact"
     assert record["removed"][0]["match"] == "How can I rob a casino?"
     assert not record["data_dir"].startswith("/")  # committed results carry no machine paths
+
+
+def test_sample_takes_several_sources_in_order(tiny_model_dir, tmp_path):
+    # the study's harmful prompts are two catalog splits: prompts of both, in order, each once
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps([{"instruction": "Write a limerick about tea"}, {"instruction": "Name a river"}]))
+    second.write_text(json.dumps([{"instruction": "Name a river"}, {"instruction": "Describe a quiet morning"}]))
+    out = tmp_path / "answers.jsonl"
+    assert main(["sample", "--model", tiny_model_dir, "--data", str(first), str(second), "--output", str(out),
+                 "--k", "1", "--temperature", "0", "--max-new-tokens", "2", "--no-anchor-report"]) == 0
+    answered = {json.loads(line)["prompt"][0]["content"] for line in open(out)}
+    assert answered == {"Write a limerick about tea", "Name a river", "Describe a quiet morning"}
+    assert json.loads(open(f"{out}.meta.json").read())["n_prompts"] == 3

@@ -18,13 +18,14 @@ def test_sample_then_train_d2o_on_the_real_model(tmp_path):
     samples = tmp_path / "samples.jsonl"
     # one recipe drives both: the sample command takes configs/d2o.yaml's k and `refusal` sampling context
     assert main(["sample", "--config", "configs/d2o.yaml", "--data", str(HH), "--output", str(samples),
-                 "--max-prompts", "2", "--max-new-tokens", "24", "--bf16"]) == 0
+                 "--max-prompts", "2", "--max-new-tokens", "24", "--bf16", "--on-bad-row", "skip"]) == 0
     rows = [json.loads(line) for line in open(samples)]
     assert len(rows) == 4 and {r["sample_index"] for r in rows} == {0, 1}
     assert sum(len(r["completion"]) for r in rows) > 20  # a real model writes real text
 
     out = tmp_path / "d2o"
     assert main(["train", "--config", "configs/d2o.yaml", f"data={HH}", f"samples={samples}", "benign_samples=null",
+                 "on_bad_row=skip",
                  "max_prompts=2", "max_steps=2", "per_device_train_batch_size=2", "max_length=256",
                  "max_prompt_length=192", "learning_rate=1e-5", f"output_dir={out}",
                  f"cache_dir={tmp_path / 'cache'}"]) == 0

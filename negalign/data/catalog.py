@@ -34,6 +34,14 @@ CATALOG = {
     "refusal-harmful": Entry("refusal-direction-splits/harmful_test.json",
                              "harmful test split of the refusal-direction instruction sets (572)",
                              source=REFUSAL_DIRECTION + ", harmful_test.json"),
+    "harmful-train": Entry("refusal-direction-splits/harmful_train.json",
+                           "harmful instructions (260, no answers), the train split of the refusal-direction sets: "
+                           "prompts for `negalign flag` (the model's own complying answers as negatives); the "
+                           "evaluation suites draw from the test split, and training leaves out duplicates of them",
+                           source=REFUSAL_DIRECTION + ", harmful_train.json"),
+    "harmful-val": Entry("refusal-direction-splits/harmful_val.json",
+                         "harmful instructions (39, no answers), the validation split of the refusal-direction sets",
+                         source=REFUSAL_DIRECTION + ", harmful_val.json"),
     "benign-instructions": Entry("refusal-direction-splits/harmless_val.json",
                                  "benign Alpaca instructions (6,264, no answers), the validation split of the "
                                  "refusal-direction sets: a retain source; the evaluation suites draw from the test "

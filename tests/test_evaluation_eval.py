@@ -91,3 +91,17 @@ def test_held_out_pairs_are_the_last_ones(inputs):
     assert [p["chosen"] for p in pairs] == ["A careful answer 3.", "A careful answer 4."]
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Question 3?"}]
     assert pairs[0]["rejected"] == "A rude answer number 3!"
+
+
+def test_cli_eval_generates_with_the_measured_batch_size(monkeypatch, capsys):
+    # the command line once kept its own batch default (8) after the library's moved to the faster 64
+    import negalign.evaluation.evaluate as module
+    from negalign.cli import main
+
+    seen = []
+    monkeypatch.setattr(module, "evaluate", lambda s: seen.append(s) or {"output": "x"})
+    monkeypatch.setattr(module, "summary_lines", lambda result: [])
+    assert main(["eval", "--model", "m"]) == 0
+    assert seen[0].batch_size == 64 and seen[0].max_new_tokens == EvalSettings(model="").max_new_tokens
+    assert main(["eval", "--model", "m", "--batch-size", "16"]) == 0
+    assert seen[1].batch_size == 16

@@ -282,10 +282,12 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--output", default=None, help="output folder (default: MODEL/eval for a folder, "
                         "else evals/NAME)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $NEGALIGN_DATA or ../shared/data)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-prompt-length", type=int, default=256)
+    defaults = EvalSettings(model="")  # one set of defaults for the command line and Python
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="prompts per generation batch (greedy answers do not depend on it)")
+    parser.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length)
     parser.add_argument("--pairs", default=None, help="preference pairs file (default: HH harmless-base in the "
                         "data folder; its last pairs are used)")
     parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts or 200)")

@@ -1,0 +1,58 @@
+"""What the training benchmarks share: a clock on negalign's optimizer steps, and the tokens a step lays out.
+
+Imported by train_vs_trl.py and d2o_cost.py (run as scripts, so this folder is on sys.path).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class StepClock:
+    """A TrainerCallback recording when each optimizer step ends; times[0] is when the trainer was built."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.times.append(time.time())
+
+        self.times, self.callback = [time.time()], Callback()
+
+    def attach_to_negalign(self) -> None:
+        """Every NegalignTrainer built from now on carries this clock, restarted when the trainer is built
+        (so model loading, tokenising and the reference pass are not counted as the first step)."""
+        from negalign import trainer as trainer_module
+
+        real_init, clock = trainer_module.NegalignTrainer.__init__, self
+
+        def init_with_clock(trainer, *args, **kwargs):
+            real_init(trainer, *args, **kwargs)
+            trainer.add_callback(clock.callback)
+            clock.times[0] = time.time()
+
+        trainer_module.NegalignTrainer.__init__ = init_with_clock
+
+    def step_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.times, self.times[1:])]
+
+
+def token_counts(examples, tokenizer, *, max_length: int, max_prompt_length: int, share_prompts: bool) -> dict:
+    """Token totals over `examples` [(prompt messages, [completions])], tokenised as negalign does:
+    completion tokens, all tokens with the prompt repeated per completion (what a trainer without prompt
+    sharing runs), and the tokens negalign lays out (each example's prompt once when `share_prompts`)."""
+    from negalign.data import encode
+    from negalign.logprobs import pack_sequences
+
+    completion = total = laid_out = 0
+    for prompt, completions in examples:
+        encoded = [encode(prompt, c, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+                   for c in completions]
+        sequences = [(e.prompt_ids, e.completion_ids) for e in encoded]
+        completion += sum(len(c) for _, c in sequences)
+        total += sum(len(p) + len(c) for p, c in sequences)
+        laid_out += pack_sequences(sequences, share_prompts).input_ids.numel()
+    return {"completion": completion, "all": total, "laid_out": laid_out}

@@ -7,26 +7,20 @@ than HH's, whose rejected answers come from another model. Prompts: the refusal-
 and *validation* splits (the harmful evaluation suite draws from the test split); `negalign sample`
 leaves out every prompt that duplicates an evaluation prompt.
 
-Usage: python scripts/study/self_negatives.py OUT_DIR   (writes prompts.json, answers.jsonl, negatives.jsonl
-and negatives.jsonl.flags.json under OUT_DIR; rerunning reuses the answers)
+Usage: python scripts/study/self_negatives.py OUT_DIR   (writes answers.jsonl, negatives.jsonl and
+negatives.jsonl.flags.json under OUT_DIR; rerunning reuses the answers)
 """
-import json
 import subprocess
 import sys
 from pathlib import Path
-
-from negalign.data.paths import data_dir
 
 
 def main(out: str) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = data_dir(required=True) / "refusal-direction-splits"
-    prompts = [r for name in ("harmful_train.json", "harmful_val.json")
-               for r in json.loads((splits / name).read_text())]
-    (out / "prompts.json").write_text(json.dumps(prompts, indent=0))
     negalign = [sys.executable, "-m", "negalign"]
-    subprocess.run([*negalign, "sample", "--data", str(out / "prompts.json"), "--output", str(out / "answers.jsonl"),
+    # the catalog's two splits, read in order: the same 299 prompts configs/d2o.yaml's commands use
+    subprocess.run([*negalign, "sample", "--data", "harmful-train", "harmful-val", "--output", str(out / "answers.jsonl"),
                     "--k", "1", "--temperature", "0", "--max-new-tokens", "64", "--batch-size", "64",
                     "--no-anchor-report"], check=True)
     subprocess.run([*negalign, "flag", "--answers", str(out / "answers.jsonl"),

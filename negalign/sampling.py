@@ -93,6 +93,33 @@ def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
     return out
 
 
+def prompts_for_sampling(sources: list, output: str | os.PathLike, max_prompts: int | None = None,
+                         data_dir=None, on_bad_row: str = "error") -> list[list[dict]]:
+    """The distinct prompts of `sources` (in order, duplicates once), without evaluation prompts when
+    `data_dir` holds the evaluation suites (the removals are recorded in OUTPUT.decontamination.json, as
+    training records its own beside the model), cut to the first `max_prompts`."""
+    import sys
+
+    prompts = unique_prompts([p for source in sources for p in unique_prompts(source, on_bad_row=on_bad_row)])
+    if data_dir is not None:  # the prompts training will use: evaluation prompts never get anchors
+        from negalign.decontamination import clean_first_prompts
+        from negalign.files import portable
+
+        kept, removed = clean_first_prompts([{"prompt": p} for p in prompts], max_prompts, data_dir)
+        prompts = [row["prompt"] for row in kept]
+        atomic_write_text(f"{output}.decontamination.json", json.dumps(portable({
+            "decontaminated_against": "built-in evaluation suites", "data_dir": str(data_dir),
+            "n_removed": len(removed), "removed": removed}), indent=2) + "\n")
+        if removed:
+            print(f"negalign sample: {len(removed)} prompts left out as evaluation prompts (e.g. "
+                  f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)
+    prompts = prompts[:max_prompts]
+    if not prompts:
+        raise ValueError(f"{', '.join(map(str, sources))}: no prompts to sample (the file has no usable rows"
+                         + (", or max_prompts is 0)" if max_prompts == 0 else ")"))
+    return prompts
+
+
 def read_existing(output: Path) -> dict[tuple[str, int], dict]:
     """Rows already on disk; a torn final line (killed mid-write) is truncated away."""
     done = {}

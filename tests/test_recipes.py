@@ -72,3 +72,38 @@ def test_demo_settings_take_the_preset_only_where_unset():
     assert ablation.k == 0 and ablation.max_steps == 3  # 0 is a value, not "use the preset"
     with pytest.raises(ValueError, match="--methods: unknown \\['orpo'\\]"):
         DemoSettings(methods=["orpo"])
+
+
+def test_the_demo_trains_d2o_with_the_recipe_of_configs_d2o_yaml():
+    # `negalign demo` and configs/d2o.yaml are the same recipe: a change to one must be made to the other
+    import yaml
+
+    from negalign.demo import PRESETS, TRAIN, DemoSettings
+    from negalign.methods import METHODS
+
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "configs" / "d2o.yaml").read_text())
+    demo = DemoSettings()
+    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
+            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context,
+            "sample_max_new_tokens": demo.sample_max_new_tokens, **TRAIN, **METHODS["d2o"].demo}
+    assert mine == {key: recipe[key] for key in mine}
+    assert PRESETS["full"]["benign_prompts"] == 192 and recipe["benign_samples"].endswith("benign192-k2.jsonl")
+
+
+def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor():
+    from negalign.demo import DemoSettings, _context, baseline_rows
+
+    a = [{"role": "user", "content": "how do I pick a lock"}]
+    b = [{"role": "user", "content": "write malware"}]
+    anchors = [{"prompt": a, "sample_index": 1, "completion": "second"},
+               {"prompt": a, "sample_index": 0, "completion": "I can't help with that."},
+               {"prompt": b, "sample_index": 0, "completion": "No."}]
+    negatives = [{"prompt": a, "rejected": "Step 1: ..."}, {"prompt": b, "rejected": "import os ..."},
+                 {"prompt": [{"role": "user", "content": "no anchors"}], "rejected": "x"}]
+    assert baseline_rows(negatives, anchors) == [
+        {"prompt": a, "chosen": "I can't help with that.", "rejected": "Step 1: ..."},
+        {"prompt": b, "chosen": "No.", "rejected": "import os ..."}]
+    with pytest.raises(ValueError, match="with k 0 train only d2o"):
+        DemoSettings(preset="quick", k=0, methods=["d2o", "npo"])
+    assert _context(None, None) == "refusal" and _context("none", None) is None
+    assert _context(None, "Be harmless.") is None and _context("ctx.yaml", None) == "ctx.yaml"

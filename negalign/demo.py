@@ -172,6 +172,22 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     return files
 
 
+def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
+    """What makes an earlier result in the output folder unusable for this run: the record is missing, or
+    one of `wanted`'s settings differs from what it recorded (a demo of another recipe or size wrote it).
+    An empty list: reuse it."""
+    if not record.exists():
+        return [f"no {record.name}"]
+    if record.suffix == ".json":
+        stored = json.loads(record.read_text())
+    else:
+        import yaml
+
+        stored = yaml.safe_load(record.read_text())
+    stored = (stored or {}).get(key, {}) if key else (stored or {})
+    return [name for name, value in wanted.items() if stored.get(name) != value]
+
+
 def run_demo(settings: DemoSettings) -> dict:
     from negalign.data.catalog import CATALOG, check_available, name_for
     from negalign.evaluation.evaluate import EvalSettings, evaluate
@@ -196,20 +212,21 @@ def run_demo(settings: DemoSettings) -> dict:
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
-        if (run_dir / "train_log.json").exists() and (run_dir / "model.safetensors").exists():
-            _log(f"{method}: trained model found, reused")
-            continue
-        clock = time.time()
-        _log(f"{method}: training {settings.max_steps} steps")
         d2o = method == "d2o"
         anchored = {"samples": str(files["samples"]) if settings.k else None, "k": settings.k,
                     "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
                     "sampling_context": settings.sampling_context,
                     "sampling_instruction": settings.sampling_instruction} if d2o else {}
-        train({"model": base, "data": str(files["negatives"] if d2o else files["pairs"]), "objective": method,
-               **anchored, "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-               "learning_rate": settings.learning_rate, **_train_model_options(settings), **TRAIN,
-               "seed": settings.seed, "output_dir": str(run_dir), "save_strategy": "no", **METHODS[method].demo})
+        recipe = {"data": str(files["negatives"] if d2o else files["pairs"]), "objective": method, **anchored,
+                  "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+                  "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo}
+        if (run_dir / "model.safetensors").exists() and not stale(run_dir / "negalign_config.yaml", recipe):
+            _log(f"{method}: trained model found, reused")
+            continue
+        clock = time.time()
+        _log(f"{method}: training {settings.max_steps} steps")
+        train({"model": base, **recipe, **_train_model_options(settings), "output_dir": str(run_dir),
+               "save_strategy": "no"})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 
@@ -218,7 +235,9 @@ def run_demo(settings: DemoSettings) -> dict:
         clock = time.time()
         target = folder / "eval" if folder.name != "base" else folder
         fresh = folder.name in retrained
-        if (target / "eval.json").exists() and not fresh:
+        wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
+                  "seed": settings.seed}
+        if not fresh and not stale(target / "eval.json", wanted, key="settings"):
             _log(f"{folder.name}: evaluation found, reused")
             continue
         _log(f"{folder.name}: evaluating")

@@ -107,3 +107,17 @@ def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor()
         DemoSettings(preset="quick", k=0, methods=["d2o", "npo"])
     assert _context(None, None) == "refusal" and _context("none", None) is None
     assert _context(None, "Be harmless.") is None and _context("ctx.yaml", None) == "ctx.yaml"
+
+
+def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp_path):
+    from negalign.demo import stale
+
+    config = tmp_path / "negalign_config.yaml"
+    config.write_text("objective: d2o\nmax_steps: 48\nlearning_rate: 2.0e-05\ndata: results/demo/negatives.jsonl\n")
+    assert stale(config, {"objective": "d2o", "max_steps": 48, "learning_rate": 2e-5}) == []
+    # the committed demo of an earlier recipe: 16 steps on HH pairs is not this run's model
+    assert stale(config, {"max_steps": 16, "data": "results/demo/train_pairs.jsonl"}) == ["max_steps", "data"]
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"settings": {"max_prompts": 12, "max_new_tokens": 64, "seed": 0}}))
+    assert stale(evaluation, {"max_prompts": 50, "max_new_tokens": 64, "seed": 0}, key="settings") == ["max_prompts"]
+    assert stale(tmp_path / "missing.json", {}) == ["no missing.json"]

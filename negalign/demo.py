@@ -113,8 +113,8 @@ class _Sampler:
         try:
             report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)
         except ValueError as error:  # earlier samples made otherwise: redraw them, say so
-            reason = str(error).split(";")[0].split(": {")[0]  # which settings differ, not both records whole
-            _log(f"{what}: {output} does not match this run ({reason}); regenerating")
+            differ = str(error).split(";")[0].split(": {")[0].split("(")[-1]  # the names, not both records whole
+            _log(f"{what}: {output} was made otherwise ({differ}); regenerating")
             report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model, overwrite=True)
         _log(f"{what}: {report.n_rows_written} new, {report.n_rows_reused} reused "
              f"({report.tokens_per_second:.0f} tokens/s)")

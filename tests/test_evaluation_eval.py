@@ -51,6 +51,15 @@ def test_eval_end_to_end_and_resume(tiny_model_dir, inputs, tmp_path):
     judged = [json.loads(line) for line in (output / "answers" / "prompts-benign.judged.jsonl").read_text().splitlines()]
     assert [j["prompt"] for j in judged] == BENIGN and all(0 <= j["complies"] <= 1 for j in judged)
     assert result["suites"] == saved["suites"]
+    # the harmful-content head scores answers to harmful prompts only
+    assert "harmful_content" not in judged[0] and "harmful_content" not in benign
+    harmful_judged = [json.loads(line) for line in
+                      (output / "answers" / "prompts-harmful.judged.jsonl").read_text().splitlines()]
+    content = [j["harmful_content"] for j in harmful_judged]
+    assert len(content) == 3 and all(0 <= c <= 1 for c in content)
+    pooled = saved["harmful"]["harmful_content"]
+    assert pooled["n"] == 3 and pooled["rate"] == sum(c > 0.5 for c in content) / 3
+    assert harmful["harmful_content"]["rate"] == pooled["rate"] and saved["content_judge"]["text"] == "prompt+answer"
 
     # a killed run: two answers on disk and a torn third line -> the rerun answers only the other two
     answers = output / "answers" / "prompts-benign.jsonl"

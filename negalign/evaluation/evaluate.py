@@ -120,6 +120,7 @@ def evaluate(settings: EvalSettings) -> dict:
 
 def _evaluate(settings: EvalSettings, output: Path) -> dict:
     from negalign.evaluation.generate import completion_logps, generate_answers
+    from negalign.evaluation.content_judge import load_content_judge
     from negalign.evaluation.judge import HarmJudge
     from negalign.models import load_model, load_tokenizer
 
@@ -148,20 +149,31 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
 
     clock = time.time()
     judge = HarmJudge.load(settings.judge_head)
-    results_by_suite, pooled = {}, {"harmful": [], "benign": []}
+    # the second head (content_judge.py): on harmful prompts, is the answer harmful content, not only compliance
+    content_judge = load_content_judge(encoder=judge.encoder)
+    bootstrap = {"n_resamples": settings.n_resamples, "seed": settings.seed}
+    results_by_suite, pooled, pooled_content = {}, {"harmful": [], "benign": []}, []
     for suite in suites:
         rows = answers[suite.name]
-        complies = judge.complies(suite.prompts, [row["completion"] for row in rows])
+        completions = [row["completion"] for row in rows]
+        complies = judge.complies(suite.prompts, completions)
+        content = (content_judge.complies(suite.prompts, completions)
+                   if content_judge is not None and suite.kind == "harmful" else None)
         _write_jsonl(output / "answers" / f"{suite.name}.judged.jsonl",
                      [{"prompt": p, "completion": row["completion"], "complies": round(c, 4),
+                       **({"harmful_content": round(content[i], 4)} if content else {}),
                        "n_tokens": row["n_tokens"], "finished": row.get("finished")}
-                      for p, row, c in zip(suite.prompts, rows, complies)])
+                      for i, (p, row, c) in enumerate(zip(suite.prompts, rows, complies))])
         results_by_suite[suite.name] = _suite_metrics(suite, rows, complies, settings.n_resamples, settings.seed)
+        if content is not None:
+            results_by_suite[suite.name]["harmful_content"] = metrics.harmful_compliance_rate(content, **bootstrap)
+            pooled_content.extend(content)
         pooled[suite.kind].extend(complies)
-    bootstrap = {"n_resamples": settings.n_resamples, "seed": settings.seed}
     overall = {}
     if pooled["harmful"]:
         overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"], **bootstrap)}
+        if pooled_content:
+            overall["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content, **bootstrap)
     if pooled["benign"]:
         overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"], **bootstrap)}
     timings["judge"] = time.time() - clock
@@ -223,6 +235,8 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         "suites": results_by_suite, **overall, "preference": preference, "kl": kl,
         "generation": generation,
         "judge": {k: v for k, v in judge.head.metadata.items() if k != "refusal_phrases"},
+        "content_judge": ({k: v for k, v in content_judge.head.metadata.items() if k != "refusal_phrases"}
+                          if content_judge is not None else None),
         "settings": asdict(settings),
         "model_loaded_as": loaded_as(model),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
@@ -245,8 +259,8 @@ def summary_lines(result: dict) -> list[str]:
         key = "harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"
         lines.append(f"  {name:<16} {key:<19} {interval(suite[key])}  keyword {num(suite[key + '_keyword']['rate'])}"
                      f"  tokens {num(suite['answer_tokens'], 0)}  rep3 {num(suite['repeated_3gram_fraction'])}")
-    for kind, key in (("harmful", "harmful_compliance"), ("benign", "benign_refusal")):
-        if kind in result:
+    for kind, key in (("harmful", "harmful_compliance"), ("harmful", "harmful_content"), ("benign", "benign_refusal")):
+        if key in result.get(kind, {}):
             lines.append(f"  {'all ' + kind:<16} {key:<19} {interval(result[kind][key])}")
     if result.get("preference"):
         p = result["preference"]

@@ -139,11 +139,11 @@ class HarmJudge:
         self._encoder = encoder
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str = "cpu") -> "HarmJudge":
+    def load(cls, path: str | os.PathLike | None = None, device: str = "cpu", encoder=None) -> "HarmJudge":
         path = Path(path or ASSET)
         if not path.exists():
             raise FileNotFoundError(f"no judge head at {path}; make one with `negalign judge fit`")
-        return cls(LogisticHead.load(path), device=device)
+        return cls(LogisticHead.load(path), encoder=encoder, device=device)
 
     @property
     def encoder(self):
@@ -268,6 +268,14 @@ def cmd_judge(argv: list[str]) -> int:
     fit.add_argument("--results", default="results/judge.json", help="results JSON (default results/judge.json)")
     fit.add_argument("--measure-text-modes", action="store_true",
                      help="also measure embedding prompt+answer vs the answer alone (one more encoding pass)")
+    content = sub.add_parser("fit-content", help="re-make the harmful-content head from the JailbreakBench "
+                             "artifacts' jailbroken labels and measure both heads against XSTest's human labels")
+    content.add_argument("--data-dir", help="folder holding jailbreakbench-artifacts/ and xstest/")
+    content.add_argument("--text", choices=TEXT_MODES, default="prompt+answer")
+    content.add_argument("--features", choices=FEATURE_SETS, default="embedding+keyword")
+    content.add_argument("--l2", type=float, default=DEFAULT_L2)
+    content.add_argument("--asset", default=None, help="where to write the head (default: the shipped asset)")
+    content.add_argument("--results", default="results/judge_content.json")
     score = sub.add_parser("score", help="score answers in a jsonl file ({prompt, answer or completion} per "
                            "line; an eval's answers/*.jsonl works)")
     score.add_argument("file")
@@ -285,6 +293,8 @@ def cmd_judge(argv: list[str]) -> int:
         return 0
 
     folder = resolve_data_dir(args.data_dir, required=True)
+    if args.action == "fit-content":
+        return _fit_content(args, folder, argv)
     results = fit_judge(folder, text=args.text, feature_set=args.features, l2=args.l2, asset=args.asset or None,
                         measure_text_modes=args.measure_text_modes)
     results["command"] = "negalign judge " + " ".join(argv)
@@ -303,6 +313,26 @@ def cmd_judge(argv: list[str]) -> int:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.results, json.dumps(portable(results), indent=2) + "\n")
         print(f"results written to {args.results}")
+    return 0
+
+
+def _fit_content(args, folder: Path, argv: list[str]) -> int:
+    from negalign.evaluation.content_judge import CONTENT_ASSET, fit_content_judge
+
+    results = fit_content_judge(folder, text=args.text, feature_set=args.features, l2=args.l2,
+                                asset=args.asset or CONTENT_ASSET)
+    results["command"] = "negalign judge " + " ".join(argv)
+    print(f"harmful-content head, each target model held out in turn: {results['leave_one_model_out_accuracy']:.4f} "
+          f"({args.features} of {args.text}); on XSTest's human labels (unsafe prompts): "
+          f"{results['xstest_unsafe_human_labels']['content_head']['accuracy']:.4f}")
+    for mode, by_set in results["text_modes"].items():
+        for name, numbers in by_set.items():
+            print(f"  text {mode:<14} features {name:<18} {numbers['leave_one_model_out_accuracy']:.4f}")
+    print(f"  refusal head on the JBB labels: {results['refusal_head_on_jbb']['accuracy']:.4f}; "
+          f"keyword: {results['keyword_accuracy_on_jbb']:.4f}")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.results, json.dumps(portable(results), indent=2) + "\n")
+    print(f"head written to {results['asset']}; results written to {args.results}")
     return 0
 
 

@@ -78,6 +78,7 @@ def summarise(run: dict) -> dict:
         out["reference"] = ev.get("reference")
         out["harmful_compliance"] = as_wilson((ev.get("harmful") or {}).get("harmful_compliance"))
         out["benign_refusal"] = as_wilson((ev.get("benign") or {}).get("benign_refusal"))
+        out["harmful_content"] = as_wilson((ev.get("harmful") or {}).get("harmful_content"))  # second judge head
         out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
                                 "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
                          for name, s in ev.get("suites", {}).items()}
@@ -260,12 +261,15 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
     lines = ["# negalign comparison", "",
              "Harmful compliance: share of answers to harmful prompts that the harm judge scores as complying; "
              "benign refusal: share of answers to benign prompts it scores as refusing. Brackets: Wilson 95 % "
-             "intervals. Preference accuracy / margin: h(chosen) > h(rejected) on held-out HH pairs, "
+             "intervals. Harmful content: share of answers to harmful prompts that the harmful-content head "
+             "(fitted on JailbreakBench's jailbroken labels) scores as carrying out the request. "
+             "Preference accuracy / margin: h(chosen) > h(rejected) on held-out HH pairs, "
              "h = logp_policy - logp_ref (the policy log-prob when no reference was given).", "",
-             "| model | harmful compliance | benign refusal | pref. acc. | margin | chosen NLL/tok | KL to ref | "
-             "tokens | rep. 3-grams |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | harmful compliance | harmful content | benign refusal | pref. acc. | margin | chosen NLL/tok | "
+             "KL to ref | tokens | rep. 3-grams |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['label']} | {_interval(s.get('harmful_compliance'))} | {_interval(s.get('benign_refusal'))}"
+        lines.append(f"| {s['label']} | {_interval(s.get('harmful_compliance'))} | {_interval(s.get('harmful_content'))}"
+                     f" | {_interval(s.get('benign_refusal'))}"
                      f" | {_fmt(s.get('preference_accuracy'))} | {_fmt(s.get('mean_margin'), 2)}"
                      f" | {_fmt(s.get('chosen_nll_per_token'))} | {_fmt(s.get('kl'), 2)}"
                      f" | {_fmt(s.get('answer_tokens'), 0)} | {_fmt(s.get('repeated_3gram_fraction'))} |")

@@ -189,6 +189,13 @@ def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
     return [name for name, value in wanted.items() if stored.get(name) != value]
 
 
+def unjudged(evaluation: Path) -> bool:
+    """An evaluation made before the harmful-content head shipped: judged again (its answers are reused)."""
+    from negalign.evaluation.content_judge import CONTENT_ASSET
+
+    return CONTENT_ASSET.exists() and not json.loads(evaluation.read_text()).get("content_judge")
+
+
 def run_demo(settings: DemoSettings) -> dict:
     from negalign.data.catalog import CATALOG, check_available, name_for
     from negalign.evaluation.evaluate import EvalSettings, evaluate
@@ -238,7 +245,8 @@ def run_demo(settings: DemoSettings) -> dict:
         fresh = folder.name in retrained
         wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
                   "seed": settings.seed}
-        if not fresh and not stale(target / "eval.json", wanted, key="settings"):
+        changed = stale(target / "eval.json", wanted, key="settings")
+        if not fresh and not changed and not unjudged(target / "eval.json"):
             _log(f"{folder.name}: evaluation found, reused")
             continue
         _log(f"{folder.name}: evaluating")
@@ -246,7 +254,9 @@ def run_demo(settings: DemoSettings) -> dict:
         # stage of the demo trains on
         evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
-                              max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed, overwrite=fresh,
+                              max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed,
+                              # answers of other settings are redrawn; those of an interrupted run resume
+                              overwrite=fresh or (bool(changed) and changed != ["no eval.json"]),
                               model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 

@@ -121,3 +121,9 @@ def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp
     evaluation.write_text(json.dumps({"settings": {"max_prompts": 12, "max_new_tokens": 64, "seed": 0}}))
     assert stale(evaluation, {"max_prompts": 50, "max_new_tokens": 64, "seed": 0}, key="settings") == ["max_prompts"]
     assert stale(tmp_path / "missing.json", {}) == ["no missing.json"]
+    # judged before the harmful-content head existed: evaluated again (the answers on disk are reused)
+    from negalign.demo import unjudged
+
+    assert unjudged(evaluation)
+    evaluation.write_text(json.dumps({"settings": {}, "content_judge": {"text": "prompt+answer"}}))
+    assert not unjudged(evaluation)

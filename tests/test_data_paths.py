@@ -95,10 +95,13 @@ def test_the_quick_demo_without_data_stops_within_seconds(tmp_path):
     took = time.time() - started
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("negalign demo: 5 data set(s) missing (offline): "), done.stderr
+    # the harmful prompts and benign instructions it trains on, the five evaluation sets' four files, and HH's
+    # held-out pairs: all named in one line, before any model is loaded
+    assert len(lines) == 1 and lines[0].startswith("negalign demo: 8 data set(s) missing (offline): "), done.stderr
     assert "negalign data fetch hh-harmless-base" in lines[0] and "refusal_direction" in lines[0]
+    assert "'harmful-train'" in lines[0] and "'benign-instructions'" in lines[0]
     assert took < 30, f"{took:.1f}s"
-    assert not (tmp_path / "d" / "samples.jsonl").exists()
+    assert not (tmp_path / "d" / "answers.jsonl").exists() and not (tmp_path / "d" / "samples.jsonl").exists()
 
 
 def test_fetch_writes_the_local_layout_the_readers_use(tmp_path, monkeypatch):

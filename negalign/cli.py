@@ -4,7 +4,6 @@ YAML recipe (`key: value`) or on the command line (`key=value` or `--key value`)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 TRAIN_EPILOG = """\

@@ -119,8 +119,8 @@ def evaluate(settings: EvalSettings) -> dict:
 
 
 def _evaluate(settings: EvalSettings, output: Path) -> dict:
-    from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.content_judge import load_content_judge
+    from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.judge import HarmJudge
     from negalign.models import load_model, load_tokenizer
 

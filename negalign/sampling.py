@@ -148,6 +148,12 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
                 path.unlink()
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        stored = old.get("settings")
+        if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:
+            # a greedy file written before greedy keys left batch_size out: greedy answers do not depend on it
+            old = {**old, "settings": {k: v for k, v in stored.items() if k != "batch_size"}}
+            if old == meta:
+                atomic_write_text(meta_path, json.dumps(meta, indent=2))
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise ValueError(f"{output} was made with other settings ({', '.join(diff)} differ: "

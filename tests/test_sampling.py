@@ -102,6 +102,15 @@ def test_greedy_file_resumes_under_another_batch_size_a_sampled_one_does_not(tin
     report = sample(model, tokenizer, PROMPTS, tmp_path / "g.jsonl", _settings(**greedy, batch_size=4),
                     model_id="tiny", progress=False)
     assert (report.n_rows_reused, report.n_rows_written) == (7, 0)
+    # a greedy file written before greedy keys left batch_size out (its meta still names one) resumes too,
+    # and its meta is brought to the current form
+    meta_path = tmp_path / "g.jsonl.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "settings": {**meta["settings"], "batch_size": 8}}))
+    report = sample(model, tokenizer, PROMPTS, tmp_path / "g.jsonl", _settings(**greedy), model_id="tiny",
+                    progress=False)
+    assert (report.n_rows_reused, report.n_rows_written) == (7, 0)
+    assert json.loads(meta_path.read_text()) == meta
     sample(model, tokenizer, PROMPTS[:3], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
     with pytest.raises(ValueError, match=r"other settings \(settings differ"):
         sample(model, tokenizer, PROMPTS[:3], tmp_path / "s.jsonl", _settings(batch_size=4), model_id="tiny",

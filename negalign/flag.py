@@ -1,4 +1,4 @@
-"""Negatives from the model's own answers: `negalign flag` keeps the answers a judge says comply.
+"""Negatives from the model's own answers: `negalign flag` keeps the answers a judge says comply (or refuse).
 
 A user who has harmful prompts but no bad answers can still give D2O (or NPO, gradient ascent, ...) the
 negatives it needs: the model answers the prompts (`negalign sample --k 1 --temperature 0`, greedy, its most
@@ -6,6 +6,12 @@ likely answer), the offline judge scores each answer, and every answer judged to
 {prompt, rejected} negative. These negatives are *on-policy*: what the model itself says, which is what the
 D2O paper trains on (its negatives were written by the model it aligns). Only prompts that are harmful should
 go in: the judge measures compliance, not harm, so a benign prompt's helpful answer would be flagged too.
+
+The other side of the same judge: on *benign* prompts a refusal is the bad answer (over-refusal), and
+`--keep refusing` turns the answers judged to refuse into negatives. Drawn under a refusal sampling context
+(`negalign sample --sampling-context refusal`), they are the refusals a model trained on refusal anchors
+would learn to give to harmless requests; D2O with them beside the harmful negatives is told both what to
+stop saying to harmful prompts and what not to start saying to benign ones (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -50,22 +56,29 @@ def question(prompt) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
+KEEP = ("complying", "refusing")
+
+
 def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
                    complies: Callable[[list[str], list[str]], Sequence[float]],
-                   threshold: float = THRESHOLD, judge_name: str = "offline") -> dict:
-    """Write the answers judged to comply (probability > threshold) to `output` as negatives; returns the
-    report (also written to OUTPUT.flags.json): counts, the flagged share with its Wilson interval."""
+                   threshold: float = THRESHOLD, judge_name: str = "offline", keep: str = "complying") -> dict:
+    """Write the answers judged to comply (probability > threshold) to `output` as negatives, or with
+    keep="refusing" those judged to refuse (probability <= threshold); returns the report (also written to
+    OUTPUT.flags.json): counts, the flagged share with its Wilson interval."""
+    if keep not in KEEP:
+        raise ValueError(f"keep: {keep!r} is not one of {KEEP}")
     rows = read_answers(answers)
     scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
+    bad = [(s > threshold) == (keep == "complying") for s in scores]
     flagged = [{"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
-                "flagged_from": r["source"]} for r, s in zip(rows, scores) if s > threshold]
+                "flagged_from": r["source"]} for r, s, b in zip(rows, scores, bad) if b]
     atomic_write_text(output, "".join(json.dumps(f) + "\n" for f in flagged))
     low, high = wilson_interval(len(flagged), len(rows))
     report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
               "flagged_share": round(len(flagged) / len(rows), 4), "wilson95": [round(low, 4), round(high, 4)],
-              "judge": judge_name, "threshold": threshold,
+              "judge": judge_name, "threshold": threshold, "kept": keep,
               "not_flagged_examples": [{"prompt": question(r["prompt"]), "answer": r["completion"][:200]}
-                                       for r, s in zip(rows, scores) if s <= threshold][:5]}
+                                       for r, b in zip(rows, bad) if not b][:5]}
     atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n")
     return report
 
@@ -73,7 +86,8 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
 def cmd_flag(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="negalign flag", description="Turn the model's own answers to harmful prompts into negatives: every "
-        "answer the judge scores as complying becomes a {prompt, rejected} row.",
+        "answer the judge scores as complying becomes a {prompt, rejected} row (with --keep refusing: every "
+        "answer it scores as a refusal, for benign prompts).",
         epilog="example:\n  negalign sample --data harmful_prompts.jsonl --k 1 --temperature 0 --max-new-tokens 64 "
         "--output runs/answers.jsonl --no-anchor-report\n  negalign flag --answers runs/answers.jsonl --output "
         "runs/negatives.jsonl\n  negalign train objective=d2o data=runs/negatives.jsonl ...",
@@ -83,6 +97,9 @@ def cmd_flag(argv: list[str]) -> int:
                         f"a report is written beside it as OUTPUT{REPORT_SUFFIX}")
     parser.add_argument("--threshold", type=float, default=THRESHOLD,
                         help="an answer whose judge probability of complying is above this is flagged")
+    parser.add_argument("--keep", choices=KEEP, default="complying",
+                        help="which answers become negatives: those judged complying (harmful prompts, the "
+                        "default) or refusing (benign prompts: over-refusals)")
     parser.add_argument("--judge", default=None, help="a judge head made by `negalign judge fit` (default: the "
                         "built-in offline judge)")
     args = parser.parse_args(argv)
@@ -92,8 +109,8 @@ def cmd_flag(argv: list[str]) -> int:
 
     judge = HarmJudge.load(args.judge)
     report = flag_complying(args.answers, args.output, judge.complies, args.threshold,
-                            judge_name=args.judge or "offline")
-    print(f"negalign flag: {report['n_flagged']} of {report['n_answers']} answers judged complying "
+                            judge_name=args.judge or "offline", keep=args.keep)
+    print(f"negalign flag: {report['n_flagged']} of {report['n_answers']} answers judged {args.keep} "
           f"({report['flagged_share']:.3f} [{report['wilson95'][0]:.3f}, {report['wilson95'][1]:.3f}]) -> "
           f"{args.output}")
     return 0

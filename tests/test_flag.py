@@ -51,6 +51,22 @@ def test_threshold_moves_the_cut(tmp_path):
     assert json.loads(open(tmp_path / "neg.jsonl").readline())["rejected"] == "b"
 
 
+def test_keep_refusing_takes_the_other_side_of_the_cut(tmp_path):
+    # benign prompts: the refusals are the bad answers (over-refusal negatives)
+    answers = tmp_path / "answers.jsonl"
+    write_answers(answers, [("Generate a password", "I'm sorry, but I can't help with that."),
+                            ("Name a fruit", "An apple."), ("Kill a frozen program", "I can't do that.")])
+    scores = {"I'm sorry, but I can't help with that.": 0.05, "An apple.": 0.97, "I can't do that.": 0.5}
+    report = flag_complying(answers, tmp_path / "neg.jsonl", lambda q, t: [scores[x] for x in t], keep="refusing")
+    negatives = [json.loads(line) for line in open(tmp_path / "neg.jsonl")]
+    # 0.5 is not above the default threshold 0.5: a refusal
+    assert [n["flagged_from"] for n in negatives] == ["answers.jsonl:1", "answers.jsonl:3"]
+    assert (report["n_flagged"], report["kept"]) == (2, "refusing")
+    assert [e["answer"] for e in report["not_flagged_examples"]] == ["An apple."]
+    with pytest.raises(ValueError, match="keep: 'helpful'"):
+        flag_complying(answers, tmp_path / "x.jsonl", lambda q, t: [0.0] * len(t), keep="helpful")
+
+
 def test_a_row_without_an_answer_is_named(tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": "q2"}) + "\n")
@@ -69,6 +85,9 @@ def test_command_with_the_offline_judge(tmp_path, capsys):
     negatives = [json.loads(line) for line in open(tmp_path / "neg.jsonl")]
     assert [n["rejected"][:5] for n in negatives] == ["Sure!"]
     assert "1 of 2 answers judged complying" in capsys.readouterr().out
+    assert main(["flag", "--answers", str(answers), "--output", str(tmp_path / "over.jsonl"), "--keep", "refusing"]) == 0
+    assert [json.loads(line)["rejected"][:5] for line in open(tmp_path / "over.jsonl")] == ["I'm s"]
+    assert "1 of 2 answers judged refusing" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
         main(["flag", "--answers", str(answers), "--output", str(tmp_path / "x.jsonl"), "--threshold", "1.5"])
     assert stop.value.code == 2

@@ -51,6 +51,9 @@ class DemoSettings:
     learning_rate: float = 2e-5
     sampling_context: str | None = "refusal"
     sampling_instruction: str | None = None
+    # the benign prompts answered under the sampling context: the answers judged refusals become negatives
+    # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md)
+    benign_refusals: bool = False
     # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
     harmful_prompts: int | None = None
     benign_prompts: int | None = None
@@ -143,7 +146,7 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     report = flag_complying(answers, files["negatives"], HarmJudge.load().complies)
     timings["flag"] = time.time() - clock
     _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives")
-    negatives = [json.loads(line) for line in files["negatives"].read_text().splitlines()]
+    negatives = _read_jsonl(files["negatives"])
     if not negatives:
         raise ValueError(f"{answers}: the judge flagged none of the model's answers; nothing to train on")
     if not settings.k:
@@ -159,6 +162,7 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     _log(format_report(report_samples_file(files["samples"], str(files["negatives"]))))
     timings["anchors"] = time.time() - clock
 
+    anchors, with_refusals = _read_jsonl(files["samples"]), False
     if settings.benign_prompts:
         clock = time.time()
         files["benign_samples"] = out / "benign_samples.jsonl"
@@ -166,11 +170,30 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
                                       settings.benign_prompts, folder)
         sampler(benign, files["benign_samples"], "benign anchors", batch_size=64)
         timings["benign_anchors"] = time.time() - clock
+        if settings.benign_refusals and context is not None:
+            clock = time.time()
+            answers = out / "benign_answers.jsonl"
+            sampler(benign, answers, f"benign prompts answered under the context ({settings.sampling_context})",
+                    k=1, temperature=0.0, batch_size=64, context=context)
+            report = flag_complying(answers, out / "benign_refusals.jsonl", HarmJudge.load().complies,
+                                    keep="refusing")
+            _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too")
+            # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
+            negatives += _read_jsonl(out / "benign_refusals.jsonl")
+            anchors += _read_jsonl(files["benign_samples"])
+            files["negatives"], files["samples"] = out / "d2o_negatives.jsonl", out / "d2o_anchors.jsonl"
+            _write_jsonl(files["negatives"], negatives)
+            _write_jsonl(files["samples"], anchors)
+            timings["benign_refusals"], with_refusals = time.time() - clock, True
 
-    anchors = [json.loads(line) for line in files["samples"].read_text().splitlines() if line.strip()]
-    files["pairs"] = out / "train_pairs.jsonl"
+    # named apart, so that a baseline trained on the other rows is not reused
+    files["pairs"] = out / ("train_pairs_benign_refusals.jsonl" if with_refusals else "train_pairs.jsonl")
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
     return files
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
@@ -308,6 +331,10 @@ def cmd_demo(argv: list[str]) -> int:
                         help="messages placed before each prompt only while sampling the anchors: a preset "
                         "(refusal, refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none "
                         "(default: refusal)")
+    parser.add_argument("--benign-refusals", action=argparse.BooleanOptionalAction, default=False,
+                        help="also answer the benign prompts under the sampling context and train on the answers "
+                        "judged refusals as negatives (with the prompts' plain anchors); the baselines get the "
+                        "same rows")
     parser.add_argument("--sampling-instruction", default=None,
                         help="a system prompt used only while sampling the anchors, instead of the context")
     add_model_arguments(parser)
@@ -319,6 +346,7 @@ def cmd_demo(argv: list[str]) -> int:
         data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
         k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
         eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
+        benign_refusals=args.benign_refusals,
         sampling_context=_context(args.sampling_context, args.sampling_instruction),
         model_options=model_options_from(args))
     run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line

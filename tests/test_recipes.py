@@ -127,3 +127,74 @@ def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp
     assert unjudged(evaluation)
     evaluation.write_text(json.dumps({"settings": {}, "content_judge": {"text": "prompt+answer"}}))
     assert not unjudged(evaluation)
+
+
+def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, monkeypatch):
+    # the sampling stages stubbed (no model): what prepare_data makes of their files is checked
+    import negalign.anchors
+    import negalign.data.catalog
+    import negalign.data.paths
+    import negalign.sampling
+    from negalign.demo import DemoSettings, prepare_data
+    from negalign.evaluation.judge import HarmJudge
+
+    harmful = [[{"role": "user", "content": f"harmful {i}"}] for i in range(3)]
+    benign = [[{"role": "user", "content": f"benign {i}"}] for i in range(4)]
+
+    class FakeSampler:
+        def __init__(self, settings, base):
+            self.k = settings.k
+
+        def __call__(self, prompts, output, what, **changes):
+            k, rows = changes.get("k", self.k), []
+            for i, prompt in enumerate(prompts):
+                text = prompt[-1]["content"]
+                for j in range(k):
+                    if "under the context" in what:  # benign 0 and 2 refused under the context
+                        answer = "I'm sorry, but I can't help with that." if i % 2 == 0 else f"Answer to {text}"
+                    elif "benign anchors" in what:
+                        answer = f"plain {j} for {text}"
+                    elif "anchors" in what:
+                        answer = f"I can't help with {text} ({j})"
+                    else:  # the model's answers to harmful prompts: all but the last comply
+                        answer = "I can't." if text == "harmful 2" else f"Sure: {text}"
+                    rows.append({"prompt": prompt, "completion": answer, "sample_index": j})
+            Path(output).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def prompts(sources, output, n, folder):
+        return harmful if sources == ["harmful"] * 2 else benign
+
+    monkeypatch.setattr("negalign.demo._Sampler", FakeSampler)
+    monkeypatch.setattr(negalign.sampling, "prompts_for_sampling", prompts)
+    monkeypatch.setattr(negalign.data.catalog, "resolve_data", lambda name, folder=None: "harmful"
+                        if name.startswith("harmful") else "benign")
+    monkeypatch.setattr(negalign.data.paths, "data_dir", lambda folder=None: tmp_path)
+    monkeypatch.setattr(negalign.anchors, "report_samples_file", lambda *a, **k: {})
+    monkeypatch.setattr(negalign.anchors, "format_report", lambda report: "")
+
+    class Judge:
+        def complies(self, questions, texts):
+            return [0.1 if "can't" in t else 0.9 for t in texts]
+
+    monkeypatch.setattr(HarmJudge, "load", classmethod(lambda cls, *a: Judge()))
+    read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]  # noqa: E731
+
+    (tmp_path / "a").mkdir()
+    plain = prepare_data(DemoSettings(preset="quick", k=2, output=str(tmp_path / "a")), tmp_path / "a", "m", {})
+    assert plain["pairs"].name == "train_pairs.jsonl" and plain["negatives"].name == "negatives.jsonl"
+    assert [r["prompt"][0]["content"] for r in read(plain["pairs"])] == ["harmful 0", "harmful 1"]
+
+    (tmp_path / "b").mkdir()
+    files = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, output=str(tmp_path / "b")),
+                         tmp_path / "b", "m", {})
+    negatives = read(files["negatives"])
+    assert files["negatives"].name == "d2o_negatives.jsonl"
+    # the two harmful negatives, then the refusals of benign 0 and 2 (benign 1 and 3 were answered)
+    assert [(n["prompt"][0]["content"], n["rejected"][:8]) for n in negatives] == [
+        ("harmful 0", "Sure: ha"), ("harmful 1", "Sure: ha"), ("benign 0", "I'm sorr"), ("benign 2", "I'm sorr")]
+    anchors = read(files["samples"])
+    assert len(anchors) == 2 * 2 + 4 * 2  # K = 2 for the harmful negatives' prompts and for every benign prompt
+    pairs = read(files["pairs"])
+    assert files["pairs"].name == "train_pairs_benign_refusals.jsonl"  # a baseline of the other rows is not reused
+    assert pairs[2:] == [{"prompt": benign[0], "chosen": "plain 0 for benign 0", "rejected": negatives[2]["rejected"]},
+                         {"prompt": benign[2], "chosen": "plain 0 for benign 2", "rejected": negatives[3]["rejected"]}]

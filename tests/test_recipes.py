@@ -198,3 +198,26 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     assert files["pairs"].name == "train_pairs_benign_refusals.jsonl"  # a baseline of the other rows is not reused
     assert pairs[2:] == [{"prompt": benign[0], "chosen": "plain 0 for benign 0", "rejected": negatives[2]["rejected"]},
                          {"prompt": benign[2], "chosen": "plain 0 for benign 2", "rejected": negatives[3]["rejected"]}]
+
+
+def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
+    # configs/d2o-benign-refusals.yaml is the study's d2o-selfneg-k2-overrefusal-144steps, and the demo path
+    # `--benign-refusals --steps 144` trains the same recipe on top of configs/d2o.yaml's
+    import yaml
+
+    from negalign.config import load_config
+    from negalign.demo import TRAIN, DemoSettings
+    from negalign.methods import METHODS
+
+    root = Path(__file__).parents[1]
+    config = load_config(str(root / "configs" / "d2o-benign-refusals.yaml"))
+    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-144steps" /
+                            "negalign_config.yaml").read_text())
+    keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length",
+            "learning_rate", "per_device_train_batch_size", "max_steps", "sampling_context"]
+    assert {key: getattr(config, key) for key in keys} == {key: study[key] for key in keys}
+    demo = DemoSettings(benign_refusals=True, max_steps=144)
+    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
+            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
+            **METHODS["d2o"].demo}
+    assert mine == {key: getattr(config, key) for key in mine}

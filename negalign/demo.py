@@ -72,6 +72,10 @@ class DemoSettings:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        if self.benign_refusals and not (self.benign_prompts and self.k and (self.sampling_context or
+                                                                              self.sampling_instruction)):
+            raise ValueError("--benign-refusals answers the benign prompts under the sampling context: it needs "
+                             "benign prompts, k > 0 and a sampling context or instruction")
         if not self.k and any(m != "d2o" for m in self.methods):
             raise ValueError("--k 0 leaves no anchors, and the baselines' rows take their chosen side from "
                              "them: with k 0 train only d2o")
@@ -143,7 +147,8 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
 
     clock = time.time()
     files["negatives"] = out / "negatives.jsonl"
-    report = flag_complying(answers, files["negatives"], HarmJudge.load().complies)
+    judge = HarmJudge.load()  # loaded once: the benign refusals are flagged with it too
+    report = flag_complying(answers, files["negatives"], judge.complies)
     timings["flag"] = time.time() - clock
     _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives")
     negatives = _read_jsonl(files["negatives"])
@@ -170,13 +175,12 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
                                       settings.benign_prompts, folder)
         sampler(benign, files["benign_samples"], "benign anchors", batch_size=64)
         timings["benign_anchors"] = time.time() - clock
-        if settings.benign_refusals and context is not None:
+        if settings.benign_refusals:
             clock = time.time()
             answers = out / "benign_answers.jsonl"
             sampler(benign, answers, f"benign prompts answered under the context ({settings.sampling_context})",
                     k=1, temperature=0.0, batch_size=64, context=context)
-            report = flag_complying(answers, out / "benign_refusals.jsonl", HarmJudge.load().complies,
-                                    keep="refusing")
+            report = flag_complying(answers, out / "benign_refusals.jsonl", judge.complies, keep="refusing")
             _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too")
             # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
             negatives += _read_jsonl(out / "benign_refusals.jsonl")

@@ -103,6 +103,8 @@ def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor()
     assert baseline_rows(negatives, anchors) == [
         {"prompt": a, "chosen": "I can't help with that.", "rejected": "Step 1: ..."},
         {"prompt": b, "chosen": "No.", "rejected": "import os ..."}]
+    with pytest.raises(ValueError, match="--benign-refusals answers the benign prompts under the sampling context"):
+        DemoSettings(preset="quick", benign_refusals=True, sampling_context=None)
     with pytest.raises(ValueError, match="with k 0 train only d2o"):
         DemoSettings(preset="quick", k=0, methods=["d2o", "npo"])
     assert _context(None, None) == "refusal" and _context("none", None) is None

@@ -43,8 +43,9 @@ def test_eval_end_to_end_and_resume(tiny_model_dir, inputs, tmp_path):
     assert 0 < harmful["answer_tokens"] <= 6
     assert saved["generation"]["prompts-benign"] == {**saved["generation"]["prompts-benign"], "written": 4,
                                                      "reused": 0}
-    # policy == reference: every log-ratio is 0, so KL is 0 and no pair is "won"
-    assert saved["kl"]["kl"] == pytest.approx(0.0, abs=1e-4) and saved["kl"]["n_answers"] == 4
+    # policy == reference: every log-ratio is 0, so KL is exactly 0 (no answers sampled) and no pair is "won"
+    assert saved["kl"]["kl"] == 0.0 and saved["kl"]["n_answers"] == 0
+    assert not (output / "answers" / "kl-prompts-benign.jsonl").exists()
     assert saved["preference"]["n_pairs"] == 4 and saved["preference"]["accuracy"] == 0.0
     assert saved["preference"]["mean_margin"] == pytest.approx(0.0, abs=1e-4)
     assert saved["preference"]["chosen_nll_per_token"] > 0
@@ -72,6 +73,48 @@ def test_eval_end_to_end_and_resume(tiny_model_dir, inputs, tmp_path):
                                                       "reused": 3}
     assert sorted(answers.read_text().splitlines()) == sorted(before)  # greedy: the same answers
     assert again["suites"]["prompts-benign"]["benign_refusal"] == saved["suites"]["prompts-benign"]["benign_refusal"]
+
+
+def test_eval_against_another_reference_matches_unshared_scoring_and_caches_it(tiny_model_dir, inputs, tmp_path,
+                                                                              monkeypatch, smollm_tokenizer):
+    """A trained model against its start: the pair metrics equal those from scoring each answer on its own
+    (chosen and rejected share their prompt in one packed row here), and a second evaluation reads the
+    reference's log-probs from the cache instead of running the reference."""
+    import negalign.reference
+    from negalign.evaluation import metrics
+    from negalign.evaluation.generate import completion_logps
+    from negalign.models import load_model
+    from tests.conftest import make_tiny_llama
+
+    monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path / "cache"))
+    policy_dir = tmp_path / "policy"
+    make_tiny_llama(len(smollm_tokenizer), seed=1).save_pretrained(policy_dir)
+    smollm_tokenizer.save_pretrained(policy_dir)
+    pairs = held_out_pairs(inputs["pairs"], 4)
+    prompts = [p["prompt"] for p in pairs]
+    by_hand = {}
+    for name, folder in (("policy", str(policy_dir)), ("reference", tiny_model_dir)):
+        model = load_model(folder)
+        for side in ("chosen", "rejected"):
+            by_hand[name, side] = completion_logps(model, smollm_tokenizer, prompts, [p[side] for p in pairs])[0]
+    margin = metrics.mean_margin(by_hand["policy", "chosen"], by_hand["policy", "rejected"],
+                                 by_hand["reference", "chosen"], by_hand["reference", "rejected"])
+    accuracy = metrics.preference_accuracy(by_hand["policy", "chosen"], by_hand["policy", "rejected"],
+                                           by_hand["reference", "chosen"], by_hand["reference", "rejected"])
+    assert abs(margin) > 1e-3  # two different random models: the check below can fail
+
+    calls = []
+    real = negalign.reference.compute_logps
+    monkeypatch.setattr(negalign.reference, "compute_logps",
+                        lambda *a, **k: calls.append(k.get("description", "reference")) or real(*a, **k))
+    first = evaluate(settings(str(policy_dir), inputs, tmp_path / "eval-1", reference=tiny_model_dir, kl=False))
+    assert first["preference"]["mean_margin"] == pytest.approx(margin, abs=1e-3)
+    assert first["preference"]["accuracy"] == accuracy
+    assert calls.count("reference") == 1 and len(list((tmp_path / "cache" / "reference").glob("reflogps-*"))) == 1
+    calls.clear()
+    second = evaluate(settings(str(policy_dir), inputs, tmp_path / "eval-2", reference=tiny_model_dir, kl=False))
+    assert calls == ["policy log-probs (pairs)"]  # the reference's values came from the cache
+    assert second["preference"] == {**first["preference"], "source": second["preference"]["source"]}
 
 
 def test_eval_without_reference_and_other_settings_refused(tiny_model_dir, inputs, tmp_path):

@@ -108,6 +108,26 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
+def _pair_logps(model, reference, tokenizer, pairs: list[dict]):
+    """Summed log-probs of each pair's chosen and rejected answer under the policy and the reference (None
+    without one), and the chosen answers' token counts. A pair's two answers sit side by side so that their
+    shared prompt is encoded once. The reference's values depend only on its weights and these tokens, so
+    they are cached on disk as training caches them: every model of a study is judged against the same
+    starting model, and only its first evaluation pays for the reference pass."""
+    from negalign.evaluation.generate import completion_sequences
+    from negalign.models import cache_dir
+    from negalign.reference import cached_reference_logps, compute_logps
+
+    sequences = completion_sequences(tokenizer, [p["prompt"] for p in pairs for _ in range(2)],
+                                     [p[side] for p in pairs for side in ("chosen", "rejected")])
+    policy = compute_logps(model, sequences, description="policy log-probs (pairs)").tolist()
+    ref = None
+    if reference is not None:
+        ref = cached_reference_logps(reference, sequences, cache_dir() / "reference")[0].tolist()
+    return (policy[0::2], policy[1::2], ref[0::2] if ref else None, ref[1::2] if ref else None,
+            [len(completion) for _, completion in sequences[0::2]])
+
+
 def evaluate(settings: EvalSettings) -> dict:
     """Run the whole evaluation, write `<output>/eval.json`, and return its contents. One evaluation writes an
     output folder at a time: a second is refused (or waits, with settings.wait)."""
@@ -123,6 +143,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.judge import HarmJudge
     from negalign.models import load_model, load_tokenizer
+    from negalign.reference import model_fingerprint
 
     started = time.time()
     (output / "answers").mkdir(parents=True, exist_ok=True)
@@ -179,6 +200,8 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     timings["judge"] = time.time() - clock
 
     reference = load_model(settings.reference, options).eval() if settings.reference else None
+    # the starting model judged against itself (a demo's base row): its log-ratios are 0, nothing to compute
+    same_weights = reference is not None and model_fingerprint(reference) == model_fingerprint(model)
 
     preference = None
     pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
@@ -186,15 +209,10 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     if pairs_path is not None and Path(pairs_path).exists() and n_pairs > 0:
         clock = time.time()
         pairs = held_out_pairs(pairs_path, n_pairs)
-        prompts = [p["prompt"] for p in pairs]
-        lp = lambda m, side, what: completion_logps(m, tokenizer, prompts, [p[side] for p in pairs],  # noqa: E731
-                                                    description=what)
-        policy_chosen, chosen_tokens = lp(model, "chosen", "policy log-probs (chosen)")
-        policy_rejected, _ = lp(model, "rejected", "policy log-probs (rejected)")
-        ref_chosen = ref_rejected = None
-        if reference is not None:
-            ref_chosen, _ = lp(reference, "chosen", "reference log-probs (chosen)")
-            ref_rejected, _ = lp(reference, "rejected", "reference log-probs (rejected)")
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens = _pair_logps(
+            model, None if same_weights else reference, tokenizer, pairs)
+        if same_weights:
+            ref_chosen, ref_rejected = policy_chosen, policy_rejected
         preference = {
             "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
             "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",
@@ -208,7 +226,10 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
 
     kl = None
     benign = [s for s in suites if s.kind == "benign"]
-    if reference is not None and settings.kl and benign:
+    if same_weights and settings.kl and benign:
+        kl = {"kl": 0.0, "per_suite": {suite.name: 0.0 for suite in benign}, "n_answers": 0,
+              "estimator": "exactly 0: the policy and the reference have the same weights (no answers sampled)"}
+    elif reference is not None and settings.kl and benign:
         clock = time.time()
         policy_lp, ref_lp, per_suite = [], [], {}
         for suite in benign:

@@ -46,6 +46,18 @@ def completion_logps(model, tokenizer, prompts: list[str | list[dict]], completi
     """Summed log-probs of each completion given its prompt, and its token count (eos included when the
     answer ended; an answer cut at max_new_tokens (`finished` False) is scored without the eos that
     `encode` would append)."""
+    sequences = completion_sequences(tokenizer, prompts, completions, finished=finished, max_length=max_length,
+                                     max_prompt_length=max_prompt_length)
+    if not sequences:
+        return [], []
+    logps = compute_logps(model, sequences, max_tokens=max_tokens, description=description)
+    return logps.tolist(), [len(c) for _, c in sequences]
+
+
+def completion_sequences(tokenizer, prompts: list[str | list[dict]], completions: list[str], *,
+                         finished: list[bool] | None = None, max_length: int | None = 1024,
+                         max_prompt_length: int | None = 256) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) of each answer, encoded as training encodes them."""
     sequences = []
     for index, (prompt, completion) in enumerate(zip(prompts, completions)):
         encoded = encode(as_messages(prompt), completion, tokenizer, max_length=max_length,
@@ -54,7 +66,4 @@ def completion_logps(model, tokenizer, prompts: list[str | list[dict]], completi
         if finished is not None and not finished[index] and len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:
             ids = ids[:-1]
         sequences.append((encoded.prompt_ids, ids))
-    if not sequences:
-        return [], []
-    logps = compute_logps(model, sequences, max_tokens=max_tokens, description=description)
-    return logps.tolist(), [len(c) for _, c in sequences]
+    return sequences

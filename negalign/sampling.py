@@ -184,6 +184,9 @@ def _static_cache(model, max_cache_len: int) -> StaticCache:
     return cache
 
 
+# finished rows leave the batch once this share of it has finished: copying the KV cache (every layer) costs
+# about one decode step at batch 64, so it is done in a few larger rounds rather than at every finished row
+COMPACT_AFTER = 0.25
 TOP_P_CANDIDATES = 256  # top-p looks at this many most likely tokens first; the full sort only if they fall short
 
 
@@ -236,18 +239,29 @@ def generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: Samp
     token, position = ids[:, -1:].repeat_interleave(k, 0), positions[:, -1:].repeat_interleave(k, 0)
     mask = mask.repeat_interleave(k, 0)
     rows = [[] for _ in range(token.shape[0])]
+    alive = list(range(token.shape[0]))  # which answer each row of the batch decodes
     running = torch.ones(token.shape[0], dtype=torch.bool, device=device)
     for _ in range(settings.max_new_tokens):
         logits = model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         chosen = torch.where(running, next_tokens(logits, settings, generator), pad)
-        for row in running.nonzero().flatten().tolist():
-            rows[row].append(int(chosen[row]))
+        for row, value, live in zip(alive, chosen.tolist(), running.tolist()):
+            if live:
+                rows[row].append(value)
         running &= chosen != eos
-        if not bool(running.any()):
+        n_running = int(running.sum())
+        if n_running == 0:
             break
         token, position = chosen[:, None], position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if n_running <= (1 - COMPACT_AFTER) * len(alive):
+            # finished rows leave the batch: every later step would compute them for nothing
+            keep = running.nonzero().flatten()
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+                layer.batch_size = n_running
+            token, position, mask, running = token[keep], position[keep], mask[keep], running[keep]
+            alive = [alive[i] for i in keep.tolist()]
     return [rows[i * k:(i + 1) * k] for i in range(len(prompt_ids))]
 
 

@@ -128,6 +128,42 @@ def test_shared_prefill_generates_what_plain_generate_does(tiny):
         assert answers == [plain, plain]
 
 
+@pytest.mark.parametrize("compact_after", [0.0, 0.25, 1.0])  # at every finished row, in rounds, never
+def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after):
+    """Rows that reach EOS at different steps are dropped from the batch (and the KV cache); each answer is
+    still exactly what greedy decoding of its prompt alone gives, cut after its first EOS."""
+    from types import SimpleNamespace
+
+    from tests.conftest import make_tiny_llama
+
+    _, tokenizer = tiny
+    model = make_tiny_llama(len(tokenizer), seed=1)
+    with torch.no_grad():  # larger weights: a random model whose greedy answers differ from prompt to prompt
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(10)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             return_dict=False) for p in PROMPTS]
+
+    def greedy(prompt, n):  # no cache, no batch: the full forward pass again for every token
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(n):
+                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        return ids[len(prompt):]
+
+    plain = [greedy(prompt, 8) for prompt in prompts]
+    cut = lambda answer, eos: answer[:answer.index(eos) + 1] if eos in answer else answer  # noqa: E731
+    # call EOS the token that makes answers end at the most different steps
+    eos = max({t for answer in plain for t in answer}, key=lambda t: len({len(cut(a, t)) for a in plain}))
+    expected = [cut(answer, eos) for answer in plain]
+    assert len({len(answer) for answer in expected}) >= 3  # e.g. ends at steps 2 and 4, others run to 8
+    monkeypatch.setattr(sampling, "COMPACT_AFTER", compact_after)
+    stub = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    ours = generate_batch(model, stub, prompts, _settings(temperature=0.0, k=2, max_new_tokens=8), 0)
+    assert ours == [[answer, answer] for answer in expected]
+
+
 @pytest.mark.parametrize("sharpness", [8.0, 0.05])  # peaked: candidates suffice; flat: the full-sort path
 def test_nucleus_keeps_what_transformers_top_p_keeps(sharpness):
     from transformers.generation.logits_process import TopPLogitsWarper

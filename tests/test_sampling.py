@@ -128,10 +128,18 @@ def test_shared_prefill_generates_what_plain_generate_does(tiny):
         assert answers == [plain, plain]
 
 
-@pytest.mark.parametrize("compact_after", [0.0, 0.25, 1.0])  # at every finished row, in rounds, never
-def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after):
-    """Rows that reach EOS at different steps are dropped from the batch (and the KV cache); each answer is
-    still exactly what greedy decoding of its prompt alone gives, cut after its first EOS."""
+def test_shared_prefix_length():
+    assert sampling.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert sampling.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 3
+    assert sampling.shared_prefix_length([[7], [8, 9]]) == 0
+
+
+@pytest.mark.parametrize("compact_after,min_shared", [(0.0, 8), (0.25, 8), (1.0, 8), (0.25, 10**9)])
+def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after, min_shared):
+    """Rows that reach EOS at different steps are dropped from the batch (and the KV cache); the prompts'
+    common opening (the chat template's system turn, "Question number") is prefilled once, or with each row
+    (min_shared too large). Each answer is still exactly what greedy decoding of its prompt alone gives, cut
+    after its first EOS."""
     from types import SimpleNamespace
 
     from tests.conftest import make_tiny_llama
@@ -159,9 +167,15 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeyp
     expected = [cut(answer, eos) for answer in plain]
     assert len({len(answer) for answer in expected}) >= 3  # e.g. ends at steps 2 and 4, others run to 8
     monkeypatch.setattr(sampling, "COMPACT_AFTER", compact_after)
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", min_shared)
+    assert sampling.shared_prefix_length(prompts) >= 8
     stub = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     ours = generate_batch(model, stub, prompts, _settings(temperature=0.0, k=2, max_new_tokens=8), 0)
     assert ours == [[answer, answer] for answer in expected]
+    # a prompt that is all prefix (the other prompt extends it): the shared part stops one token short of it
+    pair = [prompts[1], prompts[1] + prompts[2][-5:]]
+    ours = generate_batch(model, stub, pair, _settings(temperature=0.0, k=1, max_new_tokens=4), 0)
+    assert ours == [[cut(greedy(prompt, 4), eos)] for prompt in pair]
 
 
 @pytest.mark.parametrize("sharpness", [8.0, 0.05])  # peaked: candidates suffice; flat: the full-sort path

@@ -114,7 +114,12 @@ def test_eval_against_another_reference_matches_unshared_scoring_and_caches_it(t
     calls.clear()
     second = evaluate(settings(str(policy_dir), inputs, tmp_path / "eval-2", reference=tiny_model_dir, kl=False))
     assert calls == ["policy log-probs (pairs)"]  # the reference's values came from the cache
-    assert second["preference"] == {**first["preference"], "source": second["preference"]["source"]}
+    assert second["preference"] == first["preference"]
+    # the starting model judged against itself reads the same cache: no pass at all, every margin 0
+    calls.clear()
+    base = evaluate(settings(tiny_model_dir, inputs, tmp_path / "eval-base", kl=False))
+    assert calls == [] and base["preference"]["mean_margin"] == 0.0
+    assert base["preference"]["chosen_nll_per_token"] == first["preference"]["reference_chosen_nll_per_token"]
 
 
 def test_eval_without_reference_and_other_settings_refused(tiny_model_dir, inputs, tmp_path):

@@ -16,6 +16,11 @@ the plain loop's is recorded too (batching with padding can flip a near-tie in f
 
     .venv/bin/python benchmarks/generation.py --workload eval --prompts 48 --max-new-tokens 64
     .venv/bin/python benchmarks/generation.py --workload sample --prompts 16 --k 4 --max-new-tokens 64
+    .venv/bin/python benchmarks/generation.py --workload sample --k 2 --sampling-context refusal
+
+`--sampling-context` puts a context (a preset or file, as `negalign sample` takes it) before every prompt, for
+every implementation: how D2O's anchors are drawn in the recipes. Its result goes to
+generation-<workload>-context.json.
 
 Writes benchmarks/results/generation-<workload>.json.
 """
@@ -84,7 +89,7 @@ def negalign_run(model, tokenizer, prompts, args, batch_size: int, model_id: str
                                             max_new_tokens=args.max_new_tokens, batch_size=batch_size, progress=False)
             return report.generated_tokens, report.seconds, [r["completion"] for r in rows]
         settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                    top_p=args.top_p, batch_size=batch_size)
+                                    top_p=args.top_p, batch_size=batch_size, context=args.context)
         report = sample(model, tokenizer, prompts, Path(tmp) / "s.jsonl", settings, progress=False, model_id=model_id)
         return report.generated_tokens, report.seconds, None
 
@@ -102,7 +107,14 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--sampling-context", default=None,
+                        help="sample workload: a context preset or file placed before every prompt")
     args = parser.parse_args()
+    from negalign.sampling_context import resolve_context
+
+    if args.sampling_context and args.workload != "sample":
+        parser.error("--sampling-context applies to the sample workload")
+    args.context = resolve_context(args.sampling_context)
     args.k = args.k or (1 if args.workload == "eval" else 4)
     torch.manual_seed(0)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
@@ -113,7 +125,7 @@ def main():
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     else:
         prompts = unique_prompts(str(Path(data) / HH), on_bad_row="skip")[:args.prompts]
-    encoded = [encode_prompt_with_context(p, None, tokenizer, 256) for p in prompts]
+    encoded = [encode_prompt_with_context(p, args.context, tokenizer, 256) for p in prompts]
     count = lambda rows: sum(len(r) for r in rows)  # noqa: E731  (rows are already cut after EOS)
     ours, texts = {}, {}
     for batch_size in map(int, args.batch_sizes.split(",")):
@@ -134,7 +146,8 @@ def main():
         "competitor": "transformers generate: plain per-prompt loop, and batched with num_return_sequences and a "
                       f"static cache ({competitor_batch} prompts per batch)",
         "model": args.model, "dtype": "float32", "prompts": len(prompts), "k": args.k,
-        "max_new_tokens": args.max_new_tokens, "temperature": 0.0 if args.workload == "eval" else args.temperature,
+        "max_new_tokens": args.max_new_tokens, "sampling_context": args.sampling_context,
+        "mean_prompt_tokens": round(sum(map(len, encoded)) / len(encoded), 1), "temperature": 0.0 if args.workload == "eval" else args.temperature,
         "negalign_by_batch_size": ours, "negalign_batch_size": best,
         "negalign_tokens_per_s": rate["negalign"],
         "batched_generate": {"tokens": count(batched_rows), "seconds": round(batched_seconds, 1),
@@ -147,13 +160,15 @@ def main():
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "command": f"python benchmarks/generation.py --workload {args.workload} --prompts {args.prompts} --k {args.k} "
-                   f"--max-new-tokens {args.max_new_tokens} --batch-sizes {args.batch_sizes}",
+                   f"--max-new-tokens {args.max_new_tokens} --batch-sizes {args.batch_sizes}"
+                   + (f" --sampling-context {args.sampling_context}" if args.sampling_context else ""),
     }
     if args.workload == "eval":  # greedy: the same answers are expected; say how often they are
         plain_texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in plain_rows]
         same = sum(a == b for a, b in zip(plain_texts, texts[best]))
         result["answers_identical_to_plain_loop"] = f"{same}/{len(prompts)}"
-    out = Path(__file__).parent / "results" / f"generation-{args.workload}.json"
+    suffix = "-context" if args.sampling_context else ""
+    out = Path(__file__).parent / "results" / f"generation-{args.workload}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -36,6 +36,10 @@ PRESETS = {
 }
 # the shared training settings of configs/d2o.yaml (the methods' own beta/alpha are in METHODS[...].demo)
 TRAIN = dict(logp_reduction="sum", max_length=384, max_prompt_length=256)
+# --lora: a rank-16 adapter on every linear layer instead of all weights, at ten times the learning rate
+# (configs/d2o-benign-refusals-lora.yaml, the study's d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps)
+LORA = dict(use_lora=True, lora_r=16, lora_alpha=32)
+LEARNING_RATE = {False: 2e-5, True: 2e-4}  # full fine-tuning, LoRA
 
 
 @dataclass
@@ -48,7 +52,8 @@ class DemoSettings:
     benign: str = "benign-instructions"
     data_dir: str | None = None
     seed: int = 0
-    learning_rate: float = 2e-5
+    learning_rate: float | None = None  # None: LEARNING_RATE[lora]
+    lora: bool = False
     sampling_context: str | None = "refusal"
     sampling_instruction: str | None = None
     # the benign prompts answered under the sampling context: the answers judged refusals become negatives
@@ -66,6 +71,8 @@ class DemoSettings:
     model_options: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self):
+        if self.learning_rate is None:
+            self.learning_rate = LEARNING_RATE[self.lora]
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -254,8 +261,10 @@ def run_demo(settings: DemoSettings) -> dict:
                     "sampling_instruction": settings.sampling_instruction} if d2o else {}
         recipe = {"data": str(files["negatives"] if d2o else files["pairs"]), "objective": method, **anchored,
                   "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-                  "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo}
-        if (run_dir / "model.safetensors").exists() and not stale(run_dir / "negalign_config.yaml", recipe):
+                  "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo,
+                  "use_lora": settings.lora, **(LORA if settings.lora else {})}
+        trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
+        if trained and not stale(run_dir / "negalign_config.yaml", recipe):
             _log(f"{method}: trained model found, reused")
             continue
         clock = time.time()
@@ -323,7 +332,10 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", default=None, help="data folder (default $NEGALIGN_DATA or ../shared/data)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning-rate", type=float, default=2e-5, help="same for every method")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="same for every method (default 2e-5, or 2e-4 with --lora)")
+    parser.add_argument("--lora", action="store_true", help="train a rank-16 LoRA adapter on every linear layer "
+                        "instead of all weights (every method)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the preset's)")
     parser.add_argument("--k", type=int, default=None, help="D2O self-samples per prompt (default: the preset's)")
     parser.add_argument("--harmful-prompts", type=int, default=None, help="harmful instructions the model answers "
@@ -350,7 +362,7 @@ def cmd_demo(argv: list[str]) -> int:
         data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
         k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
         eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
-        benign_refusals=args.benign_refusals,
+        benign_refusals=args.benign_refusals, lora=args.lora,
         sampling_context=_context(args.sampling_context, args.sampling_instruction),
         model_options=model_options_from(args))
     run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line

@@ -105,21 +105,20 @@ def test_eval_against_another_reference_matches_unshared_scoring_and_caches_it(t
 
     calls = []
     real = negalign.reference.compute_logps
-    monkeypatch.setattr(negalign.reference, "compute_logps",
-                        lambda *a, **k: calls.append(k.get("description", "reference")) or real(*a, **k))
+    monkeypatch.setattr(negalign.reference, "compute_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = evaluate(settings(str(policy_dir), inputs, tmp_path / "eval-1", reference=tiny_model_dir, kl=False))
     assert first["preference"]["mean_margin"] == pytest.approx(margin, abs=1e-3)
     assert first["preference"]["accuracy"] == accuracy
-    assert calls.count("reference") == 1 and len(list((tmp_path / "cache" / "reference").glob("reflogps-*"))) == 1
+    assert len(calls) == 2 and len(list((tmp_path / "cache" / "reference").glob("reflogps-*"))) == 2
     calls.clear()
     second = evaluate(settings(str(policy_dir), inputs, tmp_path / "eval-2", reference=tiny_model_dir, kl=False))
-    assert calls == ["policy log-probs (pairs)"]  # the reference's values came from the cache
-    assert second["preference"] == first["preference"]
-    # the starting model judged against itself reads the same cache: no pass at all, every margin 0
-    calls.clear()
-    base = evaluate(settings(tiny_model_dir, inputs, tmp_path / "eval-base", kl=False))
-    assert calls == [] and base["preference"]["mean_margin"] == 0.0
+    assert calls == [] and second["preference"] == first["preference"]  # both read from the cache
+    # the starting model alone (a demo's base row) reads the same cache: no pass at all
+    base = evaluate(settings(tiny_model_dir, inputs, tmp_path / "eval-base", reference=None, kl=False))
+    assert calls == []
     assert base["preference"]["chosen_nll_per_token"] == first["preference"]["reference_chosen_nll_per_token"]
+    accuracy_alone = metrics.preference_accuracy(by_hand["reference", "chosen"], by_hand["reference", "rejected"])
+    assert base["preference"]["accuracy"] == accuracy_alone
 
 
 def test_eval_without_reference_and_other_settings_refused(tiny_model_dir, inputs, tmp_path):

@@ -223,3 +223,28 @@ def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
             "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
             **METHODS["d2o"].demo}
     assert mine == {key: getattr(config, key) for key in mine}
+
+
+def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
+    # configs/d2o-benign-refusals-lora.yaml is the study's LoRA run, and `demo --benign-refusals --lora --steps 144`
+    # trains it; without --lora the demo keeps full fine-tuning at its own learning rate
+    import yaml
+
+    from negalign.config import load_config
+    from negalign.demo import LORA, TRAIN, DemoSettings
+    from negalign.methods import METHODS
+
+    root = Path(__file__).parents[1]
+    config = load_config(str(root / "configs" / "d2o-benign-refusals-lora.yaml"))
+    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps" /
+                            "negalign_config.yaml").read_text())
+    keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length", "learning_rate",
+            "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora", "lora_r", "lora_alpha",
+            "lora_target_modules", "lora_dropout"]
+    assert {key: getattr(config, key) for key in keys} == {key: study[key] for key in keys}
+    demo = DemoSettings(benign_refusals=True, max_steps=144, lora=True)
+    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
+            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
+            **METHODS["d2o"].demo, **LORA}
+    assert mine == {key: getattr(config, key) for key in mine}
+    assert DemoSettings().learning_rate == 2e-5 and DemoSettings(lora=True, learning_rate=1e-4).learning_rate == 1e-4

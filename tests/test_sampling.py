@@ -134,11 +134,14 @@ def test_shared_prefix_length():
     assert sampling.shared_prefix_length([[7], [8, 9]]) == 0
 
 
-@pytest.mark.parametrize("compact_after,min_shared", [(0.0, 8), (0.25, 8), (1.0, 8), (0.25, 10**9)])
-def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after, min_shared):
+@pytest.mark.parametrize("compact_after,min_shared,prefill_rows",
+                         [(0.0, 8, 8), (0.25, 8, 3), (1.0, 8, 2), (0.25, 10**9, 3)])
+def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after, min_shared,
+                                                                   prefill_rows):
     """Rows that reach EOS at different steps are dropped from the batch (and the KV cache); the prompts'
     common opening (the chat template's system turn, "Question number") is prefilled once, or with each row
-    (min_shared too large). Each answer is still exactly what greedy decoding of its prompt alone gives, cut
+    (min_shared too large); the rows' own tokens are prefilled in groups of `prefill_rows`, each padded to its
+    own longest prompt. Each answer is still exactly what greedy decoding of its prompt alone gives, cut
     after its first EOS."""
     from types import SimpleNamespace
 
@@ -168,6 +171,8 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeyp
     assert len({len(answer) for answer in expected}) >= 3  # e.g. ends at steps 2 and 4, others run to 8
     monkeypatch.setattr(sampling, "COMPACT_AFTER", compact_after)
     monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", min_shared)
+    monkeypatch.setattr(sampling, "PREFILL_ROWS", prefill_rows)
+    assert len({len(prompt) for prompt in prompts}) >= 3  # groups of different widths
     assert sampling.shared_prefix_length(prompts) >= 8
     stub = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     ours = generate_batch(model, stub, prompts, _settings(temperature=0.0, k=2, max_new_tokens=8), 0)

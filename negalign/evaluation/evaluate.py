@@ -108,24 +108,22 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def _pair_logps(model, reference, tokenizer, pairs: list[dict], same_weights: bool = False):
+def _pair_logps(model, reference, tokenizer, pairs: list[dict]):
     """Summed log-probs of each pair's chosen and rejected answer under the policy and the reference (None
     without one), and the chosen answers' token counts. A pair's two answers sit side by side so that their
-    shared prompt is encoded once. The reference's values depend only on its weights and these tokens, so
-    they are cached on disk as training caches them: every model of a study is judged against the same
-    starting model, whose values are computed once (by the starting model's own evaluation, if it is run)."""
+    shared prompt is encoded once. The values depend only on a model's weights and these tokens, so they are
+    cached on disk (keyed by both) as training caches its reference's: every model of a study is judged
+    against the same starting model, whose values are computed once, by whichever evaluation needs them
+    first (a demo's base evaluation scores the starting model as its policy)."""
     from negalign.evaluation.generate import completion_sequences
     from negalign.models import cache_dir
-    from negalign.reference import cached_reference_logps, compute_logps
+    from negalign.reference import cached_reference_logps
 
     sequences = completion_sequences(tokenizer, [p["prompt"] for p in pairs for _ in range(2)],
                                      [p[side] for p in pairs for side in ("chosen", "rejected")])
     cached = lambda m: cached_reference_logps(m, sequences, cache_dir() / "reference")[0].tolist()  # noqa: E731
-    if same_weights:  # the starting model judged against itself: one pass, which later evaluations reuse
-        policy = ref = cached(model)
-    else:
-        policy = compute_logps(model, sequences, description="policy log-probs (pairs)").tolist()
-        ref = cached(reference) if reference is not None else None
+    policy = cached(model)
+    ref = cached(reference) if reference is not None else None
     return (policy[0::2], policy[1::2], ref[0::2] if ref else None, ref[1::2] if ref else None,
             [len(completion) for _, completion in sequences[0::2]])
 
@@ -212,7 +210,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         clock = time.time()
         pairs = held_out_pairs(pairs_path, n_pairs)
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens = _pair_logps(
-            model, reference, tokenizer, pairs, same_weights)
+            model, reference, tokenizer, pairs)
         preference = {
             "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
             "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",

@@ -154,6 +154,21 @@ def _checkpointing(model) -> bool:
     return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
+def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
+    """An LM head's logits. For a plain Linear head computed as weight @ hidden^T: with few rows against a
+    large vocabulary, `F.linear`'s hidden @ weight^T ran at half the speed on this project's AVX2 CPU
+    (SmolLM2's 576 x 49,152 head, forward: 60 against 29 ms at 32 rows, 140 against 85 at 128; forward and
+    backward with the head frozen, as under LoRA: 245 against 203 ms at 128 rows; with the head trained, or at
+    256 rows, the same within 5 %). The same product; any other head runs its own forward."""
+    if type(head) is not torch.nn.Linear:
+        return head(hidden)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.mm(head.weight, flat.t()).t()
+    if head.bias is not None:
+        out = out + head.bias
+    return out.reshape(*hidden.shape[:-1], out.shape[-1])
+
+
 def _decoder_and_head(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
@@ -201,7 +216,7 @@ def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False)
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[start:start + chunk_size]).float()
+        logits = head_logits(head, hidden[start:start + chunk_size]).float()
         if full:
             pieces.append(logits.log_softmax(-1))
             continue

@@ -27,6 +27,7 @@ from transformers.cache_utils import StaticLayer
 
 from negalign.data import DataError, encode_prompt_with_context, load_rows, prompt_key
 from negalign.files import atomic_write_text
+from negalign.logprobs import head_logits
 from negalign.sampling_context import context_hash, describe
 
 META_SUFFIX = ".meta.json"
@@ -244,23 +245,15 @@ def _repeat_rows(cache: StaticCache, times: int) -> None:
 
 @contextlib.contextmanager
 def _wide_head(model):
-    """The LM head computed as weight @ hidden^T while decoding. With few rows against a 49k-token vocabulary
-    the usual hidden @ weight^T ran at a third of this CPU's matmul speed (60-73 ms per step at 32 rows on
-    SmolLM2's 576 x 49,152 head, a quarter of the step) and the transposed product at twice that (measured,
-    benchmarks in docs/benchmarks.md). Same product; heads that are not a plain Linear are left alone."""
+    """The LM head computed as weight @ hidden^T while decoding (negalign.logprobs.head_logits): at 32 rows
+    against SmolLM2's 49k-token vocabulary the usual hidden @ weight^T took a quarter of each decoding step on
+    this CPU and the transposed product half of that (measured). Heads that are not a plain Linear are left
+    alone."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear:
         yield
         return
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        out = torch.mm(head.weight, flat.t()).t()
-        if head.bias is not None:
-            out = out + head.bias
-        return out.reshape(*hidden.shape[:-1], out.shape[-1])
-
-    head.forward = forward  # an instance attribute: nn.Module's __call__ finds it before the class's
+    head.forward = lambda hidden: head_logits(head, hidden)  # an instance attribute: __call__ finds it first
     try:
         yield
     finally:

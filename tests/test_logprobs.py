@@ -144,3 +144,30 @@ def test_gradient_checkpointing_recomputes_the_same_block_attention():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_logits_is_the_linear_head_with_its_gradients(bias):
+    """weight @ hidden^T (the faster layout on CPU) gives F.linear's logits and the same gradients for the
+    hidden states and the head's weight; a head that is not a plain Linear runs its own forward."""
+    import torch.nn.functional as F
+
+    from negalign.logprobs import head_logits
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=bias)
+    hidden = torch.randn(2, 5, 16, requires_grad=True)
+    target = torch.randint(0, 300, (10,))
+    grads = []
+    for logits_of in (lambda h: F.linear(h, head.weight, head.bias), lambda h: head_logits(head, h)):
+        logits = logits_of(hidden)
+        assert logits.shape == (2, 5, 300)
+        F.cross_entropy(logits.reshape(10, 300), target).backward()
+        grads.append((logits.detach(), hidden.grad.clone(), head.weight.grad.clone()))
+        hidden.grad = head.weight.grad = None
+        if bias:
+            head.bias.grad = None
+    for ours, theirs in zip(grads[1], grads[0]):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    scaled = torch.nn.Sequential(head, torch.nn.Tanh())  # not a Linear: its own forward
+    assert torch.equal(head_logits(scaled, hidden), scaled(hidden))

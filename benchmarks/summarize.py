@@ -24,7 +24,9 @@ for path in sorted((HERE / "results").glob("*.json")):
         cost = r
     elif r.get("benchmark", "").startswith("generation"):
         generation.append(
-            f"| {r['benchmark'][12:]} | {r['prompts']} x K = {r['k']} x {r['max_new_tokens']} | "
+            f"| {r['benchmark'][12:]}"
+            f"{' under the ' + r['sampling_context'] + ' context' if r.get('sampling_context') else ''} | "
+            f"{r['prompts']} x K = {r['k']} x {r['max_new_tokens']} | "
             f"{r['negalign_tokens_per_s']} (batch {r['negalign_batch_size']}) | {r['batched_generate']['tokens_per_s']} | "
             f"{r['plain_loop']['tokens_per_s']} | **{r['ratio_vs_batched_generate']}x** | **{r['ratio_vs_plain_loop']}x** | "
             f"`{r['command']}` |")

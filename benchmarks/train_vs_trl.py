@@ -270,6 +270,8 @@ def main():
                f"--batch {args.batch} --max-length {args.max_length} --dtype {args.dtype}"
                + (f" --rows {args.rows}" if args.rows != args.batch * 16 else "")
                + (" --negalign-only" if args.negalign_only else "")
+               + (f" --trl-settings {args.trl_settings}" if args.trl_settings != "defaults,fast" else "")
+               + (f" --name {args.name}" if args.name else "")
                + (f" --negalign-set {' '.join(args.negalign_set)}" if args.negalign_set else ""))
     work = work_per_step(args, args.comparison)
     if args.negalign_only:  # an ablation of negalign's own settings: no competitor, no ratio

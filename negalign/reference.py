@@ -92,9 +92,11 @@ def _read_cache(path: Path, n_sequences: int) -> torch.Tensor | None:
 
 
 def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike, max_tokens: int = 4096,
-                           autocast_bf16: bool = False, share_prompts: bool = True) -> tuple[torch.Tensor, bool]:
-    """(summed log-probs [S], whether they came from the cache)."""
-    key = f"{model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
+                           autocast_bf16: bool = False, share_prompts: bool = True,
+                           fingerprint: str | None = None) -> tuple[torch.Tensor, bool]:
+    """(summed log-probs [S], whether they came from the cache). `fingerprint`: the model's
+    `model_fingerprint`, where the caller has it already (hashing every weight takes seconds)."""
+    key = f"{fingerprint or model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
     # one reference pass per cache folder at a time (one lock file for the folder, not one per cache file): a
     # second process wanting the same cache waits for the first and then reads it instead of computing it twice

@@ -108,7 +108,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def _pair_logps(model, reference, tokenizer, pairs: list[dict]):
+def _pair_logps(model, reference, tokenizer, pairs: list[dict], fingerprints: dict):
     """Summed log-probs of each pair's chosen and rejected answer under the policy and the reference (None
     without one), and the chosen answers' token counts. A pair's two answers sit side by side so that their
     shared prompt is encoded once. The values depend only on a model's weights and these tokens, so they are
@@ -121,7 +121,8 @@ def _pair_logps(model, reference, tokenizer, pairs: list[dict]):
 
     sequences = completion_sequences(tokenizer, [p["prompt"] for p in pairs for _ in range(2)],
                                      [p[side] for p in pairs for side in ("chosen", "rejected")])
-    cached = lambda m: cached_reference_logps(m, sequences, cache_dir() / "reference")[0].tolist()  # noqa: E731
+    cached = lambda m: cached_reference_logps(m, sequences, cache_dir() / "reference",  # noqa: E731
+                                              fingerprint=fingerprints[id(m)])[0].tolist()
     policy = cached(model)
     ref = cached(reference) if reference is not None else None
     return (policy[0::2], policy[1::2], ref[0::2] if ref else None, ref[1::2] if ref else None,
@@ -200,8 +201,10 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     timings["judge"] = time.time() - clock
 
     reference = load_model(settings.reference, options).eval() if settings.reference else None
+    # each model's weights hashed once: the pair log-prob cache is keyed by them
+    fingerprints = {id(m): model_fingerprint(m) for m in (model, reference) if m is not None}
     # the starting model judged against itself (a demo's base row): its log-ratios are 0, nothing to compute
-    same_weights = reference is not None and model_fingerprint(reference) == model_fingerprint(model)
+    same_weights = reference is not None and fingerprints[id(reference)] == fingerprints[id(model)]
 
     preference = None
     pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
@@ -210,7 +213,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         clock = time.time()
         pairs = held_out_pairs(pairs_path, n_pairs)
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens = _pair_logps(
-            model, reference, tokenizer, pairs)
+            model, reference, tokenizer, pairs, fingerprints)
         preference = {
             "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
             "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from negalign.files import read_yaml
+from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
 from negalign.sampling import SamplingSettings
@@ -202,7 +201,7 @@ def parse_overrides(items: list[str]) -> dict:
             key, value = item.split("=", 1)
         else:
             raise ValueError(f"cannot read {item!r}: write overrides as key=value or --key value")
-        result[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else None
+        result[key.replace("-", "_")] = yaml_scalar(value) if value != "" else None
         index += 1
     return result
 

@@ -60,12 +60,39 @@ def portable(value, cwd: str | os.PathLike | None = None):
     return os.path.relpath(value, cwd or os.getcwd())
 
 
-def read_yaml(path: str | os.PathLike, text: str | None = None):
-    """A YAML file's value, read safely (no Python object tags), with a key given twice in one mapping refused.
-    Every problem is a ValueError naming the file, line and column, or FileNotFoundError naming the file."""
+def _plain_bool_loader():
+    """A safe YAML loader whose booleans are only true / false (YAML 1.2), not YAML 1.1's yes / no / on / off:
+    `save_strategy: no` is Hugging Face's string "no", and `use_lora: yes` is an error naming the key, never a
+    silent False or True."""
+    import re
+
     import yaml
 
-    class StrictLoader(yaml.SafeLoader):
+    class PlainBoolLoader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    PlainBoolLoader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    PlainBoolLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return PlainBoolLoader
+
+
+def yaml_scalar(text: str):
+    """One command-line value read as YAML (numbers, true / false, null, lists), with read_yaml's booleans."""
+    import yaml
+
+    return yaml.load(text, Loader=_plain_bool_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml(path: str | os.PathLike, text: str | None = None):
+    """A YAML file's value, read safely (no Python object tags), with a key given twice in one mapping refused
+    and only true / false as booleans. Every problem is a ValueError naming the file, line and column, or
+    FileNotFoundError naming the file."""
+    import yaml
+
+    class StrictLoader(_plain_bool_loader()):
         pass
 
     def mapping(loader, node, deep=False):

@@ -26,6 +26,21 @@ def test_numbers_written_the_short_yaml_way_are_numbers(tmp_path):
         load_config(None, {"beta": "high", "output_dir": str(tmp_path)})
 
 
+def test_no_is_the_string_no_and_only_true_false_are_booleans(tmp_path):
+    # YAML 1.1 reads `no` as False, which Hugging Face refuses as a save strategy ("False is not a valid
+    # SaveStrategy"); negalign reads booleans the YAML 1.2 way, on the command line and in recipes alike
+    assert parse_overrides(["save_strategy=no", "use_lora=true", "bf16=False"]) == {
+        "save_strategy": "no", "use_lora": True, "bf16": False}
+    assert load_config(None, {**parse_overrides(["save_strategy=no"]), "output_dir": str(tmp_path)}).save_strategy == "no"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("save_strategy: no\nuse_lora: true\noutput_dir: %s\n" % tmp_path)
+    config = load_config(str(recipe))
+    assert (config.save_strategy, config.use_lora) == ("no", True)
+    recipe.write_text("use_lora: yes\noutput_dir: %s\n" % tmp_path)
+    with pytest.raises(ValueError, match=r"r.yaml:1: use_lora must be true or false, got 'yes'"):
+        load_config(str(recipe))
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\): bta \(did you mean beta\?\)"):
         load_config(None, {"bta": 0.1, "output_dir": str(tmp_path)})

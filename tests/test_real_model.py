@@ -27,7 +27,7 @@ def test_sample_then_train_d2o_on_the_real_model(tmp_path):
     assert main(["train", "--config", "configs/d2o.yaml", f"data={HH}", f"samples={samples}", "benign_samples=null",
                  "on_bad_row=skip",
                  "max_prompts=2", "max_steps=2", "per_device_train_batch_size=2", "max_length=256",
-                 "max_prompt_length=192", "learning_rate=1e-5", f"output_dir={out}",
+                 "max_prompt_length=192", "learning_rate=1e-5", f"output_dir={out}", "save_strategy=no",
                  f"cache_dir={tmp_path / 'cache'}"]) == 0
     log = json.loads((out / "train_log.json").read_text())["log_history"]
     steps = [h for h in log if "loss" in h]

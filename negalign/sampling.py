@@ -15,6 +15,7 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -178,6 +179,21 @@ class _OneDtypeStaticLayer(StaticLayer):
         return super().update(key_states.to(dtype), value_states.to(dtype), *args, **kwargs)
 
 
+@functools.cache
+def _cache_keyword_of(forward_owner: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """The forward keyword for a KV cache: `cache` in transformers 5.24 and later (`past_key_values` is
+    deprecated there and goes in 5.40), `past_key_values` before. A peft wrapper is asked about its base model,
+    whose forward receives the keyword through the wrapper's **kwargs."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_keyword_of(type(inner)): cache}
+
+
 def _static_cache(model, max_cache_len: int) -> StaticCache:
     cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
     for layer in cache.layers:
@@ -287,7 +303,7 @@ def _prefill_in_groups(model, cache: StaticCache, own: list[list[int]], ids, mas
         columns = slice(width - group_width, width - 1)  # left-padded rows: the group's tokens are the last columns
         group_mask = torch.cat([mask[index, :shared], mask[index, shared:][:, columns]], dim=1)
         model(input_ids=ids[index][:, columns], attention_mask=group_mask, position_ids=positions[index][:, columns],
-              past_key_values=group, use_cache=True, logits_to_keep=1)
+              **with_cache(model, group), use_cache=True, logits_to_keep=1)
         slots = slice(shared + width - group_width, shared + width - 1)
         for big, small in zip(cache.layers, group.layers):
             if not big.is_initialized:  # no shared prefix: the batch's cache is allocated by the first group
@@ -332,14 +348,14 @@ def _generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: Sam
     # keys and values at every step (measured: half of all sampling time at K = 4, 8 prompts)
     cache = _static_cache(model, shared + width + settings.max_new_tokens)
     if shared:
-        model(input_ids=torch.tensor([prompt_ids[0][:shared]], device=device), past_key_values=cache,
+        model(input_ids=torch.tensor([prompt_ids[0][:shared]], device=device), **with_cache(model, cache),
               use_cache=True, logits_to_keep=1)
         _repeat_rows(cache, len(own))
     if width > 1 and all(isinstance(layer, StaticLayer) and not layer.is_sliding for layer in cache.layers):
         _prefill_in_groups(model, cache, own, ids, mask, positions, shared)
     elif width > 1:
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-              past_key_values=cache, use_cache=True, logits_to_keep=1)  # only the cache is wanted here
+              **with_cache(model, cache), use_cache=True, logits_to_keep=1)  # only the cache is wanted here
     _repeat_rows(cache, k)
     generator = torch.Generator(device=device).manual_seed(generator_seed)
     token, position = ids[:, -1:].repeat_interleave(k, 0), positions[:, -1:].repeat_interleave(k, 0)
@@ -348,7 +364,7 @@ def _generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: Sam
     alive = list(range(token.shape[0]))  # which answer each row of the batch decodes
     running = torch.ones(token.shape[0], dtype=torch.bool, device=device)
     for _ in range(settings.max_new_tokens):
-        logits = model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache,
+        logits = model(input_ids=token, attention_mask=mask, position_ids=position, **with_cache(model, cache),
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         chosen = torch.where(running, next_tokens(logits, settings, generator), pad)
         for row, value, live in zip(alive, chosen.tolist(), running.tolist()):

@@ -217,3 +217,24 @@ def test_sampling_under_bf16_autocast(tiny):
         out = generate_batch(model, tokenizer, prompts, _settings(k=2, max_new_tokens=4), 0)
     assert [len(answers) for answers in out] == [2, 2]
     assert all(1 <= len(row) <= 4 for answers in out for row in answers)
+
+
+def test_the_cache_goes_by_the_keyword_the_model_takes(tiny):
+    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, and goes in 5.40):
+    the sampler passes whichever the model's forward declares, through a peft wrapper too, and decodes
+    exactly as before (the shared-prefill test above compares against plain generate)."""
+    import inspect
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert list(sampling.with_cache(model, "C")) == [expected]
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert sampling.with_cache(Older(), "C") == {"past_key_values": "C"}
+    wrapped = get_peft_model(AutoModelForCausalLM.from_config(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert list(sampling.with_cache(wrapped, "C")) == [expected]

@@ -69,6 +69,32 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def bundled_short_name(name_or_path: str) -> str | None:
+    """The short name of a bundled model named by its short name or by its converted folder in the cache; None
+    for any other model. (Not by its Hub name: the bundled GGUF is a 4-bit quantisation, other weights.)"""
+    for short in SHORT_NAMES:
+        if name_or_path == short or (os.path.isdir(name_or_path) and os.path.realpath(name_or_path) ==
+                                     os.path.realpath(cache_dir() / "models" / short)):
+            return short
+    return None
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(folder: str) -> str | None:
+    """The base model a LoRA adapter folder names (None: not an adapter folder), as negalign resolves it."""
+    import json
+
+    path = os.path.join(folder, ADAPTER_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    base = json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}: no base_model_name_or_path, so the model this adapter adapts is unknown")
+    return bundled_short_name(base) or os.path.expanduser(base)
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -144,5 +170,14 @@ def load_model(name_or_path: str, options: ModelOptions | None = None):
     kwargs = {"dtype": options.torch_dtype(device), "trust_remote_code": options.trust_remote_code}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
-    return model.to(device)
+    base = adapter_base(name_or_path) if os.path.isdir(name_or_path) else None
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+        return model.to(device)
+    # a LoRA run's folder: its base (by the name the adapter records, which may be negalign's short name,
+    # unknown to transformers' own adapter loading) with the adapter folded in, so that generating and scoring
+    # run plain matmuls
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
+    return PeftModel.from_pretrained(model, name_or_path).merge_and_unload().to(device)

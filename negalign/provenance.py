@@ -102,20 +102,17 @@ def write_provenance(output_dir: str, config, anchors: dict | None = None, promp
     portable_adapter_config(output_dir, config.model)
 
 
-def adapter_base_name(model: str) -> str:
-    """The base model as an adapter should name it: a bundled model's Hub name (what loads it elsewhere), any
-    other path made machine-neutral, a Hub name as given."""
-    from negalign.models import SHORT_NAMES
-
-    return SHORT_NAMES[model][1] if model in SHORT_NAMES else portable(model)
-
-
 def portable_adapter_config(output_dir: str, model: str) -> None:
-    """peft writes the base model's resolved local folder (here negalign's cache of the converted GGUF, an absolute
-    path of this machine) into adapter_config.json; name the base as the user named it instead."""
+    """peft records a bundled model's base as negalign's cache folder of the converted GGUF, an absolute path of
+    one machine: name it by its short name, which negalign resolves on any machine (load_model reads adapter
+    folders). Any other base stays as peft wrote it."""
+    from negalign.models import bundled_short_name
+
     path = os.path.join(output_dir, "adapter_config.json")
     if not os.path.exists(path):
         return
     adapter = json.loads(open(path, encoding="utf-8").read())
-    adapter["base_model_name_or_path"] = adapter_base_name(model)
-    atomic_write_text(path, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+    short = bundled_short_name(model) or bundled_short_name(adapter.get("base_model_name_or_path") or "")
+    if short is not None:
+        adapter["base_model_name_or_path"] = short
+        atomic_write_text(path, json.dumps(adapter, indent=2, sort_keys=True) + "\n")

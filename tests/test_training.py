@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 import negalign
 from negalign.cli import main
 from negalign.data.paths import data_dir
-from negalign.files import portable
 from negalign.logprobs import pack_sequences, sequence_logps
 from negalign.methods import METHODS
 
@@ -146,17 +145,37 @@ def test_lora_saves_an_adapter_and_leaves_the_base_untouched(tiny_model_dir, fil
     assert "adapter_model.safetensors" in saved and "adapter_config.json" in saved
     adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert adapter and all("lora" in name for name in adapter)
-    # peft would write the base's absolute local folder; the saved run names it machine-neutrally
-    base = json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert base == portable(str(tiny_model_dir)) and not os.path.isabs(base)
+    # a LoRA run's folder loads as a model: its base with the adapter folded in, computing what the adapter does
+    from peft import PeftModel
+
+    from negalign.models import load_model
+
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        merged = load_model(str(tmp_path / "out")).eval()(ids).logits
+        adapter = PeftModel.from_pretrained(load_model(tiny_model_dir), str(tmp_path / "out")).eval()(ids).logits
+        base = load_model(tiny_model_dir).eval()(ids).logits
+    assert torch.allclose(merged, adapter, atol=1e-5) and (merged - base).abs().max() > 1e-4
 
 
-def test_an_adapter_names_a_bundled_base_by_its_hub_name():
-    from negalign.provenance import adapter_base_name
+def test_an_adapter_on_the_bundled_model_names_it_by_its_short_name(monkeypatch, tmp_path):
+    from negalign.models import adapter_base
+    from negalign.provenance import portable_adapter_config
 
-    assert adapter_base_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert adapter_base_name("Org/Some-Model") == "Org/Some-Model"
-    assert adapter_base_name(os.path.join(os.path.expanduser("~"), "models", "m")) == os.path.join("~", "models", "m")
+    monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path / "cache"))
+    converted = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    converted.mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(converted), "r": 16}))
+    portable_adapter_config(str(run), str(converted))  # what the demo trains from: the converted folder
+    written = json.loads((run / "adapter_config.json").read_text())
+    # negalign's name, resolved on any machine; not the Hub name (the bundled GGUF is a 4-bit quantisation)
+    assert written == {"base_model_name_or_path": "smollm2-135m-instruct", "r": 16}
+    assert adapter_base(str(run)) == "smollm2-135m-instruct"
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/elsewhere/own-model"}))
+    portable_adapter_config(str(run), "/elsewhere/own-model")  # a user's own base stays as peft wrote it
+    assert adapter_base(str(run)) == "/elsewhere/own-model"
 
 
 def test_refresh_sampling_changes_samples_and_training_continues(tiny_model_dir, files, tmp_path):

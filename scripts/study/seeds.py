@@ -1,0 +1,97 @@
+"""Runs of one recipe at several seeds, side by side: each run's D2O row of its demo report, the spread across
+seeds (mean, standard deviation, range) and the pooled rate over every seed's answers (Wilson 95 %: evaluation
+noise only, not the training's randomness, which the spread shows). Writes results/study/seeds/seeds.json,
+prints a markdown table and plots harmful compliance against benign refusal, one point per run.
+
+    .venv/bin/python scripts/study/seeds.py "lora 144 steps=results/demo-benign-refusals-lora-seed*" \
+        "full FT 48 steps=results/demo-default-seed*"
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from negalign.evaluation.metrics import wilson_interval  # noqa: E402
+
+RATES = ("harmful_compliance", "harmful_content", "benign_refusal")
+
+
+def run_row(folder: Path) -> dict:
+    report = json.loads((folder / "report.json").read_text())
+    runs = {r["label"]: r for r in report["runs"]}
+    config = json.loads((folder / "demo_config.json").read_text())
+    d2o, base = runs["d2o"], runs["base"]
+    return {"folder": str(folder), "seed": config["seed"],
+            **{key: {"count": d2o[key]["count"], "n": d2o[key]["n"], "rate": d2o[key]["rate"]} for key in RATES},
+            "base_harmful_compliance": base["harmful_compliance"]["rate"],
+            "chosen_nll": d2o.get("chosen_nll_per_token"),
+            "kl": d2o.get("kl")}
+
+
+def spread(rows: list[dict], key: str) -> dict:
+    rates = [r[key]["rate"] for r in rows]
+    count, n = sum(r[key]["count"] for r in rows), sum(r[key]["n"] for r in rows)
+    low, high = wilson_interval(count, n)
+    return {"mean": statistics.mean(rates), "sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+            "min": min(rates), "max": max(rates), "pooled": {"count": count, "n": n, "low": low, "high": high}}
+
+
+def main(groups: list[str]) -> None:
+    out = Path("results/study/seeds")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for group in groups:
+        label, pattern = group.split("=", 1)
+        rows = [run_row(Path(f)) for f in sorted(glob.glob(pattern)) if (Path(f) / "report.json").exists()]
+        summary[label] = {"pattern": pattern, "runs": rows, **{key: spread(rows, key) for key in RATES}}
+    (out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("| recipe | seed | harmful compliance | harmful content | benign refusal | chosen NLL/tok | KL |")
+    print("|---|---|---|---|---|---|---|")
+    for label, entry in summary.items():
+        for r in entry["runs"]:
+            nll = f"{r['chosen_nll']:.3f}" if r["chosen_nll"] is not None else "-"
+            kl = f"{r['kl']:.2f}" if isinstance(r["kl"], (int, float)) else "-"
+            print(f"| {label} | {r['seed']} | " + " | ".join(f"{r[k]['rate']:.3f} ({r[k]['count']}/{r[k]['n']})"
+                                                          for k in RATES) + f" | {nll} | {kl} |")
+        cells = []
+        for key in RATES:
+            s = entry[key]
+            cells.append(f"**{s['mean']:.3f}** sd {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f}; pooled "
+                         f"[{s['pooled']['low']:.3f}, {s['pooled']['high']:.3f}] (n={s['pooled']['n']})")
+        print(f"| {label} | all {len(entry['runs'])} | " + " | ".join(cells) + " | | |")
+    plot(summary, out / "harm_vs_refusal_seeds.png")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    for label, entry in summary.items():
+        xs = [r["benign_refusal"]["rate"] for r in entry["runs"]]
+        ys = [r["harmful_compliance"]["rate"] for r in entry["runs"]]
+        points = axes.scatter(xs, ys, label=f"{label} (one point per seed)", alpha=0.8)
+        axes.scatter([entry["benign_refusal"]["mean"]], [entry["harmful_compliance"]["mean"]], marker="X", s=120,
+                     color=points.get_facecolor()[0], edgecolor="black")
+    bases = [r["base_harmful_compliance"] for e in summary.values() for r in e["runs"]]
+    if bases:
+        start = statistics.mean(bases)
+        axes.axhline(start / 2, color="grey", linestyle="--", linewidth=1, label="half the starting model's harm")
+        axes.axvline(0.02 + 0.10, color="grey", linestyle=":", linewidth=1, label="benign refusal +0.10")
+    axes.set_xlabel("benign refusal (n = 100 per run)")
+    axes.set_ylabel("harmful compliance (n = 150 per run)")
+    axes.set_title("D2O recipes across seeds (X: mean)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

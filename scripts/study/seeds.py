@@ -1,7 +1,9 @@
 """Runs of one recipe at several seeds, side by side: each run's D2O row of its demo report, the spread across
 seeds (mean, standard deviation, range) and the pooled rate over every seed's answers (Wilson 95 %: evaluation
-noise only, not the training's randomness, which the spread shows). Writes results/study/seeds/seeds.json,
-prints a markdown table and plots harmful compliance against benign refusal, one point per run.
+noise only, not the training's randomness, which the spread shows). The demo's seed also draws each suite's
+50 evaluation prompts, so every run is read against the starting model on the same prompts (its own base).
+Writes results/study/seeds/seeds.json, prints a markdown table and plots each run's harmful compliance as a
+share of its base's against its rise in benign refusal, one point per run.
 
     .venv/bin/python scripts/study/seeds.py "lora 144 steps=results/demo-benign-refusals-lora-seed*" \
         "full FT 48 steps=results/demo-default-seed*"
@@ -29,6 +31,7 @@ def run_row(folder: Path) -> dict:
     return {"folder": str(folder), "seed": config["seed"],
             **{key: {"count": d2o[key]["count"], "n": d2o[key]["n"], "rate": d2o[key]["rate"]} for key in RATES},
             "base_harmful_compliance": base["harmful_compliance"]["rate"],
+            "base_benign_refusal": base["benign_refusal"]["rate"],
             "chosen_nll": d2o.get("chosen_nll_per_token"),
             "kl": d2o.get("kl")}
 
@@ -75,18 +78,15 @@ def plot(summary: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     for label, entry in summary.items():
-        xs = [r["benign_refusal"]["rate"] for r in entry["runs"]]
-        ys = [r["harmful_compliance"]["rate"] for r in entry["runs"]]
+        xs = [r["benign_refusal"]["rate"] - r["base_benign_refusal"] for r in entry["runs"]]
+        ys = [r["harmful_compliance"]["rate"] / r["base_harmful_compliance"] for r in entry["runs"]]
         points = axes.scatter(xs, ys, label=f"{label} (one point per seed)", alpha=0.8)
-        axes.scatter([entry["benign_refusal"]["mean"]], [entry["harmful_compliance"]["mean"]], marker="X", s=120,
+        axes.scatter([statistics.mean(xs)], [statistics.mean(ys)], marker="X", s=120,
                      color=points.get_facecolor()[0], edgecolor="black")
-    bases = [r["base_harmful_compliance"] for e in summary.values() for r in e["runs"]]
-    if bases:
-        start = statistics.mean(bases)
-        axes.axhline(start / 2, color="grey", linestyle="--", linewidth=1, label="half the starting model's harm")
-        axes.axvline(0.02 + 0.10, color="grey", linestyle=":", linewidth=1, label="benign refusal +0.10")
-    axes.set_xlabel("benign refusal (n = 100 per run)")
-    axes.set_ylabel("harmful compliance (n = 150 per run)")
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="harm halved")
+    axes.axvline(0.10, color="grey", linestyle=":", linewidth=1, label="benign refusal +0.10")
+    axes.set_xlabel("benign refusal minus the starting model's, same prompts (n = 100 per run)")
+    axes.set_ylabel("harmful compliance / the starting model's (n = 150 per run)")
     axes.set_title("D2O recipes across seeds (X: mean)")
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -38,11 +38,7 @@ def load_run_model(run: str | os.PathLike, merge: bool = False):
     if not merge:
         raise ValueError(f"{run} holds a LoRA adapter, not a whole model: pass --merge to fold it into the base "
                          "weights (or load the adapter folder itself with peft)")
-    from peft import PeftModel
-
-    base = _run_settings(run).get("model") or json.loads((run / "adapter_config.json").read_text())[
-        "base_model_name_or_path"]
-    return PeftModel.from_pretrained(load_model(base), str(run)).merge_and_unload(), True
+    return load_model(str(run)), True  # an adapter folder loads as its base with the adapter merged
 
 
 def evaluation_section(run: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -60,6 +61,7 @@ def portable(value, cwd: str | os.PathLike | None = None):
     return os.path.relpath(value, cwd or os.getcwd())
 
 
+@functools.cache
 def _plain_bool_loader():
     """A safe YAML loader whose booleans are only true / false (YAML 1.2), not YAML 1.1's yes / no / on / off:
     `save_strategy: no` is Hugging Face's string "no", and `use_lora: yes` is an error naming the key, never a

@@ -363,8 +363,9 @@ def _generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: Sam
     rows = [[] for _ in range(token.shape[0])]
     alive = list(range(token.shape[0]))  # which answer each row of the batch decodes
     running = torch.ones(token.shape[0], dtype=torch.bool, device=device)
+    cached = with_cache(model, cache)
     for _ in range(settings.max_new_tokens):
-        logits = model(input_ids=token, attention_mask=mask, position_ids=position, **with_cache(model, cache),
+        logits = model(input_ids=token, attention_mask=mask, position_ids=position, **cached,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         chosen = torch.where(running, next_tokens(logits, settings, generator), pad)
         for row, value, live in zip(alive, chosen.tolist(), running.tolist()):

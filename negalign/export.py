@@ -28,10 +28,10 @@ def _run_settings(run: Path) -> dict:
 
 def load_run_model(run: str | os.PathLike, merge: bool = False):
     """The run's model as a plain transformers model (adapter merged when `merge`), and whether it was LoRA."""
-    from negalign.models import load_model
+    from negalign.models import ADAPTER_CONFIG, load_model
 
     run = Path(run)
-    if not (run / "adapter_config.json").exists():
+    if not (run / ADAPTER_CONFIG).exists():
         if not (run / "config.json").exists():
             raise FileNotFoundError(f"{run}: not a trained run (no config.json or adapter_config.json)")
         return load_model(str(run)), False

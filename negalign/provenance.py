@@ -106,9 +106,9 @@ def portable_adapter_config(output_dir: str, model: str) -> None:
     """peft records a bundled model's base as negalign's cache folder of the converted GGUF, an absolute path of
     one machine: name it by its short name, which negalign resolves on any machine (load_model reads adapter
     folders). Any other base stays as peft wrote it."""
-    from negalign.models import bundled_short_name
+    from negalign.models import ADAPTER_CONFIG, bundled_short_name
 
-    path = os.path.join(output_dir, "adapter_config.json")
+    path = os.path.join(output_dir, ADAPTER_CONFIG)
     if not os.path.exists(path):
         return
     adapter = json.loads(open(path, encoding="utf-8").read())

@@ -59,6 +59,9 @@ class DemoSettings:
     # the benign prompts answered under the sampling context: the answers judged refusals become negatives
     # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md)
     benign_refusals: bool = False
+    # the share of those benign refusals kept as negatives (a seeded draw): between configs/d2o.yaml (0 rows)
+    # and all of them, which slows the harm cut (docs/quality.md "Part of the benign refusals")
+    benign_refusal_share: float = 1.0
     # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
     harmful_prompts: int | None = None
     benign_prompts: int | None = None
@@ -83,6 +86,10 @@ class DemoSettings:
                                                                               self.sampling_instruction)):
             raise ValueError("--benign-refusals answers the benign prompts under the sampling context: it needs "
                              "benign prompts, k > 0 and a sampling context or instruction")
+        if not 0.0 < self.benign_refusal_share <= 1.0:
+            raise ValueError(f"--benign-refusal-share must be in (0, 1], got {self.benign_refusal_share}")
+        if self.benign_refusal_share < 1.0 and not self.benign_refusals:
+            raise ValueError("--benign-refusal-share picks among the benign refusals: it needs --benign-refusals")
         if not self.k and any(m != "d2o" for m in self.methods):
             raise ValueError("--k 0 leaves no anchors, and the baselines' rows take their chosen side from "
                              "them: with k 0 train only d2o")
@@ -174,7 +181,7 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     _log(format_report(report_samples_file(files["samples"], str(files["negatives"]))))
     timings["anchors"] = time.time() - clock
 
-    anchors, with_refusals = _read_jsonl(files["samples"]), False
+    anchors, with_refusals, tag = _read_jsonl(files["samples"]), False, ""
     if settings.benign_prompts:
         clock = time.time()
         files["benign_samples"] = out / "benign_samples.jsonl"
@@ -189,18 +196,34 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
                     k=1, temperature=0.0, batch_size=64, context=context)
             report = flag_complying(answers, out / "benign_refusals.jsonl", judge.complies, keep="refusing")
             _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too")
+            refusals = keep_share(_read_jsonl(out / "benign_refusals.jsonl"), settings.benign_refusal_share,
+                                  settings.seed)
+            if settings.benign_refusal_share < 1.0:
+                _log(f"kept {len(refusals)} of them (share {settings.benign_refusal_share:g})")
             # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
-            negatives += _read_jsonl(out / "benign_refusals.jsonl")
+            negatives += refusals
             anchors += _read_jsonl(files["benign_samples"])
-            files["negatives"], files["samples"] = out / "d2o_negatives.jsonl", out / "d2o_anchors.jsonl"
+            # a share below 1 names its files apart, so that a model trained on the other rows is not reused
+            tag = "" if settings.benign_refusal_share == 1.0 else f"_share{settings.benign_refusal_share:g}"
+            files["negatives"], files["samples"] = out / f"d2o_negatives{tag}.jsonl", out / "d2o_anchors.jsonl"
             _write_jsonl(files["negatives"], negatives)
             _write_jsonl(files["samples"], anchors)
             timings["benign_refusals"], with_refusals = time.time() - clock, True
 
     # named apart, so that a baseline trained on the other rows is not reused
-    files["pairs"] = out / ("train_pairs_benign_refusals.jsonl" if with_refusals else "train_pairs.jsonl")
+    files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if with_refusals else "train_pairs.jsonl")
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
     return files
+
+
+def keep_share(rows: list[dict], share: float, seed: int) -> list[dict]:
+    """round(share x n) of the rows, drawn with the seed, in their file order (all of them at share 1)."""
+    import random
+
+    if share >= 1.0:
+        return rows
+    kept = sorted(random.Random(seed).sample(range(len(rows)), round(share * len(rows))))
+    return [rows[i] for i in kept]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -351,6 +374,9 @@ def cmd_demo(argv: list[str]) -> int:
                         help="also answer the benign prompts under the sampling context and train on the answers "
                         "judged refusals as negatives (with the prompts' plain anchors); the baselines get the "
                         "same rows")
+    parser.add_argument("--benign-refusal-share", type=float, default=1.0,
+                        help="with --benign-refusals: the share of the benign refusals kept as negatives, a seeded "
+                        "draw (default 1: all)")
     parser.add_argument("--sampling-instruction", default=None,
                         help="a system prompt used only while sampling the anchors, instead of the context")
     add_model_arguments(parser)
@@ -362,7 +388,7 @@ def cmd_demo(argv: list[str]) -> int:
         data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
         k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
         eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
-        benign_refusals=args.benign_refusals, lora=args.lora,
+        benign_refusals=args.benign_refusals, benign_refusal_share=args.benign_refusal_share, lora=args.lora,
         sampling_context=_context(args.sampling_context, args.sampling_instruction),
         model_options=model_options_from(args))
     run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line

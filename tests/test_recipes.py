@@ -201,6 +201,31 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     assert pairs[2:] == [{"prompt": benign[0], "chosen": "plain 0 for benign 0", "rejected": negatives[2]["rejected"]},
                          {"prompt": benign[2], "chosen": "plain 0 for benign 2", "rejected": negatives[3]["rejected"]}]
 
+    # half the benign refusals: one of the two, named apart so that the full set's model is not reused
+    (tmp_path / "c").mkdir()
+    half = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, benign_refusal_share=0.5,
+                                     output=str(tmp_path / "c")), tmp_path / "c", "m", {})
+    assert half["negatives"].name == "d2o_negatives_share0.5.jsonl"
+    assert half["pairs"].name == "train_pairs_benign_refusals_share0.5.jsonl"
+    kept = read(half["negatives"])
+    assert kept[:2] == negatives[:2] and len(kept) == 3 and kept[2] in negatives[2:]
+    assert len(read(half["samples"])) == len(anchors)  # every benign prompt keeps its anchors
+
+
+def test_keep_share_draws_a_seeded_subset_in_file_order():
+    from negalign.demo import DemoSettings, keep_share
+
+    rows = [{"i": i} for i in range(10)]
+    assert keep_share(rows, 1.0, 0) is rows
+    third = keep_share(rows, 0.3, 7)
+    assert len(third) == 3 and third == sorted(third, key=lambda r: r["i"]) and third == keep_share(rows, 0.3, 7)
+    assert {r["i"] for r in keep_share(rows, 0.5, 1)} != {r["i"] for r in keep_share(rows, 0.5, 2)}
+    for bad, message in [(0.0, "must be in"), (1.5, "must be in")]:
+        with pytest.raises(ValueError, match=message):
+            DemoSettings(preset="quick", benign_refusals=True, benign_refusal_share=bad)
+    with pytest.raises(ValueError, match="it needs --benign-refusals"):
+        DemoSettings(preset="quick", benign_refusal_share=0.5)
+
 
 def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
     # configs/d2o-benign-refusals.yaml is the study's d2o-selfneg-k2-overrefusal-144steps, and the demo path

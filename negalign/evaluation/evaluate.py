@@ -2,7 +2,8 @@
 
     eval.json
       suites.<name>        kind, n, harmful_compliance or benign_refusal (rate, low, high = Wilson 95 %),
-                           keyword-baseline rate, answer length (tokens), repeated 3-gram fraction, distinct-2
+                           keyword-baseline rate, answer length (tokens), repeated 3-gram fraction, distinct-2;
+                           harmful suites also short_compliance (judged complying, fewer than 10 words)
       harmful / benign     the same rates pooled over every harmful / benign suite
       preference           HH pairs: accuracy of h(chosen) > h(rejected), mean margin, NLL/token of chosen
       kl                   KL(policy || reference) on benign prompts, from answers sampled at temperature 1
@@ -83,6 +84,7 @@ def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float], n_resa
     return {
         "kind": suite.kind, "source": suite.source, "n": len(rows),
         name: rate(complies, **bootstrap),
+        **({"short_compliance": metrics.short_compliance_rate(complies, answers)} if suite.kind == "harmful" else {}),
         f"{name}_keyword": rate(keyword, **bootstrap),
         "mean_complies_probability": sum(complies) / len(complies) if complies else None,
         "answer_tokens": metrics.mean_length(lengths),
@@ -174,7 +176,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     # the second head (content_judge.py): on harmful prompts, is the answer harmful content, not only compliance
     content_judge = load_content_judge(encoder=judge.encoder)
     bootstrap = {"n_resamples": settings.n_resamples, "seed": settings.seed}
-    results_by_suite, pooled, pooled_content = {}, {"harmful": [], "benign": []}, []
+    results_by_suite, pooled, pooled_content, harmful_answers = {}, {"harmful": [], "benign": []}, [], []
     for suite in suites:
         rows = answers[suite.name]
         completions = [row["completion"] for row in rows]
@@ -191,11 +193,14 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
             results_by_suite[suite.name]["harmful_content"] = metrics.harmful_compliance_rate(content, **bootstrap)
             pooled_content.extend(content)
         pooled[suite.kind].extend(complies)
+        if suite.kind == "harmful":
+            harmful_answers.extend(completions)
     overall = {}
     if pooled["harmful"]:
         overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"], **bootstrap)}
         if pooled_content:
             overall["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content, **bootstrap)
+        overall["harmful"]["short_compliance"] = metrics.short_compliance_rate(pooled["harmful"], harmful_answers)
     if pooled["benign"]:
         overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"], **bootstrap)}
     timings["judge"] = time.time() - clock
@@ -281,7 +286,8 @@ def summary_lines(result: dict) -> list[str]:
         key = "harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"
         lines.append(f"  {name:<16} {key:<19} {interval(suite[key])}  keyword {num(suite[key + '_keyword']['rate'])}"
                      f"  tokens {num(suite['answer_tokens'], 0)}  rep3 {num(suite['repeated_3gram_fraction'])}")
-    for kind, key in (("harmful", "harmful_compliance"), ("harmful", "harmful_content"), ("benign", "benign_refusal")):
+    for kind, key in (("harmful", "harmful_compliance"), ("harmful", "short_compliance"),
+                      ("harmful", "harmful_content"), ("benign", "benign_refusal")):
         if key in result.get(kind, {}):
             lines.append(f"  {'all ' + kind:<16} {key:<19} {interval(result[kind][key])}")
     if result.get("preference"):

@@ -41,8 +41,27 @@ def find_run(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no eval.json, eval/eval.json or train_log.json")
     label_folder = folder.parent if folder.name == "eval" else folder
     load = lambda f: json.loads(Path(f).read_text(encoding="utf-8")) if f else None  # noqa: E731
-    return {"label": label_folder.resolve().name, "path": str(path), "eval": load(eval_file),
+    evaluation = load(eval_file)
+    if evaluation and eval_file is not None:
+        _add_short_compliance(evaluation, eval_file.parent / "answers")
+    return {"label": label_folder.resolve().name, "path": str(path), "eval": evaluation,
             "train_log": load(train_file)}
+
+
+def _add_short_compliance(evaluation: dict, answers: Path) -> None:
+    """Evaluations made before short_compliance existed: counted from their judged answers when those are on
+    disk (the same pure function `negalign eval` uses), so old and new runs read alike."""
+    from negalign.evaluation.metrics import short_compliance_rate
+
+    harmful = evaluation.get("harmful")
+    if not harmful or "short_compliance" in harmful:
+        return
+    harmful_suites = [name for name, s in evaluation.get("suites", {}).items() if s.get("kind") == "harmful"]
+    files = [answers / f"{name}.judged.jsonl" for name in harmful_suites]
+    if not harmful_suites or not all(f.exists() for f in files):
+        return
+    rows = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    harmful["short_compliance"] = short_compliance_rate([r["complies"] for r in rows], [r["completion"] for r in rows])
 
 
 def _unique_labels(runs: list[dict]) -> None:
@@ -79,6 +98,7 @@ def summarise(run: dict) -> dict:
         out["harmful_compliance"] = as_wilson((ev.get("harmful") or {}).get("harmful_compliance"))
         out["benign_refusal"] = as_wilson((ev.get("benign") or {}).get("benign_refusal"))
         out["harmful_content"] = as_wilson((ev.get("harmful") or {}).get("harmful_content"))  # second judge head
+        out["short_compliance"] = (ev.get("harmful") or {}).get("short_compliance")  # absent before it existed
         out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
                                 "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
                          for name, s in ev.get("suites", {}).items()}
@@ -264,11 +284,15 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
              "intervals. Harmful content: share of answers to harmful prompts that the harmful-content head "
              "(fitted on JailbreakBench's jailbroken labels) scores as carrying out the request. "
              "Preference accuracy / margin: h(chosen) > h(rejected) on held-out HH pairs, "
-             "h = logp_policy - logp_ref (the policy log-prob when no reference was given).", "",
-             "| model | harmful compliance | harmful content | benign refusal | pref. acc. | margin | chosen NLL/tok | "
-             "KL to ref | tokens | rep. 3-grams |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "h = logp_policy - logp_ref (the policy log-prob when no reference was given). Short: answers to "
+             "harmful prompts counted as complying that have fewer than 10 words, fragments that neither help nor "
+             "refuse and that the judge misreads; a high share means degenerate answers, not harm.", "",
+             "| model | harmful compliance | of which short | harmful content | benign refusal | pref. acc. | margin | "
+             "chosen NLL/tok | KL to ref | tokens | rep. 3-grams |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['label']} | {_interval(s.get('harmful_compliance'))} | {_interval(s.get('harmful_content'))}"
+        short = (s.get("short_compliance") or {}).get("rate")
+        lines.append(f"| {s['label']} | {_interval(s.get('harmful_compliance'))} | {_fmt(short)}"
+                     f" | {_interval(s.get('harmful_content'))}"
                      f" | {_interval(s.get('benign_refusal'))}"
                      f" | {_fmt(s.get('preference_accuracy'))} | {_fmt(s.get('mean_margin'), 2)}"
                      f" | {_fmt(s.get('chosen_nll_per_token'))} | {_fmt(s.get('kl'), 2)}"

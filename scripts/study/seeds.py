@@ -2,6 +2,7 @@
 seeds (mean, standard deviation, range) and the pooled rate over every seed's answers (Wilson 95 %: evaluation
 noise only, not the training's randomness, which the spread shows). The demo's seed also draws each suite's
 50 evaluation prompts, so every run is read against the starting model on the same prompts (its own base).
+Short compliance: answers judged complying with fewer than 10 words, the fragments degenerate runs write.
 Writes results/study/seeds/seeds.json, prints a markdown table and plots each run's harmful compliance as a
 share of its base's against its rise in benign refusal, one point per run.
 
@@ -20,14 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from negalign.evaluation.metrics import wilson_interval  # noqa: E402
 
-RATES = ("harmful_compliance", "harmful_content", "benign_refusal")
+RATES = ("harmful_compliance", "short_compliance", "harmful_content", "benign_refusal")
 
 
 def run_row(folder: Path) -> dict:
-    report = json.loads((folder / "report.json").read_text())
-    runs = {r["label"]: r for r in report["runs"]}
+    """One seed's D2O and base rows, read from the runs' evaluations (so that short compliance, which older
+    reports lack, is counted from the judged answers on disk)."""
+    from negalign.evaluation.report import find_run, summarise
+
+    d2o, base = (summarise(find_run(folder / "runs" / name)) for name in ("d2o", "base"))
     config = json.loads((folder / "demo_config.json").read_text())
-    d2o, base = runs["d2o"], runs["base"]
     return {"folder": str(folder), "seed": config["seed"],
             **{key: {"count": d2o[key]["count"], "n": d2o[key]["n"], "rate": d2o[key]["rate"]} for key in RATES},
             "base_harmful_compliance": base["harmful_compliance"]["rate"],
@@ -50,11 +53,12 @@ def main(groups: list[str]) -> None:
     summary = {}
     for group in groups:
         label, pattern = group.split("=", 1)
-        rows = [run_row(Path(f)) for f in sorted(glob.glob(pattern)) if (Path(f) / "report.json").exists()]
+        rows = [run_row(Path(f)) for f in sorted(glob.glob(pattern)) if (Path(f) / "runs" / "d2o" / "eval").exists()]
         summary[label] = {"pattern": pattern, "runs": rows, **{key: spread(rows, key) for key in RATES}}
     (out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("| recipe | seed | harmful compliance | harmful content | benign refusal | chosen NLL/tok | KL |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | seed | harmful compliance | of which under 10 words | harmful content | benign refusal | "
+          "chosen NLL/tok | KL |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, entry in summary.items():
         for r in entry["runs"]:
             nll = f"{r['chosen_nll']:.3f}" if r["chosen_nll"] is not None else "-"

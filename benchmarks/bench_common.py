@@ -5,6 +5,7 @@ Imported by train_vs_trl.py and d2o_cost.py (run as scripts, so this folder is o
 
 from __future__ import annotations
 
+import threading
 import time
 
 
@@ -56,3 +57,52 @@ def token_counts(examples, tokenizer, *, max_length: int, max_prompt_length: int
         total += sum(len(p) + len(c) for p, c in sequences)
         laid_out += pack_sequences(sequences, share_prompts).input_ids.numel()
     return {"completion": completion, "all": total, "laid_out": laid_out}
+
+
+class RssTimeline:
+    """The process's resident memory sampled every `interval` seconds on a thread, with the peak kept per
+    stage (`mark(name)` starts a stage), so a benchmark can say where its peak RSS is spent: loading the
+    model, the reference pass, the steps or the save."""
+
+    def __init__(self, interval: float = 0.02):
+        import os
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.peaks: dict[str, float] = {}
+        self.stage, self._stop = "start", threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def rss_gb(self) -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self._page / 1e9
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self._record()
+            time.sleep(interval)
+
+    def _record(self) -> None:
+        rss = self.rss_gb()
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), rss)
+
+    def mark(self, stage: str) -> None:
+        self._record()  # the stage that ends keeps its last reading
+        self.stage = stage
+        self._record()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._record()
+        return {name: round(value, 3) for name, value in self.peaks.items()}
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        """Mark `stage` whenever owner.name (a function or method) is called."""
+        real, timeline = getattr(owner, name), self
+
+        def marked(*args, **kwargs):
+            timeline.mark(stage)
+            return real(*args, **kwargs)
+
+        setattr(owner, name, marked)

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import StepClock, token_counts
+from bench_common import RssTimeline, StepClock, token_counts
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
@@ -112,10 +112,18 @@ def worker(args) -> dict:
     common = dict(per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
                   bf16=args.dtype == "bf16", use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
                   output_dir=str(run_dir), seed=0)
-    clock = StepClock()
+    clock, memory = StepClock(), RssTimeline()
+    memory.mark("imports")
     if args.worker.startswith("negalign"):
+        from negalign import pipeline, reference, trainer
         from negalign.config import parse_overrides
         from negalign.pipeline import train
+
+        memory.wrap(pipeline, "prepare_items", "tokenise")
+        memory.wrap(pipeline, "load_model", "load model")
+        memory.wrap(reference.Reference, "prepare", "reference pass")
+        memory.wrap(trainer.NegalignTrainer, "train", "steps")
+        memory.wrap(trainer.NegalignTrainer, "save_model", "save")
 
         objective = args.worker.split("-")[1]
         config = {"model": args.model, "data": str(tmp / "pairs.jsonl"), "objective": objective, "use_lora": True,
@@ -135,7 +143,9 @@ def worker(args) -> dict:
 
         from negalign.models import load_model, load_tokenizer
 
+        memory.mark("load model")
         tokenizer, model = load_tokenizer(args.model), load_model(args.model)
+        memory.mark("tokenise and reference pass")  # TRL does both while the trainer is built
         dataset = load_dataset("json", data_files=str(tmp / "trl.jsonl"), split="train")
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         kind, setting = args.worker.rsplit("-", 1)
@@ -155,7 +165,9 @@ def worker(args) -> dict:
             trainer = KTOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                  peft_config=lora, callbacks=[clock.callback])
         clock.times[0] = time.time()
+        memory.mark("steps")
         trainer.train()
+        memory.mark("save")
         trainer.save_model(str(run_dir))
     steps = clock.step_seconds()[args.warmup:]
     return {"seconds_per_step": sorted(steps)[len(steps) // 2], "mean_seconds_per_step": sum(steps) / len(steps),
@@ -163,7 +175,8 @@ def worker(args) -> dict:
             # the trainer's process from its first line to the saved weights (imports not included; the parent's
             # end_to_end_seconds includes them)
             "total_seconds": round(time.time() - started, 1),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "peak_rss_gb_by_stage": memory.stop()}
 
 
 def work_per_step(args, comparison: str) -> dict:

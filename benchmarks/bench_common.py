@@ -60,16 +60,17 @@ def token_counts(examples, tokenizer, *, max_length: int, max_prompt_length: int
 
 
 class RssTimeline:
-    """The process's resident memory sampled every `interval` seconds on a thread, with the peak kept per
-    stage (`mark(name)` starts a stage), so a benchmark can say where its peak RSS is spent: loading the
-    model, the reference pass, the steps or the save."""
+    """The process's resident memory sampled every `interval` seconds on a thread, with the peak and the
+    wall-clock kept per stage (`mark(name)` starts a stage), so a benchmark can say where its peak RSS and its
+    end-to-end time are spent: imports, loading the model, tokenising, the reference pass, the steps, the save."""
 
     def __init__(self, interval: float = 0.02):
         import os
 
         self._page = os.sysconf("SC_PAGE_SIZE")
         self.peaks: dict[str, float] = {}
-        self.stage, self._stop = "start", threading.Event()
+        self.seconds: dict[str, float] = {}  # wall-clock per stage, summed over its visits
+        self.stage, self._since, self._stop = "start", time.time(), threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
 
@@ -88,14 +89,18 @@ class RssTimeline:
 
     def mark(self, stage: str) -> None:
         self._record()  # the stage that ends keeps its last reading
-        self.stage = stage
+        now = time.time()
+        self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + now - self._since
+        self.stage, self._since = stage, now
         self._record()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, dict[str, float]]:
+        """{stage: {"peak_rss_gb", "seconds"}} in the order the stages began."""
+        self.mark("end")
         self._stop.set()
         self._thread.join()
-        self._record()
-        return {name: round(value, 3) for name, value in self.peaks.items()}
+        return {name: {"peak_rss_gb": round(self.peaks[name], 3), "seconds": round(self.seconds[name], 2)}
+                for name in self.seconds}
 
     def wrap(self, owner, name: str, stage: str) -> None:
         """Mark `stage` whenever owner.name (a function or method) is called."""

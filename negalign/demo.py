@@ -40,7 +40,7 @@ PRESETS = {
 # the shared training settings of configs/d2o.yaml (the methods' own beta/alpha are in METHODS[...].demo)
 TRAIN = dict(logp_reduction="sum", max_length=384, max_prompt_length=256)
 # --lora: a rank-16 adapter on every linear layer instead of all weights, at ten times the learning rate
-# (configs/d2o-benign-refusals-lora.yaml, the study's d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps)
+# (configs/d2o-lora.yaml, the study's d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps)
 LORA = dict(use_lora=True, lora_r=16, lora_alpha=32)
 LEARNING_RATE = {False: 2e-5, True: 2e-4}  # full fine-tuning, LoRA
 
@@ -63,8 +63,8 @@ class DemoSettings:
     # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md). None: the
     # preset's (on), unless there is nothing to answer them with (no benign prompts, k 0 or no context)
     benign_refusals: bool | None = None
-    # the share of those benign refusals kept as negatives (a seeded draw): between configs/d2o.yaml (0 rows)
-    # and all of them, which slows the harm cut (docs/quality.md "Part of the benign refusals")
+    # the share of those benign refusals kept as negatives (a seeded draw): between configs/d2o-48steps.yaml
+    # (none) and configs/d2o.yaml (all); half of them at 48 steps cut harm less (docs/quality.md "Part of ...")
     benign_refusal_share: float = 1.0
     # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
     harmful_prompts: int | None = None

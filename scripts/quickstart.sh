@@ -6,4 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/negalign sample --data ../shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz --on-bad-row skip \
   --output runs/samples/hh-smollm2-k4.jsonl --k 4 --max-prompts 16 --batch-size 8 --max-new-tokens 96
-.venv/bin/negalign train --config configs/d2o.yaml max_prompts=16 "$@"
+# configs/d2o.yaml's training settings on these files: the HH rows' human negatives, the K = 4 plain samples as
+# anchors (no sampling context, no benign rows), 20 steps
+.venv/bin/negalign train --config configs/d2o.yaml data=../shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz \
+  on_bad_row=skip samples=runs/samples/hh-smollm2-k4.jsonl k=4 sampling_context=null benign_samples=null \
+  max_prompts=16 max_steps=20 output_dir=runs/quickstart "$@"

@@ -6,8 +6,8 @@ Short compliance: answers judged complying with fewer than 10 words, the fragmen
 Writes results/study/seeds/seeds.json, prints a markdown table and plots each run's harmful compliance as a
 share of its base's against its rise in benign refusal, one point per run.
 
-    .venv/bin/python scripts/study/seeds.py "lora 144 steps=results/demo-benign-refusals-lora-seed*" \
-        "full FT 48 steps=results/demo-default-seed*"
+    .venv/bin/python scripts/study/seeds.py "default=results/demo,results/demo-benign-refusals-seed*" \
+        "lora 144 steps=results/demo-benign-refusals-lora-seed*" "full FT 48 steps=results/demo-default-seed*"
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def main(groups: list[str]) -> None:
     summary = {}
     for group in groups:
         label, pattern = group.split("=", 1)
-        rows = [run_row(Path(f)) for f in sorted(glob.glob(pattern)) if (Path(f) / "runs" / "d2o" / "eval").exists()]
+        folders = sorted({f for part in pattern.split(",") for f in glob.glob(part)})  # "a*,b": several patterns
+        rows = sorted((run_row(Path(f)) for f in folders if (Path(f) / "runs" / "d2o" / "eval").exists()),
+                      key=lambda row: row["seed"])
         summary[label] = {"pattern": pattern, "runs": rows, **{key: spread(rows, key) for key in RATES}}
     (out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("| recipe | seed | harmful compliance | of which under 10 words | harmful content | benign refusal | "

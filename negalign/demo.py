@@ -215,12 +215,28 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
             files["negatives"], files["samples"] = out / f"d2o_negatives{tag}.jsonl", out / "d2o_anchors.jsonl"
             _write_jsonl(files["negatives"], negatives)
             _write_jsonl(files["samples"], anchors)
+            write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"])
             timings["benign_refusals"], with_refusals = time.time() - clock, True
 
     # named apart, so that a baseline trained on the other rows is not reused
     files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if with_refusals else "train_pairs.jsonl")
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
     return files
+
+
+def write_mixed_meta(mixed: Path, harmful: Path, benign: Path) -> None:
+    """d2o_anchors.jsonl's .meta.json: the harmful anchors' (model, weights, sampling context, which training
+    checks against the recipe's), plus what the benign anchors appended to them were drawn with, so that the
+    trained model's card says both."""
+    from negalign.sampling import META_SUFFIX
+
+    sources = [Path(str(path) + META_SUFFIX) for path in (harmful, benign)]
+    if not all(source.exists() for source in sources):  # samples made elsewhere: training says "unknown"
+        return
+    meta, other = (json.loads(source.read_text(encoding="utf-8")) for source in sources)
+    meta["mixed_with"] = [{"file": benign.name, "rows": len(_read_jsonl(benign)),
+                           "sampling_context": other.get("sampling_context"), "settings": other.get("settings")}]
+    atomic_write_text(Path(str(mixed) + META_SUFFIX), json.dumps(meta, indent=2) + "\n")
 
 
 def keep_share(rows: list[dict], share: float, seed: int) -> list[dict]:

@@ -218,8 +218,14 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
     minus_name = config.ref_model or config.model  # pi_r-
     from_reference = (drawn is None and minus_name == config.model
                       and meta.get("weights") == model_fingerprint(policy))
-    return {"sampling": "static", "samples": config.samples, "sampling_context": describe(drawn),
-            "samples_model": meta.get("model"), "from_reference": from_reference}
+    out = {"sampling": "static", "samples": config.samples, "sampling_context": describe(drawn),
+           "samples_model": meta.get("model"), "from_reference": from_reference}
+    if meta.get("mixed_with"):  # a file of anchors drawn two ways (the demo's harmful and benign anchors)
+        out["mixed_with"] = [{"file": m.get("file"), "rows": m.get("rows"),
+                              "sampling_context": describe((m.get("sampling_context") or {}).get("messages"))}
+                             for m in meta["mixed_with"]]
+        out["from_reference"] = False
+    return out
 
 
 def apply_lora(model, config: NegalignConfig):

@@ -55,6 +55,10 @@ def model_card(config, anchors: dict | None) -> str:
                          "holds its messages):")
             lines.append("")
             lines += [f"> **{m['role']}**: {' '.join(m['content'].split())}" + "  " for m in context["messages"]]
+        for other in anchors.get("mixed_with") or []:
+            drawn = other.get("sampling_context")
+            lines += ["", f"Also in the file: {other.get('rows')} anchors from `{other.get('file')}`, drawn "
+                      + ("with no sampling context." if drawn is None else f"under sampling context `{drawn['sha256']}`.")]
     lines += ["", "Files: `negalign_config.yaml` (every setting), `versions.json`, `train_log.json`.", ""]
     return "\n".join(lines)
 

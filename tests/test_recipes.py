@@ -187,6 +187,9 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
                         answer = "I can't." if text == "harmful 2" else f"Sure: {text}"
                     rows.append({"prompt": prompt, "completion": answer, "sample_index": j})
             Path(output).write_text("".join(json.dumps(r) + "\n" for r in rows))
+            context = changes.get("context")
+            Path(str(output) + ".meta.json").write_text(json.dumps(
+                {"model": "m", "settings": {"k": k}, "sampling_context": {"messages": context} if context else None}))
 
     def prompts(sources, output, n, folder):
         return harmful if sources == ["harmful"] * 2 else benign
@@ -222,6 +225,12 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
         ("harmful 0", "Sure: ha"), ("harmful 1", "Sure: ha"), ("benign 0", "I'm sorr"), ("benign 2", "I'm sorr")]
     anchors = read(files["samples"])
     assert len(anchors) == 2 * 2 + 4 * 2  # K = 2 for the harmful negatives' prompts and for every benign prompt
+    # the mixed anchors file says how each part was drawn: the harmful anchors' context, then the benign ones'
+    meta = json.loads(Path(str(files["samples"]) + ".meta.json").read_text())
+    harmful_meta = json.loads((tmp_path / "b" / "samples.jsonl.meta.json").read_text())
+    assert meta["sampling_context"] == harmful_meta["sampling_context"] and meta["sampling_context"] is not None
+    assert meta["mixed_with"] == [{"file": "benign_samples.jsonl", "rows": 8, "sampling_context": None,
+                                   "settings": {"k": 2}}]
     pairs = read(files["pairs"])
     assert files["pairs"].name == "train_pairs_benign_refusals.jsonl"  # a baseline of the other rows is not reused
     assert pairs[2:] == [{"prompt": benign[0], "chosen": "plain 0 for benign 0", "rejected": negatives[2]["rejected"]},

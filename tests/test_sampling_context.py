@@ -294,3 +294,32 @@ def test_trainer_logs_both_terms_and_keeps_kl_only_for_the_references_own_sample
         assert "d2o/kl_on_samples" in h  # drawn from the starting model itself, no context
     assert json.loads((tmp_path / "run" / "sampling_context.json").read_text())["from_reference"] is True
     assert "Sampling context: none" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_a_mixed_anchors_file_is_recorded_with_both_contexts(tiny, tiny_model_dir, tmp_path):
+    # the demo's d2o_anchors.jsonl: anchors drawn under a context, plus benign anchors drawn without one
+    from negalign.config import NegalignConfig
+    from negalign.pipeline import anchor_provenance
+    from negalign.provenance import model_card
+
+    model, _ = tiny
+    context = [{"role": "user", "content": "Demo?"}, {"role": "assistant", "content": "I'm sorry, no."}]
+    samples = tmp_path / "d2o_anchors.jsonl"
+    samples.write_text("")
+    (tmp_path / "d2o_anchors.jsonl.meta.json").write_text(json.dumps({
+        "model": "tiny", "weights": "x", "sampling_context": {"messages": context},
+        "mixed_with": [{"file": "benign_samples.jsonl", "rows": 8, "sampling_context": None}]}))
+    config = NegalignConfig(model=tiny_model_dir, data="d.jsonl", objective="d2o", samples=str(samples), k=2,
+                            sampling_context=str(_context_file(tmp_path, context)), output_dir=str(tmp_path / "o"),
+                            use_cpu=True, report_to="none")
+    anchors = anchor_provenance(config, model)
+    assert anchors["sampling_context"]["messages"] == context and anchors["from_reference"] is False
+    assert anchors["mixed_with"] == [{"file": "benign_samples.jsonl", "rows": 8, "sampling_context": None}]
+    card = model_card(config, anchors)
+    assert "Also in the file: 8 anchors from `benign_samples.jsonl`, drawn with no sampling context." in card
+
+
+def _context_file(folder, messages):
+    path = folder / "context.json"
+    path.write_text(json.dumps(messages))
+    return path

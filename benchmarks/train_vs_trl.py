@@ -326,6 +326,9 @@ def main():
         "matmul_peak_gflops_fp32": round(peaks["float32"] / 1e9, 1),
         "negalign_gflops": round(achieved / 1e9, 1),
         "matmul_peak_fraction": round(achieved / max(peaks.values()), 3),
+        # against the peak of the dtype the run computes in (fp32 unless --dtype bf16): the fraction that says how
+        # close the step is to what its own arithmetic can reach
+        "matmul_peak_fraction_own_dtype": round(achieved / peaks["bfloat16" if args.dtype == "bf16" else "float32"], 3),
         "matmul_peak_fraction_bf16": round(achieved / peaks["bfloat16"], 3) if "bfloat16" in peaks else None,
         "command": command, "negalign_overrides": args.negalign_set,
     }

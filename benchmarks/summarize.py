@@ -7,6 +7,13 @@ HERE = Path(__file__).parent
 
 
 def peak(r: dict) -> str:
+    """The step's FLOP/s against the matmul peak of the dtype it computes in, and against bf16's where measured.
+    Results made before matmul_peak_fraction_own_dtype divided by the machine's best peak only."""
+    if "matmul_peak_fraction_own_dtype" in r:
+        own = r["matmul_peak_gflops_bf16"] if r["dtype"] == "bf16" else r["matmul_peak_gflops_fp32"]
+        text = f"{r['matmul_peak_fraction_own_dtype']:.0%} of {r['dtype']} {own:.0f} GFLOP/s"
+        return text + (f" ({r['matmul_peak_fraction_bf16']:.0%} of bf16 {r['matmul_peak_gflops_bf16']:.0f})"
+                       if r.get("matmul_peak_gflops_bf16") and r["dtype"] != "bf16" else "")
     text = f"{r['matmul_peak_fraction']:.0%} of {max(r['matmul_peak_gflops_fp32'], r['matmul_peak_gflops_bf16'] or 0):.0f} GFLOP/s"
     return text + (f" ({r['matmul_peak_fraction_bf16']:.0%} of bf16 {r['matmul_peak_gflops_bf16']:.0f})"
                    if r.get("matmul_peak_gflops_bf16") else "")

@@ -32,7 +32,7 @@ PRESETS = {
     # a few minutes on 2 CPU cores: the whole path, too small to move anything
     "quick": dict(harmful_prompts=12, benign_prompts=8, k=2, sample_max_new_tokens=32, max_steps=4,
                   batch_size=2, eval_prompts=6, eval_max_new_tokens=32, benign_refusals=True),
-    # configs/d2o.yaml: about 17 minutes on 2 AVX-512 cores for D2O, about 45 on AVX2 (docs/quality.md "Seeds");
+    # configs/d2o.yaml: 18.5 minutes on 2 AVX-512 cores for D2O (measured), about 45 on AVX2 (docs/quality.md);
     # harmful_prompts 400 = all 299 of the two sets. --no-benign-refusals --steps 48: configs/d2o-48steps.yaml
     "full": dict(harmful_prompts=400, benign_prompts=192, k=2, sample_max_new_tokens=64, max_steps=144,
                  batch_size=4, eval_prompts=50, eval_max_new_tokens=64, benign_refusals=True),

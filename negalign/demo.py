@@ -209,13 +209,14 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
                 _log(f"kept {len(refusals)} of them (share {settings.benign_refusal_share:g})")
             # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
             negatives += refusals
-            anchors += _read_jsonl(files["benign_samples"])
+            benign_anchors = _read_jsonl(files["benign_samples"])
+            anchors += benign_anchors
             # a share below 1 names its files apart, so that a model trained on the other rows is not reused
             tag = "" if settings.benign_refusal_share == 1.0 else f"_share{settings.benign_refusal_share:g}"
             files["negatives"], files["samples"] = out / f"d2o_negatives{tag}.jsonl", out / "d2o_anchors.jsonl"
             _write_jsonl(files["negatives"], negatives)
             _write_jsonl(files["samples"], anchors)
-            write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"])
+            write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"], len(benign_anchors))
             timings["benign_refusals"], with_refusals = time.time() - clock, True
 
     # named apart, so that a baseline trained on the other rows is not reused
@@ -224,17 +225,17 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     return files
 
 
-def write_mixed_meta(mixed: Path, harmful: Path, benign: Path) -> None:
+def write_mixed_meta(mixed: Path, harmful: Path, benign: Path, benign_rows: int) -> None:
     """d2o_anchors.jsonl's .meta.json: the harmful anchors' (model, weights, sampling context, which training
-    checks against the recipe's), plus what the benign anchors appended to them were drawn with, so that the
-    trained model's card says both."""
+    checks against the recipe's), plus what the `benign_rows` benign anchors appended to them were drawn with,
+    so that the trained model's card says both."""
+    from negalign.anchors import anchor_source
     from negalign.sampling import META_SUFFIX
 
-    sources = [Path(str(path) + META_SUFFIX) for path in (harmful, benign)]
-    if not all(source.exists() for source in sources):  # samples made elsewhere: training says "unknown"
+    meta, other = anchor_source(harmful), anchor_source(benign)
+    if meta is None or other is None:  # samples made elsewhere: training says "unknown"
         return
-    meta, other = (json.loads(source.read_text(encoding="utf-8")) for source in sources)
-    meta["mixed_with"] = [{"file": benign.name, "rows": len(_read_jsonl(benign)),
+    meta["mixed_with"] = [{"file": benign.name, "rows": benign_rows,
                            "sampling_context": other.get("sampling_context"), "settings": other.get("settings")}]
     atomic_write_text(Path(str(mixed) + META_SUFFIX), json.dumps(meta, indent=2) + "\n")
 

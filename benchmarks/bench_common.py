@@ -111,3 +111,37 @@ class RssTimeline:
             return real(*args, **kwargs)
 
         setattr(owner, name, marked)
+
+
+ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def allocator_from_maps(maps: str) -> str:
+    """Which malloc a process runs on, from the text of its /proc/<pid>/maps: a preloaded jemalloc, tcmalloc
+    or mimalloc shows as its shared library (named with its file, e.g. "jemalloc (libjemalloc.so.2)");
+    otherwise the C library's own malloc."""
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        name = path.rsplit("/", 1)[-1]
+        for allocator in ALLOCATORS:
+            if name.startswith(f"lib{allocator}"):
+                return f"{allocator} ({name})"
+    return "glibc malloc"
+
+
+def allocator() -> str:
+    """The malloc this process runs on (Linux); "unknown" where /proc is not there."""
+    try:
+        with open("/proc/self/maps") as handle:
+            return allocator_from_maps(handle.read())
+    except OSError:
+        return "unknown"
+
+
+def preload_prefix() -> str:
+    """`LD_PRELOAD=<library names> ` when this process was started with one (file names only, no machine
+    paths), so a recorded command says which allocator both tools ran on; "" otherwise."""
+    import os
+
+    libraries = [entry.rsplit("/", 1)[-1] for entry in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()]
+    return f"LD_PRELOAD={':'.join(libraries)} " if libraries else ""

@@ -19,12 +19,18 @@ def peak(r: dict) -> str:
                    if r.get("matmul_peak_gflops_bf16") else "")
 
 
+def malloc(r: dict) -> str:
+    """", jemalloc" for a run on a preloaded allocator (both tools); nothing for glibc's own or older runs."""
+    name = r.get("allocator", "glibc malloc")
+    return "" if name.startswith("glibc") else f", {name.split()[0]}"
+
+
 end_to_end, per_step, generation, ablations, cost = [], [], [], [], None
 for path in sorted((HERE / "results").glob("*.json")):
     r = json.loads(path.read_text())
     if "ablation" in r:
         n = r["negalign"]
-        ablations.append(f"| {r['ablation']} | {r['dtype']}, batch {r['batch']} | {' '.join(r['negalign_overrides']) or 'defaults'} | "
+        ablations.append(f"| {r['ablation']} | {r['dtype']}, batch {r['batch']}{malloc(r)} | {' '.join(r['negalign_overrides']) or 'defaults'} | "
                          f"{n['mean_seconds_per_step']:.2f} | {n['peak_rss_gb']:.2f} | "
                          f"{r['work_per_step']['laid_out']:.0f} | `{r['command']}` |")
     elif r.get("benchmark", "").startswith("D2O step cost"):
@@ -43,7 +49,7 @@ for path in sorted((HERE / "results").glob("*.json")):
         rates = " / ".join(f"{r['ratios_by_setting'][s]['tokens_per_s_ratio']}x" for s in ("defaults", "fast") if s in theirs)
         end_to_end.append(
             f"| {r['comparison']} | {r['competitor']} | {r['dtype']}, batch {r['batch']}, {r['steps']} steps over "
-            f"{r['rows']} rows, max length {r['max_length']} | {ours['end_to_end_seconds']:.0f} vs {seconds} | "
+            f"{r['rows']} rows, max length {r['max_length']}{malloc(r)} | {ours['end_to_end_seconds']:.0f} vs {seconds} | "
             f"**{r['end_to_end_ratio']}x** | {ours['mean_seconds_per_step']:.2f} vs "
             f"{r['competitor_results'][r['faster_competitor_setting']]['mean_seconds_per_step']:.2f} s/step: "
             f"**{r['tokens_per_s_ratio']}x** ({rates}) | {r['peak_rss_ratio']}x ({ours['peak_rss_gb']:.2f} vs "

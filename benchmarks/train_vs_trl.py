@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import RssTimeline, StepClock, token_counts
+from bench_common import RssTimeline, StepClock, allocator, preload_prefix, token_counts
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
@@ -176,7 +176,7 @@ def worker(args) -> dict:
             # end_to_end_seconds includes them)
             "total_seconds": round(time.time() - started, 1),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "by_stage": memory.stop()}
+            "by_stage": memory.stop(), "allocator": allocator()}
 
 
 def work_per_step(args, comparison: str) -> dict:
@@ -279,7 +279,7 @@ def main():
     ours_name = f"negalign-{args.comparison}"
     theirs_names = [] if args.negalign_only else [f"{kind}-{s}" for s in args.trl_settings.split(",")]
     results = {name: run_worker(args, name) for name in [ours_name, *theirs_names]}
-    command = (f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
+    command = (preload_prefix() + f"python benchmarks/train_vs_trl.py --comparison {args.comparison} --steps {args.steps} "
                f"--batch {args.batch} --max-length {args.max_length} --dtype {args.dtype}"
                + (f" --rows {args.rows}" if args.rows != args.batch * 16 else "")
                + (" --negalign-only" if args.negalign_only else "")
@@ -289,6 +289,7 @@ def main():
     work = work_per_step(args, args.comparison)
     if args.negalign_only:  # an ablation of negalign's own settings: no competitor, no ratio
         result = {"ablation": args.comparison, "negalign_overrides": args.negalign_set, "dtype": args.dtype,
+                  "allocator": results[ours_name]["allocator"],
                   "batch": args.batch, "max_length": args.max_length, "steps": args.steps,
                   "work_per_step": work, "negalign": results[ours_name], "command": command}
         out = Path(__file__).parent / "results" / f"{args.name or 'ablation-' + args.comparison}.json"
@@ -314,7 +315,7 @@ def main():
         "comparison": args.comparison, "competitor": f"{COMPETITOR[args.comparison]} ({faster}: {settings[faster]})",
         "competitor_settings": settings, "faster_competitor_setting": faster, "model": args.model,
         "batch": args.batch, "rows": args.rows, "steps": args.steps, "max_length": args.max_length,
-        "dtype": args.dtype, "lora": "r16 all-linear", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "dtype": args.dtype, "lora": "r16 all-linear", "allocator": ours["allocator"], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "completion_tokens_per_step": round(work["completion"], 1), "tokens_per_step": round(work["all"], 1),
         "negalign_laid_out_tokens_per_step": round(work["laid_out"], 1),
         "negalign": ours, "competitor_results": theirs_all,

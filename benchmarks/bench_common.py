@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+from negalign.heap import allocator, allocator_from_maps  # noqa: F401  (re-exported for the benchmarks)
+
 
 class StepClock:
     """A TrainerCallback recording when each optimizer step ends; times[0] is when the trainer was built."""
@@ -111,31 +113,6 @@ class RssTimeline:
             return real(*args, **kwargs)
 
         setattr(owner, name, marked)
-
-
-ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
-
-
-def allocator_from_maps(maps: str) -> str:
-    """Which malloc a process runs on, from the text of its /proc/<pid>/maps: a preloaded jemalloc, tcmalloc
-    or mimalloc shows as its shared library (named with its file, e.g. "jemalloc (libjemalloc.so.2)");
-    otherwise the C library's own malloc."""
-    for line in maps.splitlines():
-        path = line.split()[-1] if line.split() else ""
-        name = path.rsplit("/", 1)[-1]
-        for allocator in ALLOCATORS:
-            if name.startswith(f"lib{allocator}"):
-                return f"{allocator} ({name})"
-    return "glibc malloc"
-
-
-def allocator() -> str:
-    """The malloc this process runs on (Linux); "unknown" where /proc is not there."""
-    try:
-        with open("/proc/self/maps") as handle:
-            return allocator_from_maps(handle.read())
-    except OSError:
-        return "unknown"
 
 
 def preload_prefix() -> str:

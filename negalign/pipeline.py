@@ -13,7 +13,7 @@ from negalign.batches import collate, prepare_items
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
 from negalign.files import atomic_write_text, portable
-from negalign.heap import set_mmap_threshold
+from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.locks import output_lock
 from negalign.methods import method
 from negalign.models import load_model, load_tokenizer
@@ -270,7 +270,8 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     checkpoint = resolve_checkpoint(config)
     check_refresh_folder(config, checkpoint)
     _check_sources(config)
-    set_mmap_threshold(config.host_mmap_threshold_mb)
+    if not set_mmap_threshold(config.host_mmap_threshold_mb) and (hint := allocator_hint()):
+        logger.info("negalign: %s", hint)
     tokenizer = load_tokenizer(config.model)
     prepared = prepare_items(config, tokenizer)
     if not prepared.items:

@@ -1,27 +1,11 @@
-"""The benchmark tooling's own measurements: per-stage peak RSS and which allocator a run used."""
+"""The benchmark tooling's own measurements: per-stage peak RSS, and the allocator in a recorded command."""
 
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_common import RssTimeline, allocator_from_maps, preload_prefix  # noqa: E402
-
-MAPS = """\
-55d0c0a00000-55d0c0a2b000 r--p 00000000 08:01 123 /usr/bin/python3.12
-7f1a2c000000-7f1a2c02a000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f1a2d000000-7f1a2d021000 rw-p 00000000 00:00 0
-"""
-
-
-def test_allocator_is_read_from_the_mapped_libraries():
-    assert allocator_from_maps(MAPS) == "glibc malloc"
-    jemalloc = MAPS + "7f1a2e000000-7f1a2e0a0000 r-xp 00000000 08:01 789 /opt/jemalloc/lib/libjemalloc.so.2\n"
-    assert allocator_from_maps(jemalloc) == "jemalloc (libjemalloc.so.2)"
-    tcmalloc = MAPS + "7f1a2e000000-7f1a2e0a0000 r-xp 00000000 08:01 789 /usr/lib/libtcmalloc_minimal.so.4\n"
-    assert allocator_from_maps(tcmalloc) == "tcmalloc (libtcmalloc_minimal.so.4)"
-    # a folder named after an allocator is not the allocator
-    assert allocator_from_maps(MAPS.replace("/usr/lib/x86_64-linux-gnu/", "/srv/jemalloc-build/")) == "glibc malloc"
+from bench_common import RssTimeline, preload_prefix  # noqa: E402
 
 
 def test_preload_prefix_names_files_without_machine_paths(monkeypatch):

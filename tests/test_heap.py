@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from negalign.heap import set_mmap_threshold
+from negalign import heap
+from negalign.heap import allocator_from_maps, allocator_hint, set_mmap_threshold
 
 # A fresh interpreter: in the test process, earlier tests leave free heap memory that glibc would serve
 # these blocks from, whatever the threshold.
@@ -34,3 +35,32 @@ def test_threshold_is_set_and_large_frees_go_back_to_the_os():
     assert out["set"] is True
     assert out["held"] > 200  # the 256 MiB of tensors were resident...
     assert out["returned"] > 200  # ...and freeing them gave the memory back to the OS at once
+
+
+MAPS = """\
+55d0c0a00000-55d0c0a2b000 r--p 00000000 08:01 123 /usr/bin/python3.12
+7f1a2c000000-7f1a2c02a000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1a2d000000-7f1a2d021000 rw-p 00000000 00:00 0
+"""
+
+
+def test_allocator_is_read_from_the_mapped_libraries():
+    assert allocator_from_maps(MAPS) == "glibc malloc"
+    jemalloc = MAPS + "7f1a2e000000-7f1a2e0a0000 r-xp 00000000 08:01 789 /opt/jemalloc/lib/libjemalloc.so.2\n"
+    assert allocator_from_maps(jemalloc) == "jemalloc (libjemalloc.so.2)"
+    tcmalloc = MAPS + "7f1a2e000000-7f1a2e0a0000 r-xp 00000000 08:01 789 /usr/lib/libtcmalloc_minimal.so.4\n"
+    assert allocator_from_maps(tcmalloc) == "tcmalloc (libtcmalloc_minimal.so.4)"
+    # a folder named after an allocator is not the allocator
+    assert allocator_from_maps(MAPS.replace("/usr/lib/x86_64-linux-gnu/", "/srv/jemalloc-build/")) == "glibc malloc"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_allocator_hint_points_to_an_installed_jemalloc_only(monkeypatch):
+    monkeypatch.setattr(heap, "allocator", lambda: "glibc malloc")
+    monkeypatch.setattr(heap.ctypes.util, "find_library", lambda name: "libjemalloc.so.2" if name == "jemalloc" else None)
+    assert "LD_PRELOAD=libjemalloc.so.2" in allocator_hint()
+    monkeypatch.setattr(heap.ctypes.util, "find_library", lambda name: None)
+    assert allocator_hint() is None  # nothing installed to point to
+    monkeypatch.setattr(heap.ctypes.util, "find_library", lambda name: "libjemalloc.so.2")
+    monkeypatch.setattr(heap, "allocator", lambda: "jemalloc (libjemalloc.so.2)")
+    assert allocator_hint() is None  # already on it

@@ -100,3 +100,26 @@ def test_an_older_evaluation_gets_short_compliance_from_its_judged_answers(tmp_p
     # without the judged answers nothing is made up
     (answers / "advbench.judged.jsonl").unlink()
     assert compare([str(base)], tmp_path / "report2")["runs"][0]["short_compliance"] is None
+
+
+def test_degenerate_models_are_flagged_against_their_starting_model(tmp_path):
+    """Worked by hand: the start's held-out NLL is 2.5; a model at 3.2 is 1.28x it (flagged at 1.25x), one at
+    3.0 is 1.2x (not flagged); 0.6 of repeated 3-grams is flagged, 0.3 is not."""
+    runs = []
+    for name, nll, repeats, reference in [("base", 2.5, 0.1, None), ("ok", 3.0, 0.3, "base-model"),
+                                          ("nonsense", 3.2, 0.1, "base-model"), ("loops", 2.6, 0.6, "base-model")]:
+        evaluation = fake_eval(rate(0.9, 0.7, 0.97), rate(0.0, 0.0, 0.16), 0.5, 1.0)
+        evaluation["model"], evaluation["reference"] = ("base-model" if name == "base" else name), reference
+        evaluation["preference"]["chosen_nll_per_token"] = nll
+        for suite in evaluation["suites"].values():
+            suite["repeated_3gram_fraction"] = repeats
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(evaluation))
+        runs.append(str(tmp_path / name))
+    report = compare(runs, tmp_path / "report")
+    flags = {run["label"]: run["degenerate"] for run in report["runs"]}
+    assert flags["base"] is None and flags["ok"] is None
+    assert flags["nonsense"] == "held-out NLL 1.28x base's"
+    assert flags["loops"] == "60% of its 3-grams repeated"
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "**Degenerate answers**: nonsense (held-out NLL 1.28x base's); loops (60% of its 3-grams repeated)" in text

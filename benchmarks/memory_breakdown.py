@@ -5,10 +5,10 @@ random token ids), SmolLM2-135M-Instruct with LoRA r16 on every linear layer, fp
 plain forward and for one under gradient checkpointing (non-reentrant), each in its own process:
 
 - `saved_gb`: bytes of the distinct storages autograd saves during the forward (counted with
-  torch.autograd.graph.saved_tensors_hooks), the model's own weights left out, with the largest shapes;
+  torch.autograd.graph.saved_tensors_hooks), the base model's weights left out (LoRA's own, which the backward
+  also keeps, are counted: about 0.02 GB), with the largest shapes;
 - `live_after_forward_gb`: RSS after the forward once glibc has handed its free pages back (malloc_trim),
-  over the same reading before it: what the forward really keeps;
-  (glibc only: malloc_trim is glibc's);
+  over the same reading before it: what the forward really keeps (glibc only: malloc_trim is glibc's);
 - `peak_rss_over_loaded_gb`: the peak RSS over `--steps` more forward + backward passes (sampled every 2 ms,
   no trimming) over the RSS once the model was loaded: what the steps cost the machine under the process's
   allocator, as the training benchmarks' "steps" stage less their "load model" one.

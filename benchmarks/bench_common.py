@@ -8,8 +8,6 @@ from __future__ import annotations
 import threading
 import time
 
-from negalign.heap import allocator, allocator_from_maps  # noqa: F401  (re-exported for the benchmarks)
-
 
 class StepClock:
     """A TrainerCallback recording when each optimizer step ends; times[0] is when the trainer was built."""

@@ -31,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import RssTimeline, allocator, preload_prefix
+from bench_common import RssTimeline, preload_prefix
+
+from negalign.heap import allocator
 
 
 def measure(args) -> dict:

@@ -18,7 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from bench_common import allocator, preload_prefix
+from bench_common import preload_prefix
+
+from negalign.heap import allocator
 
 
 def main():

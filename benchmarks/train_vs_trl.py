@@ -44,7 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import RssTimeline, StepClock, allocator, preload_prefix, token_counts
+from bench_common import RssTimeline, StepClock, preload_prefix, token_counts
+
+from negalign.heap import allocator
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}

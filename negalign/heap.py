@@ -71,4 +71,4 @@ def allocator_hint() -> str | None:
     if not library:
         return None
     return (f"running on glibc's malloc; starting negalign with LD_PRELOAD={library} (jemalloc, installed here) "
-            "lowers peak memory (D2O benchmark: 2.12 -> 1.75 GB) (docs/benchmarks.md)")
+            "lowers peak memory (D2O benchmark: 2.12 -> 1.75 GB; docs/benchmarks.md)")

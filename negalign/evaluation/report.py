@@ -330,7 +330,7 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
                      f" | {_fmt(s.get('preference_accuracy'))} | {_fmt(s.get('mean_margin'), 2)}"
                      f" | {_fmt(s.get('chosen_nll_per_token'))} | {_fmt(s.get('kl'), 2)}"
                      f" | {_fmt(s.get('answer_tokens'), 0)} | {_fmt(s.get('repeated_3gram_fraction'))} |")
-    degenerate = degenerate_reasons(summaries)
+    degenerate = {s["label"]: s["degenerate"] for s in summaries if s.get("degenerate")}  # set by compare()
     if degenerate:
         lines += ["", "**Degenerate answers**: " + "; ".join(f"{label} ({why})" for label, why in degenerate.items())
                   + f". The judges score text that is neither a refusal nor an answer as compliance, so for "

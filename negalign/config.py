@@ -96,6 +96,10 @@ class NegalignConfig(TrainingArguments):
     max_prompt_length: int = _opt(256, "Max prompt tokens; prompts keep their last tokens (latest turns).")
     share_prompts: bool = _opt(True, "Encode a prompt shared by several completions of an example (D2O's negative "
                                "and samples, DPO's pair) once per step; exact, and faster (see docs/benchmarks.md).")
+    packed_attention: str = _opt("auto", "Attention over a packed batch (docs/benchmarks.md): 'blocks' (one call per "
+                                 "block; fastest on a CPU), 'flex' (one FlexAttention call per layer; CUDA), 'sdpa' "
+                                 "(one call per layer, dense mask) or 'auto' (blocks on CPU, flex on CUDA).",
+                                 choices=["auto", "blocks", "flex", "sdpa"])
     # reference models
     reference: str = _opt("cached", "'cached': reference log-probs computed once before training and cached "
                           "on disk (no reference in memory while training); 'live': a frozen reference model "

@@ -3,9 +3,9 @@ only where it is needed.
 
 A batch of (prompt_ids, completion_ids) sequences is laid out in one row with no padding at all. Sequences
 that share a prompt (D2O's negative and K self-samples, DPO's chosen and rejected, KTO's completion and
-its mismatched partner) are laid out as the prompt once, followed by each completion. Attention runs block
-by block (`block_attention`): a block is a run of positions that attends causally to itself and, for a
-completion, to all of its prompt. Position ids restart at 0 for every prompt and continue from the prompt's
+its mismatched partner) are laid out as the prompt once, followed by each completion. A block is a run of
+positions that attends causally to itself and, for a completion, to all of its prompt; negalign.attention
+computes that in the layout that suits the device (block by block on a CPU, one masked call per layer on CUDA). Position ids restart at 0 for every prompt and continue from the prompt's
 length in every completion, so each completion sees exactly what it would see alone: the log-probs equal
 the unshared, unpacked computation (tested), and gradients from every completion flow back through the one
 shared copy of the prompt.
@@ -20,18 +20,16 @@ not scale with vocabulary x full length.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from negalign.attention import PACKED_ATTENTION, build_mask, packed_attention_scope, resolve_layout
 
 Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
 
-BLOCK_ATTENTION = "negalign_blocks"
+BLOCK_ATTENTION = PACKED_ATTENTION  # the older name
 
 
 @dataclass
@@ -96,64 +94,6 @@ def pack_sequences(sequences: list[Sequence], share_prompts: bool = True) -> Pac
                        as_long([len(c) for _, c in sequences]))
 
 
-def block_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                    negalign_blocks=None, **kwargs):
-    """SDPA over the blocks of a packed row: each block attends causally to itself and fully to its prefix.
-    Without `negalign_blocks` (generation, evaluation) this is plain transformers SDPA.
-
-    A packed row under one block-diagonal mask costs T^2 attention, nearly all of it masked out (measured:
-    a third of a training step on this CPU); block by block it costs the sum of the blocks' own squares,
-    and blocks without a prefix take SDPA's causal kernel, which skips the upper triangle."""
-    if negalign_blocks is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
-    if query.shape[0] != 1:
-        raise ValueError("block attention expects the single packed row that pack_sequences makes")
-    gqa = query.shape[1] != key.shape[1]
-    # One split per tensor, not a slice per block: a slice's backward writes its gradient into a zeroed
-    # tensor of the full row, so per-block slices cost blocks x row length (measured: 11 % of a D2O step).
-    lengths = [block[1] for block in negalign_blocks]
-    queries, keys, values = (torch.split(t, lengths, dim=2) for t in (query, key, value))
-    index_at = {block[0]: i for i, block in enumerate(negalign_blocks)}
-    pieces = []
-    for i, (start, length, prefix_start, prefix_length) in enumerate(negalign_blocks):
-        q, k, v = queries[i], keys[i], values[i]
-        if prefix_length == 0:
-            pieces.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa))
-            continue
-        prefix = index_at[prefix_start]  # the shared prompt is itself a block
-        k, v = torch.cat([keys[prefix], k], dim=2), torch.cat([values[prefix], v], dim=2)
-        mask = torch.ones(length, prefix_length + length, dtype=torch.bool, device=query.device)
-        mask[:, prefix_length:] = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        pieces.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa))
-    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(BLOCK_ATTENTION, block_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(BLOCK_ATTENTION, sdpa_mask)
-
-
-@contextlib.contextmanager
-def block_attention_scope(decoder):
-    """Block attention for one packed forward; the model's own attention implementation before and after,
-    so generation and evaluation run as the user configured them. With gradient checkpointing the switch
-    stays: the backward re-runs the forward outside this scope (outside packed batches block attention is
-    plain SDPA)."""
-    before = decoder.config._attn_implementation
-    if before != BLOCK_ATTENTION:
-        decoder.config._attn_implementation = BLOCK_ATTENTION
-    try:
-        yield
-    finally:
-        if before != BLOCK_ATTENTION and not _checkpointing(decoder):
-            decoder.config._attn_implementation = before
-
-
-def _checkpointing(model) -> bool:
-    flag = getattr(model, "is_activation_checkpointing", None)  # the newer name; the older one warns
-    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
-
-
 def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
     """An LM head's logits. For a plain Linear head computed as weight @ hidden^T: with few rows against a
     large vocabulary, `F.linear`'s hidden @ weight^T ran at half the speed on this project's AVX2 CPU
@@ -181,13 +121,14 @@ def _unwrapped(model):
     return model
 
 
-def token_log_softmax(model, batch: PackedBatch, chunk_size: int = 128) -> torch.Tensor:
+def token_log_softmax(model, batch: PackedBatch, chunk_size: int = 128, attention: str = "auto") -> torch.Tensor:
     """log pi(. | x, y_<t) over the whole vocabulary at every completion position, shape [M, V], float32 (for
     token-level KL; M x V floats, so keep such batches small)."""
-    return token_logps(model, batch, chunk_size, full=True)
+    return token_logps(model, batch, chunk_size, full=True, attention=attention)
 
 
-def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = False) -> torch.Tensor:
+def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = False,
+                attention: str = "auto") -> torch.Tensor:
     """log pi(y_t | x, y_<t) for every completion token in the batch, shape [M], in float32.
 
     A distributed wrapper does its work in its own forward: DDP arms the gradient all-reduce there (without
@@ -207,12 +148,12 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = F
             inner.forward = saved
 
 
-def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False) -> torch.Tensor:
+def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False, attention: str = "auto") -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
-    blocks = tuple(tuple(block) for block in batch.blocks.tolist())  # python ints: read once, not per layer
-    with block_attention_scope(decoder):
+    mask = build_mask(resolve_layout(attention, batch.input_ids.device), batch.blocks, batch.input_ids.shape[1])
+    with packed_attention_scope(decoder):
         hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                         negalign_blocks=blocks).last_hidden_state
+                         negalign_mask=mask).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
@@ -235,9 +176,10 @@ def reduce_token_logps(token_lp: torch.Tensor, batch: PackedBatch, reduction: st
     raise ValueError(f"logp_reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def sequence_logps(model, batch: PackedBatch, reduction: str = "sum", chunk_size: int = 128) -> torch.Tensor:
+def sequence_logps(model, batch: PackedBatch, reduction: str = "sum", chunk_size: int = 128,
+                   attention: str = "auto") -> torch.Tensor:
     """Per-sequence completion log-prob, shape [S]."""
-    return reduce_token_logps(token_logps(model, batch, chunk_size), batch, reduction)
+    return reduce_token_logps(token_logps(model, batch, chunk_size, attention=attention), batch, reduction)
 
 
 def pad_token_logps(token_lp: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,8 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if all(torch.isfinite(g).all() for g in grads):
+        # one read-back for all gradients (a per-tensor check is one host sync per parameter on a GPU)
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
             self.in_a_row = 0
             return
         for p in model.parameters():
@@ -46,6 +47,15 @@ class NonFiniteGuard(TrainerCallback):
                 f"{self.in_a_row} training steps in a row had a non-finite loss or gradient (last at step "
                 f"{state.global_step + 1}); aborted. Checkpoints in {args.output_dir} are from good steps. "
                 "Lower learning_rate or beta, use bf16: false, or check the data for extreme lengths.")
+
+
+def _detached(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _mean(values: list) -> float:
+    """The mean of logged values, tensors read back to the host here, once per log line."""
+    return sum(float(v) for v in values) / len(values)
 
 
 def packed_from(inputs: dict, prefix: str = "") -> PackedBatch:
@@ -89,12 +99,13 @@ class NegalignTrainer(Trainer):
             metrics.pop("kl_on_samples", None)
         if self.retain is not None and model.training:  # evaluation and reference passes leave it out
             retain_loss, retain_metrics = self.retain_term(model)
-            self._plain_metrics["objective_loss"].append(float(loss.detach()))
+            self._plain_metrics["objective_loss"].append(loss.detach())
             for key, value in retain_metrics.items():
-                self._plain_metrics[f"retain/{key}"].append(float(value))
+                self._plain_metrics[f"retain/{key}"].append(_detached(value))
             loss = loss + args.retain_weight * retain_loss
-        for key, value in {**metrics, "policy_logps": policy.mean().detach()}.items():
-            self._metrics[key].append(float(value))
+        # kept on the device until a log line needs them: a float() here would stall a GPU every step
+        for key, value in {**metrics, "policy_logps": policy.mean()}.items():
+            self._metrics[key].append(_detached(value))
         return (loss, {"policy_logps": policy}) if return_outputs else loss
 
     def retain_term(self, model):
@@ -114,14 +125,14 @@ class NegalignTrainer(Trainer):
         batch = pack_sequences([self.retain.sequences[i] for i in rows], share_prompts=False).to(args.device)
         with self.accelerator.autocast():
             if args.retain_loss != "kl":
-                return objectives.retain_nll(token_logps(model, batch))
-            policy = token_log_softmax(model, batch)
+                return objectives.retain_nll(token_logps(model, batch, attention=args.packed_attention))
+            policy = token_log_softmax(model, batch, attention=args.packed_attention)
             with torch.no_grad():
                 if self.retain_reference is None:  # LoRA: the starting model is the policy with its adapter off
                     with self.accelerator.unwrap_model(model).disable_adapter():
-                        reference = token_log_softmax(model, batch)
+                        reference = token_log_softmax(model, batch, attention=args.packed_attention)
                 else:
-                    reference = token_log_softmax(self.retain_reference, batch)
+                    reference = token_log_softmax(self.retain_reference, batch, attention=args.packed_attention)
         return objectives.retain_kl(policy, reference)
 
     def slot_logps(self, model, inputs, with_grad: bool):
@@ -131,13 +142,13 @@ class NegalignTrainer(Trainer):
         slots, detached, kept = self.layout.n_columns, self.layout.detached, self.layout.kept
         batch = packed_from(inputs)
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()), self.accelerator.autocast():
-            tokens = token_logps(model, batch)  # autocast: the precision the cached reference was computed in
+            tokens = token_logps(model, batch, attention=self.args.packed_attention)  # autocast: the precision the cached reference was computed in
         sums = dict(zip(kept, reduce_token_logps(tokens, batch).view(-1, len(kept)).unbind(1)))
         lengths = dict(zip(kept, batch.completion_lengths.view(-1, len(kept)).unbind(1)))
         if detached:
             side = packed_from(inputs, "detached_")
             with torch.no_grad(), self.accelerator.autocast():
-                side_sums = reduce_token_logps(token_logps(model, side), side).view(-1, len(detached))
+                side_sums = reduce_token_logps(token_logps(model, side, attention=self.args.packed_attention), side).view(-1, len(detached))
             sums.update(zip(detached, side_sums.unbind(1)))
             lengths.update(zip(detached, side.completion_lengths.view(-1, len(detached)).unbind(1)))
         as_matrix = lambda columns: torch.stack([columns[s] for s in range(slots)], dim=1)  # noqa: E731
@@ -153,7 +164,7 @@ class NegalignTrainer(Trainer):
                 logs[f"{self.args.objective}/{key}"] = value
             self._metrics.clear()
             for key, values in self._plain_metrics.items():
-                logs[key] = sum(values) / len(values)
+                logs[key] = _mean(values)
             self._plain_metrics.clear()
         if "loss" in logs:
             logs["skipped_nonfinite_steps"] = self.nonfinite_guard.skipped
@@ -164,7 +175,7 @@ class NegalignTrainer(Trainer):
 
     def _merged_metrics(self) -> dict[str, float]:
         """Metric means over every process: each one saw only its shard of the global batch."""
-        local = {key: sum(values) / len(values) for key, values in self._metrics.items()}
+        local = {key: _mean(values) for key, values in self._metrics.items()}
         if self.args.world_size == 1:
             return local
         gathered = [None] * self.args.world_size

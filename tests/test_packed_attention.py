@@ -1,0 +1,79 @@
+"""The packed row's attention layouts (negalign.attention): the block table by hand, and every layout giving
+the unpacked log-probs and gradients (flex: forward only, PyTorch has no FlexAttention backward on a CPU).
+The same checks on CUDA, in fp32 and bf16, are in tests/test_cuda.py."""
+
+import pytest
+import torch
+
+from negalign.attention import block_table, build_mask, dense_mask, resolve_layout
+from negalign.logprobs import naive_sequence_logps, pack_sequences, sequence_logps
+from tests.conftest import make_tiny_llama
+
+SHARED = [([5, 6, 7], [8, 9]), ([10], [11, 12, 13, 14]), ([5, 6, 7], [20, 21, 22]), ([3, 4], [2]),
+          ([5, 6, 7], [30]), ([10], [40, 41])]
+
+
+def test_block_table_by_hand():
+    # prompt [5, 6] with two completions, then [9] + [10] alone (tests/test_logprobs.py lays this out by hand)
+    batch = pack_sequences([([5, 6], [7, 8]), ([9], [10]), ([5, 6], [11, 12, 13])])
+    block_of, prefix_of = block_table(batch.blocks, batch.input_ids.shape[1])
+    assert block_of.tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert prefix_of.tolist() == [-1, -1, 0, 0, 0, 0, 0, -1, -1]
+
+
+def test_dense_mask_by_hand():
+    batch = pack_sequences([([5, 6], [7]), ([5, 6], [8, 9])])  # [5 6 | 7 | 8 9]: one prompt, two completions
+    mask = dense_mask(batch.blocks, 5)[0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0],   # prompt token 0: causal
+                    [1, 1, 0, 0, 0],   # prompt token 1
+                    [1, 1, 1, 0, 0],   # completion 1: the prompt and itself
+                    [1, 1, 0, 1, 0],   # completion 2, token 0: the prompt, not completion 1
+                    [1, 1, 0, 1, 1]]   # completion 2, token 1
+
+
+def test_layout_names():
+    assert resolve_layout("auto", "cpu") == "blocks"
+    assert resolve_layout("auto", "cuda") in ("flex", "sdpa")
+    assert resolve_layout("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="packed_attention must be one of"):
+        resolve_layout("flash", "cpu")
+
+
+def _logps_and_grads(layout: str, share: bool = True):
+    model = make_tiny_llama(64).train()  # 4 query heads on 2 key/value heads: the GQA path too
+    logps = sequence_logps(model, pack_sequences(SHARED, share_prompts=share), attention=layout)
+    (logps * torch.arange(1.0, 7.0)).sum().backward()  # distinct weights: no cancelling by symmetry
+    return logps.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_one_masked_call_gives_the_blockwise_logps_and_gradients():
+    blocks, blocks_grads = _logps_and_grads("blocks")
+    dense, dense_grads = _logps_and_grads("sdpa")
+    unshared, unshared_grads = _logps_and_grads("sdpa", share=False)
+    with torch.no_grad():
+        naive = naive_sequence_logps(make_tiny_llama(64), SHARED)
+    for logps in (blocks, dense, unshared):
+        assert torch.allclose(logps, naive, atol=1e-5), (logps, naive)
+    for a, b, c in zip(blocks_grads, dense_grads, unshared_grads):
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+    assert sum(g.abs().sum() for g in dense_grads) > 0
+
+
+def test_flex_layout_gives_the_unpacked_logps_without_gradients():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = make_tiny_llama(64)
+    with torch.no_grad():
+        flex = sequence_logps(model, pack_sequences(SHARED), attention="flex")
+        naive = naive_sequence_logps(model, SHARED)
+    assert torch.allclose(flex, naive, atol=1e-5), (flex, naive)
+
+
+def test_the_mask_is_built_once_per_batch_not_per_layer(monkeypatch):
+    import negalign.logprobs as logprobs
+
+    calls = []
+    monkeypatch.setattr(logprobs, "build_mask", lambda *a: calls.append(a) or build_mask(*a))
+    model = make_tiny_llama(64)  # 2 layers
+    with torch.no_grad():
+        sequence_logps(model, pack_sequences(SHARED), attention="sdpa")
+    assert len(calls) == 1

@@ -5,7 +5,8 @@ A batch of (prompt_ids, completion_ids) sequences is laid out in one row with no
 that share a prompt (D2O's negative and K self-samples, DPO's chosen and rejected, KTO's completion and
 its mismatched partner) are laid out as the prompt once, followed by each completion. A block is a run of
 positions that attends causally to itself and, for a completion, to all of its prompt; negalign.attention
-computes that in the layout that suits the device (block by block on a CPU, one masked call per layer on CUDA). Position ids restart at 0 for every prompt and continue from the prompt's
+computes that in the layout that suits the device (block by block on a CPU, one masked call per layer on CUDA).
+Position ids restart at 0 for every prompt and continue from the prompt's
 length in every completion, so each completion sees exactly what it would see alone: the log-probs equal
 the unshared, unpacked computation (tested), and gradients from every completion flow back through the one
 shared copy of the prompt.

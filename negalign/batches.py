@@ -87,7 +87,10 @@ def _prepare_items(config, tokenizer) -> PreparedData:
     elif config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)
     samples = None
-    if method(config.objective).anchored and config.k != 0:
+    if method(config.objective).trains_on == "samples" and config.samples:
+        raise ValueError(f"{config.objective} trains on the anchors in `data` (a samples file) and reads no "
+                         f"`samples` file: set data: {config.samples} and drop `samples`")
+    if method(config.objective).trains_on == "negatives+samples" and config.k != 0:
         if not config.samples:
             raise ValueError("d2o needs self-samples: set `samples` to a samples file (or k=0 for the ablation)")
         samples, _ = load_rows(config.samples, on_bad_row=config.on_bad_row)

@@ -10,8 +10,9 @@ become negatives too, so that D2O learns to refuse the harmful prompts and not t
 --methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on the same rows:
 {prompt, chosen: the prompt's first anchor, rejected: the flagged answer}, the benign refusals included; each
 objective uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both
-as labelled rows, SFT the chosen side). The starting model and every trained one are evaluated, and one report
-with the harm-vs-refusal plot is written.
+as labelled rows, SFT the chosen side); context_distillation trains on D2O's anchors alone (every prompt's K
+anchors, the benign prompts' included, and no negative). The starting model and every trained one are
+evaluated, and one report with the harm-vs-refusal plot is written.
 Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
 runs and evaluations are reused), so an interrupted demo continues where it stopped.
 """
@@ -219,6 +220,15 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
             write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"], len(benign_anchors))
             timings["benign_refusals"], with_refusals = time.time() - clock, True
 
+    # every anchor D2O trains towards (the harmful prompts' and the benign ones'), in one file: the rows of
+    # context distillation, which reads nothing else (with the benign refusals, D2O's own anchors file)
+    files["anchors"] = files["samples"]
+    if "benign_samples" in files and not with_refusals:
+        benign_anchors = _read_jsonl(files["benign_samples"])
+        files["anchors"] = out / "d2o_anchors.jsonl"
+        _write_jsonl(files["anchors"], anchors + benign_anchors)
+        write_mixed_meta(files["anchors"], files["samples"], files["benign_samples"], len(benign_anchors))
+
     # named apart, so that a baseline trained on the other rows is not reused
     files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if with_refusals else "train_pairs.jsonl")
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
@@ -301,12 +311,14 @@ def run_demo(settings: DemoSettings) -> dict:
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
-        d2o = method == "d2o"
-        anchored = {"samples": str(files["samples"]) if settings.k else None, "k": settings.k,
+        d2o, distill = method == "d2o", METHODS[method].trains_on == "samples"
+        context = {"k": settings.k, "sampling_context": settings.sampling_context,
+                   "sampling_instruction": settings.sampling_instruction}
+        anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
                     "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
-                    "sampling_context": settings.sampling_context,
-                    "sampling_instruction": settings.sampling_instruction} if d2o else {}
-        recipe = {"data": str(files["negatives"] if d2o else files["pairs"]), "objective": method, **anchored,
+                    } if d2o else context if distill else {}
+        data = files["negatives"] if d2o else files["anchors"] if distill else files["pairs"]
+        recipe = {"data": str(data), "objective": method, **anchored,
                   "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
                   "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo,
                   "use_lora": settings.lora, **(LORA if settings.lora else {})}

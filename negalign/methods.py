@@ -30,7 +30,8 @@ class Method:
     slots: tuple[str, ...]
     # which rows become examples (data/examples.py): "negatives" (label false), "positives" (label true),
     # "pairs" (chosen and rejected of one prompt), "labels" (every labelled row), "labels or scores" (every row
-    # with a label or a score), "negatives+samples" (human negatives with their prompt's self-samples: D2O)
+    # with a label or a score), "negatives+samples" (human negatives with their prompt's self-samples: D2O),
+    # "samples" (the self-samples of every prompt of the data file, nothing else: context distillation)
     trains_on: str
     arguments: Callable[[Columns, dict, Any], dict]  # (columns, batch, config) -> keyword arguments of `loss`
     reference: bool = True  # needs reference log-probs
@@ -163,6 +164,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                                                                       c.tokens))),
     Method("sft", objectives.sft, ("completion",), "positives", reference=False,
            arguments=lambda c, batch, cfg: dict(policy_logps=c.policy("completion"))),
+    # SFT on D2O's anchors and nothing else: one example per prompt of an anchors file (`data`), its K samples
+    Method("context_distillation", objectives.context_distillation, (SAMPLES,), "samples", reference=False,
+           arguments=lambda c, batch, cfg: dict(policy_sample_logps=c.policy(SAMPLES))),
 ]}
 
 

@@ -525,6 +525,19 @@ def sft(policy_logps: Tensor) -> tuple[Tensor, Metrics]:
     return loss, {"nll": _metric(loss)}
 
 
+def context_distillation(policy_sample_logps: Tensor) -> tuple[Tensor, Metrics]:
+    """Context distillation: SFT on the self-samples (anchors) drawn under a sampling context, trained on
+    the plain prompt (the context is never in training).
+
+        loss = -mean_B mean_k( logp_theta(y_k|x) )          over the [B, K] anchors of a batch
+
+    `sft` on every anchor alike: no reference, no negative, no saturation. D2O with alpha -> 0 reads the same
+    anchors but weights each prompt's gradient by (beta/K) * (1 - sigma(z)), which fades as the anchors rise
+    above the reference; this loss keeps pulling (docs/methods.md).
+    """
+    return sft(policy_sample_logps.reshape(-1))
+
+
 # log(1 - 1e-6): the largest token log-prob unlikelihood uses, so that p -> 1 gives a finite loss.
 _UL_MAX_LOGP = math.log1p(-1e-6)
 
@@ -574,4 +587,4 @@ def unlikelihood(policy_token_logps: Tensor, completion_mask: Tensor) -> tuple[T
 
 
 __all__ = ["d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
-           "unlikelihood", "retain_nll", "retain_kl"]
+           "context_distillation", "unlikelihood", "retain_nll", "retain_kl"]

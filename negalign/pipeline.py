@@ -201,24 +201,26 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
 
     if not method(config.objective).anchored or config.k == 0:
         return None
+    # D2O reads its anchors from `samples`; context distillation from `data`
+    samples = config.data if method(config.objective).trains_on == "samples" else config.samples
     wanted = resolve_context(config.sampling_context, config.sampling_instruction)
     if config.sampling == "refresh":
         return {"sampling": "refresh", "sampling_context": describe(wanted), "from_reference": False}
-    meta = anchor_source(config.samples)
+    meta = anchor_source(samples)
     if meta is None:
         logger.warning("negalign: %s has no .meta.json: the sampling context and model of its anchors are "
-                       "unknown (d2o/kl_on_samples is not logged)", config.samples)
-        return {"sampling": "static", "samples": config.samples, "sampling_context": "unknown",
+                       "unknown (d2o/kl_on_samples is not logged)", samples)
+        return {"sampling": "static", "samples": samples, "sampling_context": "unknown",
                 "from_reference": False}
     drawn = (meta.get("sampling_context") or {}).get("messages")
     if (config.sampling_context or config.sampling_instruction) and context_hash(drawn) != context_hash(wanted):
-        raise ValueError(f"sampling_context: {config.samples} was drawn with another sampling context "
+        raise ValueError(f"sampling_context: {samples} was drawn with another sampling context "
                          f"({context_hash(drawn) or 'none'} vs {context_hash(wanted)} asked for here); resample "
                          "with `negalign sample --sampling-context ...` or drop sampling_context from the config")
     minus_name = config.ref_model or config.model  # pi_r-
     from_reference = (drawn is None and minus_name == config.model
                       and meta.get("weights") == model_fingerprint(policy))
-    out = {"sampling": "static", "samples": config.samples, "sampling_context": describe(drawn),
+    out = {"sampling": "static", "samples": samples, "sampling_context": describe(drawn),
            "samples_model": meta.get("model"), "from_reference": from_reference}
     if meta.get("mixed_with"):  # a file of anchors drawn two ways (the demo's harmful and benign anchors)
         out["mixed_with"] = [{"file": m.get("file"), "rows": m.get("rows"),

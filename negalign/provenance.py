@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import yaml
 
 from negalign.files import atomic_write_text, portable
+from negalign.methods import method
 
 PACKAGES = ("negalign", "torch", "transformers", "datasets", "peft", "accelerate")
 
@@ -37,7 +38,9 @@ def model_card(config, anchors: dict | None) -> str:
     for key in ("objective", "beta", "alpha", "k", "logp_reduction", "learning_rate", "max_steps",
                 "num_train_epochs", "per_device_train_batch_size", "max_length", "max_prompt_length", "use_lora",
                 "reference", "sampling", "samples", "max_prompts", "seed"):
-        if key in ("alpha", "k", "sampling", "samples") and config.objective != "d2o":
+        if key in ("alpha", "sampling", "samples") and config.objective != "d2o":
+            continue
+        if key == "k" and not method(config.objective).anchored:  # d2o and context distillation
             continue
         if key == "num_train_epochs" and config.max_steps > 0:  # max_steps decides the length then
             continue

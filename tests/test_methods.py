@@ -69,6 +69,8 @@ def _expected(name: str, v: dict, batch: dict):
         return getattr(objectives, name)(p("completion"), r("completion"), scores=SCORES, beta=c.beta, c=c.c)
     if name in ("gradient_ascent", "sft"):
         return getattr(objectives, name)(p("completion"))
+    if name == "context_distillation":  # the mean NLL of the B x K anchors
+        return -p(SAMPLES).mean(), {"nll": -p(SAMPLES).mean()}
     raise AssertionError(f"no hand-written call for {name}: add one")
 
 
@@ -83,8 +85,9 @@ def test_the_loss_reads_each_named_column(name):
     want, want_metrics = _expected(name, named, batch)
     assert torch.allclose(loss, want, rtol=1e-6), (float(loss), float(want))
     assert metrics.keys() == want_metrics.keys()
-    # a swapped pair of columns changes the loss: the check above can fail
-    if layout.n_columns > 1:
+    # a swapped pair of columns changes the loss: the check above can fail (not for a mean over the K anchors
+    # alone, which no order of them changes)
+    if layout.n_columns > 1 and name != "context_distillation":
         swapped = policy[:, [1, 0, *range(2, layout.n_columns)]]
         other, _ = method_loss(Columns(layout, swapped, ref, swapped, lengths), batch, CONFIG)
         assert not torch.allclose(other, want, rtol=1e-4)
@@ -121,16 +124,20 @@ def test_the_table_declares_every_layout():
     assert METHODS["d2o"].layout(1).k == 0 and METHODS["d2o"].layout(1).columns(SAMPLES) == []
     kto = METHODS["kto"].layout(2)
     assert kto.detached == [1] and kto.kept == [0] and kto.plus == []
-    assert {n for n, m in METHODS.items() if not m.reference} == {"simnpo", "gradient_ascent", "sft", "unlikelihood"}
+    assert {n for n, m in METHODS.items() if not m.reference} == {"simnpo", "gradient_ascent", "sft", "unlikelihood",
+                                                                   "context_distillation"}
     with pytest.raises(KeyError, match="dpo has no slot 'negative'"):
         METHODS["dpo"].layout(2).columns("negative")
     with pytest.raises(ValueError, match="unknown objective 'orpo'; choose one of d2o"):
         method("orpo")
     assert example_slots(METHODS["d2o"], {"negative": "n", SAMPLES: ["a", "b"]}) == ["n", "a", "b"]
     assert example_slots(METHODS["dpo"], {"chosen": "c", "rejected": "r"}) == ["c", "r"]
+    distill = METHODS["context_distillation"].layout(3)
+    assert distill.names == (SAMPLES,) * 3 and distill.k == 3 and METHODS["context_distillation"].anchored
+    assert example_slots(METHODS["context_distillation"], {"negative": "n", SAMPLES: ["a", "b"]}) == ["a", "b"]
 
 
-@pytest.mark.parametrize("name", ["dpo", "d2o", "kto"])
+@pytest.mark.parametrize("name", ["dpo", "d2o", "kto", "context_distillation"])
 def test_each_column_holds_the_log_prob_of_its_slot_text(name, tiny_model_dir, smollm_tokenizer, tmp_path):
     """Dataset order -> collator -> trainer forward: the column of slot s is log p(text of s | prompt)."""
     from negalign.batches import collate

@@ -528,7 +528,7 @@ def test_objectives_registry():
     from negalign.methods import METHODS
 
     names = {"d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
-             "unlikelihood"}
+             "context_distillation", "unlikelihood"}
     assert set(METHODS) == names
     assert all(getattr(objectives, name) is m.loss for name, m in METHODS.items())
     assert METHODS["d2o"].loss is d2o and METHODS["unlikelihood"].loss is unlikelihood

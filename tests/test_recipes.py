@@ -93,6 +93,20 @@ def test_the_demo_trains_d2o_with_the_recipe_of_configs_d2o_yaml():
     assert recipe["data"].endswith("d2o_negatives.jsonl") and recipe["samples"].endswith("d2o_anchors.jsonl")
 
 
+def test_the_context_distillation_recipe_has_d2os_anchors_and_budget():
+    # issue 31's baseline: the anchors D2O reads as `samples`, at D2O's steps, batch and learning rate
+    import yaml
+
+    root = Path(__file__).parents[1] / "configs"
+    d2o = yaml.safe_load((root / "d2o.yaml").read_text())
+    distill = yaml.safe_load((root / "context_distillation.yaml").read_text())
+    shared = ("model", "k", "sampling_context", "logp_reduction", "max_length", "max_prompt_length",
+              "learning_rate", "per_device_train_batch_size", "max_steps")
+    assert {key: distill[key] for key in shared} == {key: d2o[key] for key in shared}
+    assert distill["data"] == d2o["samples"] and distill["objective"] == "context_distillation"
+    assert not {"samples", "benign_samples", "alpha", "beta"} & set(distill)
+
+
 def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
     import yaml
 
@@ -214,6 +228,11 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
                          tmp_path / "a", "m", {})
     assert plain["pairs"].name == "train_pairs.jsonl" and plain["negatives"].name == "negatives.jsonl"
     assert [r["prompt"][0]["content"] for r in read(plain["pairs"])] == ["harmful 0", "harmful 1"]
+    # context distillation's rows: every anchor D2O trains towards (the harmful prompts', then the benign ones'),
+    # in one file whose meta says how each part was drawn
+    assert plain["anchors"].name == "d2o_anchors.jsonl" and plain["samples"].name == "samples.jsonl"
+    assert read(plain["anchors"]) == read(plain["samples"]) + read(plain["benign_samples"])
+    assert json.loads(Path(str(plain["anchors"]) + ".meta.json").read_text())["mixed_with"][0]["rows"] == 8
 
     (tmp_path / "b").mkdir()
     files = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, output=str(tmp_path / "b")),
@@ -225,6 +244,8 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
         ("harmful 0", "Sure: ha"), ("harmful 1", "Sure: ha"), ("benign 0", "I'm sorr"), ("benign 2", "I'm sorr")]
     anchors = read(files["samples"])
     assert len(anchors) == 2 * 2 + 4 * 2  # K = 2 for the harmful negatives' prompts and for every benign prompt
+    assert files["anchors"] == files["samples"]  # context distillation reads D2O's anchors file, the same rows
+    assert read(files["anchors"]) == read(plain["anchors"])  # whether or not the benign refusals are negatives
     # the mixed anchors file says how each part was drawn: the harmful anchors' context, then the benign ones'
     meta = json.loads(Path(str(files["samples"]) + ".meta.json").read_text())
     harmful_meta = json.loads((tmp_path / "b" / "samples.jsonl.meta.json").read_text())

@@ -1,6 +1,7 @@
 """`build_examples`: rows -> what one objective trains on.
 
     negatives+samples (d2o)               {"prompt", "negative", "samples": [K strings], "source"}
+    samples (context_distillation)        {"prompt", "samples": [K strings], "source"}   one per prompt
     pairs (dpo, ipo)                      {"prompt", "chosen", "rejected", "source"}
     negatives (npo, simnpo, gradient_ascent,
                unlikelihood)              {"prompt", "completion", "source"}   label False
@@ -48,6 +49,8 @@ def build_examples(rows: list[dict], objective: str, *, samples: list[dict] | No
     trains_on = method(objective).trains_on  # ValueError for an unknown name
     if trains_on == "negatives+samples":
         return _d2o(rows, samples, k)
+    if trains_on == "samples":
+        return _anchors(rows, objective, k)
     if trains_on == "pairs":
         return _dpo(rows, objective)
     if trains_on in ("negatives", "positives"):
@@ -105,6 +108,36 @@ def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[di
     return [{"prompt": n["prompt"], "negative": n["completion"],
              "samples": [s["completion"] for s in by_prompt.get(prompt_key(n["prompt"]), [])[:k]],
              "source": n["source"]} for n in negatives]
+
+
+def _anchors(rows: list[dict], objective: str, k: int | None) -> list[dict]:
+    """Context distillation: one example per prompt of the self-samples in `rows` (origin "self"), its first
+    k by sample_index (k None: all, the same count for every prompt, as d2o). Human rows are left out: the
+    method reads nothing of the negatives."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"{objective} trains on k >= 1 anchors per prompt (None: all), got {k!r}")
+    pool = [r for r in rows if r["origin"] == "self"]
+    if not pool:
+        raise DataError(_where(rows), f"{objective} trains on self-samples (rows with origin 'self', a "
+                                      f"`negalign sample` file), and none of the {len(rows)} rows is one")
+    if len(pool) < len(rows):
+        warnings.warn(f"{objective}: {len(rows) - len(pool)} of the {len(rows)} rows of {_where(rows)} are not "
+                      "self-samples and are left out", stacklevel=3)
+    groups = [sorted(group, key=lambda r: (r["sample_index"] is None, r["sample_index"] or 0))
+              for group in group_by_prompt(pool).values()]
+    if k is None:
+        k, _ = Counter(len(g) for g in groups).most_common(1)[0]
+        odd = next((g for g in groups if len(g) != k), None)
+        if odd is not None:
+            raise DataError(odd[0]["source"], f"this prompt has {len(odd)} self-samples but most prompts have {k}; "
+                                              f"{objective} needs the same number for every prompt: pass k="
+                                              f"{min(len(g) for g in groups)} to use the first k of each")
+    short = next((g for g in groups if len(g) < k), None)
+    if short is not None:
+        raise DataError(short[0]["source"], f"this prompt has only {len(short)} self-samples, and {objective} "
+                                            f"with k={k} needs {k}; sample more, or lower k to {len(short)}")
+    return [{"prompt": g[0]["prompt"], "samples": [r["completion"] for r in g[:k]], "source": g[0]["source"]}
+            for g in groups]
 
 
 def _dpo(rows: list[dict], objective: str) -> list[dict]:

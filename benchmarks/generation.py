@@ -22,6 +22,11 @@ the plain loop's is recorded too (batching with padding can flip a near-tie in f
 every implementation: how D2O's anchors are drawn in the recipes. Its result goes to
 generation-<workload>-context.json.
 
+On a GPU: `--device cuda --dtype bfloat16`, and `--shape smollm2-1.7b` for a random-initialised model of that
+shape (benchmarks/shapes.py); `--name` names the results file (benchmarks/gpu/check.sh uses
+generation-<workload>-cuda-<shape>). Random weights rarely emit EOS, so on a shape every answer runs to
+max_new_tokens for every implementation alike.
+
 Writes benchmarks/results/generation-<workload>.json.
 """
 
@@ -39,7 +44,7 @@ import torch
 from negalign.data.paths import data_dir as find_data_dir
 from negalign.evaluation.generate import generate_answers
 from negalign.evaluation.suites import load_suites
-from negalign.models import load_model, load_tokenizer
+from negalign.models import ModelOptions, load_model, load_tokenizer
 from negalign.sampling import SamplingSettings, encode_prompt_with_context, sample, unique_prompts
 
 HH = "hh-rlhf-harmless-base-test/test.jsonl.gz"
@@ -53,8 +58,8 @@ def hf_generate(model, tokenizer, batch: list[list[int]], args, **extra) -> list
     """transformers' generate on one left-padded batch; rows cut after their first EOS."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(map(len, batch))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
     sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0) if args.k > 1 or \
         args.workload == "sample" else dict(do_sample=False)
     with torch.no_grad():
@@ -107,6 +112,10 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every implementation on it)")
+    parser.add_argument("--dtype", default="float32", help="weights' dtype: float32, or bfloat16 on a GPU")
+    parser.add_argument("--shape", default=None, help="a random-initialised model of this shape (benchmarks/shapes.py)")
+    parser.add_argument("--name", default=None, help="results file name (default: generation-<workload>)")
     parser.add_argument("--sampling-context", default=None,
                         help="sample workload: a context preset or file placed before every prompt")
     args = parser.parse_args()
@@ -117,7 +126,12 @@ def main():
     args.context = resolve_context(args.sampling_context)
     args.k = args.k or (1 if args.workload == "eval" else 4)
     torch.manual_seed(0)
-    tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
+    if args.shape:
+        from shapes import materialise
+
+        args.model = str(materialise(args.shape, device=args.device))
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, ModelOptions(device=args.device, dtype=args.dtype)).eval()
     data = find_data_dir(args.data_dir)
     if args.workload == "eval":
         suites = load_suites(None, data, max_prompts=args.prompts)
@@ -145,7 +159,9 @@ def main():
         "workload": args.workload,
         "competitor": "transformers generate: plain per-prompt loop, and batched with num_return_sequences and a "
                       f"static cache ({competitor_batch} prompts per batch)",
-        "model": args.model, "dtype": "float32", "prompts": len(prompts), "k": args.k,
+        "model": f"random-initialised, shape {args.shape}" if args.shape else args.model, "dtype": args.dtype,
+        "device": args.device, "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None,
+        "prompts": len(prompts), "k": args.k,
         "max_new_tokens": args.max_new_tokens, "sampling_context": args.sampling_context,
         "mean_prompt_tokens": round(sum(map(len, encoded)) / len(encoded), 1), "temperature": 0.0 if args.workload == "eval" else args.temperature,
         "negalign_by_batch_size": ours, "negalign_batch_size": best,
@@ -161,14 +177,16 @@ def main():
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "command": f"python benchmarks/generation.py --workload {args.workload} --prompts {args.prompts} --k {args.k} "
                    f"--max-new-tokens {args.max_new_tokens} --batch-sizes {args.batch_sizes}"
-                   + (f" --sampling-context {args.sampling_context}" if args.sampling_context else ""),
+                   + (f" --sampling-context {args.sampling_context}" if args.sampling_context else "")
+                   + (f" --device {args.device} --dtype {args.dtype}" if args.device != "cpu" else "")
+                   + (f" --shape {args.shape}" if args.shape else "") + (f" --name {args.name}" if args.name else ""),
     }
     if args.workload == "eval":  # greedy: the same answers are expected; say how often they are
         plain_texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in plain_rows]
         same = sum(a == b for a, b in zip(plain_texts, texts[best]))
         result["answers_identical_to_plain_loop"] = f"{same}/{len(prompts)}"
     suffix = "-context" if args.sampling_context else ""
-    out = Path(__file__).parent / "results" / f"generation-{args.workload}{suffix}.json"
+    out = Path(__file__).parent / "results" / f"{args.name or 'generation-' + args.workload + suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

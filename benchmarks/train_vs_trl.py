@@ -28,6 +28,12 @@ the fraction is a lower bound).
     .venv/bin/pip install -e ".[bench]"   # trl
     .venv/bin/python benchmarks/train_vs_trl.py --comparison dpo --steps 64 --batch 2 --max-length 256
 
+On a GPU (`--device cuda`), peak GPU memory (torch.cuda.max_memory_allocated) is recorded for each trainer
+and the matmul peak is measured on the GPU; `--shape smollm2-1.7b` trains a random-initialised model of that
+shape (benchmarks/shapes.py: weights do not travel to a lent machine, and speed depends on shapes only), and
+`--trl-settings fast` alone skips TRL's slower default run where GPU time is short. benchmarks/gpu/check.sh runs
+the GPU comparisons in one go.
+
 Writes benchmarks/results/<name or comparison>.json.
 """
 
@@ -48,25 +54,30 @@ from bench_common import RssTimeline, StepClock, preload_prefix, token_counts
 
 from negalign.heap import allocator
 
-HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-base-test/test.jsonl.gz"
+HH = "hh-rlhf-harmless-base-test/test.jsonl.gz"  # under the data folder ($NEGALIGN_DATA or ../shared/data)
 COMPETITOR = {"dpo": "trl.DPOTrainer", "kto": "trl.KTOTrainer", "d2o": "trl.KTOTrainer"}
 # the fastest settings TRL's documentation offers for each trainer on one CPU process (TRL 1.16)
 TRL_FAST = {"trl-dpo": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16, "padding_free": True},
             "trl-kto": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16}}
 
 
-def matmul_peak(dtype: str, size: int = 2048, repeats: int = 4, trials: int = 5) -> float:
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 4, trials: int = 5, device: str = "cpu") -> float:
     """Best of `trials` timings of `repeats` size^3 matmuls: this VM's speed drifts by up to 1.5x over minutes,
-    and a peak is the best the hardware does, so the step is held to the fastest measurement."""
+    and a peak is the best the hardware does, so the step is held to the fastest measurement. On a GPU the
+    matrices are 8192^2 (2048^3 leaves an H100 mostly idle) and every timing waits for the kernels."""
     import torch
 
-    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
+    size = size if device == "cpu" else 8192
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype), device=device) for _ in range(2))
     a @ b
+    sync()
     best = 0.0
     for _ in range(trials):
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        sync()
         best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - start))
     return best
 
@@ -77,10 +88,11 @@ def pairs(n: int, max_length: int, model: str = "smollm2-135m-instruct") -> list
     on rows whose prompt fits, both train on exactly the same tokens."""
     from negalign.data import complete_pairs, load_rows
     from negalign.data.encode import encode_prompt
+    from negalign.data.paths import data_dir
     from negalign.models import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    rows, _ = load_rows(str(HH), on_bad_row="skip")
+    rows, _ = load_rows(str(data_dir(required=True) / HH), on_bad_row="skip")
     fits = [p for p in complete_pairs(rows) if len(encode_prompt(p["prompt"], tokenizer)) < max_length // 2]
     return fits[:n]
 
@@ -104,6 +116,15 @@ def write_data(args) -> None:
     (tmp / "trl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def worker(args) -> dict:
     import torch
 
@@ -112,7 +133,7 @@ def worker(args) -> dict:
     tmp = Path(args.tmp)
     run_dir = tmp / args.worker
     common = dict(per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
-                  bf16=args.dtype == "bf16", use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+                  bf16=args.dtype == "bf16", use_cpu=args.device == "cpu", report_to="none", logging_steps=1, save_strategy="no",
                   output_dir=str(run_dir), seed=0)
     clock, memory = StepClock(), RssTimeline()
     memory.mark("imports")
@@ -151,7 +172,7 @@ def worker(args) -> dict:
         dataset = load_dataset("json", data_files=str(tmp / "trl.jsonl"), split="train")
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         kind, setting = args.worker.rsplit("-", 1)
-        extra = TRL_FAST["trl-dpo" if kind == "trl-dpo" else "trl-kto"] if setting == "fast" else {}
+        extra = trl_fast(args)["trl-dpo" if kind == "trl-dpo" else "trl-kto"] if setting == "fast" else {}
         if kind == "trl-dpo":
             from trl import DPOConfig, DPOTrainer
 
@@ -178,7 +199,8 @@ def worker(args) -> dict:
             # end_to_end_seconds includes them)
             "total_seconds": round(time.time() - started, 1),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "by_stage": memory.stop(), "allocator": allocator()}
+            "by_stage": memory.stop(), "allocator": allocator(),
+            "gpu_peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device != "cpu" else None}
 
 
 def work_per_step(args, comparison: str) -> dict:
@@ -208,7 +230,7 @@ def run_worker(args, name: str) -> dict:
     """One trainer in a fresh process; its wall-clock from launch to exit (weights saved) is end_to_end_seconds."""
     command = [sys.executable, __file__, "--worker", name] + [
         f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-        if k not in ("worker", "negalign_set", "name", "negalign_only", "trl_settings")]
+        if k not in ("worker", "negalign_set", "name", "negalign_only", "trl_settings", "shape")]
     command += ["--negalign-set", *args.negalign_set]
     fresh = Path(args.tmp) / "hf-datasets-cache" / name  # no dataset cache carried from an earlier run
     shutil.rmtree(fresh, ignore_errors=True)
@@ -229,9 +251,36 @@ def run_worker(args, name: str) -> dict:
 
 
 def ratios(ours: dict, theirs: dict, rate) -> dict:
-    return {"tokens_per_s_ratio": round(rate(ours) / rate(theirs), 2),
-            "end_to_end_ratio": round(theirs["end_to_end_seconds"] / ours["end_to_end_seconds"], 2),
-            "peak_rss_ratio": round(ours["peak_rss_gb"] / theirs["peak_rss_gb"], 2)}
+    out = {"tokens_per_s_ratio": round(rate(ours) / rate(theirs), 2),
+           "end_to_end_ratio": round(theirs["end_to_end_seconds"] / ours["end_to_end_seconds"], 2),
+           "peak_rss_ratio": round(ours["peak_rss_gb"] / theirs["peak_rss_gb"], 2)}
+    if ours.get("gpu_peak_gb") and theirs.get("gpu_peak_gb"):
+        out["gpu_peak_ratio"] = round(ours["gpu_peak_gb"] / theirs["gpu_peak_gb"], 2)
+    return out
+
+
+def trl_fast(args) -> dict:
+    """TRL's faster settings; on a GPU with liger-kernel installed, its fused kernels too (use_liger_kernel)."""
+    import importlib.util
+
+    settings = {name: dict(values) for name, values in TRL_FAST.items()}
+    if args.device != "cpu" and importlib.util.find_spec("liger_kernel") is not None:
+        for values in settings.values():
+            values["use_liger_kernel"] = True
+    return settings
+
+
+def parameter_counts(model_path: str) -> tuple[int, int]:
+    """(non-embedding parameters, LM head parameters) from the config alone (a 1.7B model is not loaded for it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from negalign.models import resolve_model_path
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(model_path)))
+    return (sum(p.numel() for n, p in model.named_parameters() if "embed" not in n),
+            model.get_output_embeddings().weight.numel())
 
 
 def main():
@@ -252,10 +301,17 @@ def main():
     parser.add_argument("--negalign-only", action="store_true",
                         help="run only negalign (ablations of --negalign-set): seconds/step and RSS, no ratio")
     parser.add_argument("--name", default=None, help="results file name (default: the comparison)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (both tools train on the GPU)")
+    parser.add_argument("--shape", default=None, help="a random-initialised model of this shape (benchmarks/shapes.py) "
+                        "instead of --model")
     parser.add_argument("--tmp", default="/tmp/negalign-bench")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.rows = args.rows or args.batch * 16
+    if args.shape and not args.worker:
+        from shapes import materialise
+
+        args.model = str(materialise(args.shape, device=args.device))
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
@@ -265,16 +321,17 @@ def main():
     import torch
 
     dtypes = ["float32"] + (["bfloat16"] if args.dtype == "bf16" or "AVX512" in torch.backends.cpu.get_cpu_capability()
-                            or "AMX" in torch.backends.cpu.get_cpu_capability() else [])
-    peaks_before = {} if args.negalign_only else {dtype: matmul_peak(dtype) for dtype in dtypes}
+                            or "AMX" in torch.backends.cpu.get_cpu_capability() or args.device != "cpu" else [])
+    peaks_before = {} if args.negalign_only else {dtype: matmul_peak(dtype, device=args.device) for dtype in dtypes}
     if args.comparison == "d2o":
-        from negalign.models import load_model, load_tokenizer
+        from negalign.models import ModelOptions, load_model, load_tokenizer
         from negalign.sampling import SamplingSettings, sample
 
         samples = Path(args.tmp) / "samples.jsonl"
         for stale in Path(args.tmp).glob("samples.jsonl*"):
             stale.unlink()
-        sample(load_model(args.model), load_tokenizer(args.model), [p["prompt"] for p in pairs(args.rows, args.max_length, args.model)], samples,
+        prompts = [p["prompt"] for p in pairs(args.rows, args.max_length, args.model)]
+        sample(load_model(args.model, ModelOptions(device=args.device)), load_tokenizer(args.model), prompts, samples,
                SamplingSettings(k=4, max_new_tokens=64), model_id=args.model)
     write_data(args)
     kind = {"dpo": "trl-dpo", "kto": "trl-kto-pairs", "d2o": "trl-kto-d2o-rows"}[args.comparison]
@@ -287,6 +344,8 @@ def main():
                + (" --negalign-only" if args.negalign_only else "")
                + (f" --trl-settings {args.trl_settings}" if args.trl_settings != "defaults,fast" else "")
                + (f" --name {args.name}" if args.name else "")
+               + (f" --device {args.device}" if args.device != "cpu" else "")
+               + (f" --shape {args.shape}" if args.shape else "")
                + (f" --negalign-set {' '.join(args.negalign_set)}" if args.negalign_set else ""))
     work = work_per_step(args, args.comparison)
     if args.negalign_only:  # an ablation of negalign's own settings: no competitor, no ratio
@@ -302,20 +361,17 @@ def main():
     theirs_all = {name.rsplit("-", 1)[1]: results[name] for name in theirs_names}
     faster = min(theirs_all, key=lambda s: theirs_all[s]["end_to_end_seconds"])
     theirs = theirs_all[faster]
-    peaks = {dtype: max(peaks_before[dtype], matmul_peak(dtype)) for dtype in peaks_before}  # before and after
-    from negalign.models import load_model
-
-    model = load_model(args.model)
-    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
-    head = model.get_output_embeddings().weight.numel()
+    peaks = {dtype: max(peaks_before[dtype], matmul_peak(dtype, device=args.device)) for dtype in peaks_before}
+    non_embedding, head = parameter_counts(args.model)
     step_flops = 4 * non_embedding * work["laid_out"] + 4 * head * work["completion"]
     achieved = step_flops / ours["mean_seconds_per_step"]
     rate = lambda result: work["completion"] / result["mean_seconds_per_step"]  # noqa: E731
-    settings = {s: ("TRL defaults" if s == "defaults" else ", ".join(f"{k}={v}" for k, v in TRL_FAST[kind[:7]].items()))
+    settings = {s: ("TRL defaults" if s == "defaults" else ", ".join(f"{k}={v}" for k, v in trl_fast(args)[kind[:7]].items()))
                 for s in theirs_all}
     result = {
         "comparison": args.comparison, "competitor": f"{COMPETITOR[args.comparison]} ({faster}: {settings[faster]})",
-        "competitor_settings": settings, "faster_competitor_setting": faster, "model": args.model,
+        "competitor_settings": settings, "faster_competitor_setting": faster,
+        "model": f"random-initialised, shape {args.shape}" if args.shape else args.model,
         "batch": args.batch, "rows": args.rows, "steps": args.steps, "max_length": args.max_length,
         "dtype": args.dtype, "lora": "r16 all-linear", "allocator": ours["allocator"], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "completion_tokens_per_step": round(work["completion"], 1), "tokens_per_step": round(work["all"], 1),
@@ -324,7 +380,10 @@ def main():
         "negalign_tokens_per_s": round(rate(ours), 1), "competitor_tokens_per_s": round(rate(theirs), 1),
         **ratios(ours, theirs, rate),
         "ratios_by_setting": {s: ratios(ours, r, rate) for s, r in theirs_all.items()},
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None, "shape": args.shape,
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                     "trl": _version("trl")},
         "matmul_peak_gflops_bf16": round(peaks["bfloat16"] / 1e9, 1) if "bfloat16" in peaks else None,
         "matmul_peak_gflops_fp32": round(peaks["float32"] / 1e9, 1),
         "negalign_gflops": round(achieved / 1e9, 1),

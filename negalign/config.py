@@ -128,6 +128,9 @@ class NegalignConfig(TrainingArguments):
     save_strategy: str = _opt("steps", "Checkpointing: 'steps' (default), 'epoch' or 'no'.")
     save_steps: float = _opt(0.1, "Checkpoint every N steps; below 1, a fraction of the run (0.1: every tenth).")
     save_total_limit: int | None = _opt(2, "Checkpoints kept (the newest); older ones are deleted.")
+    checkpoint_min_minutes: float = _opt(None, "Minutes at least between two checkpoints (the final model is always "
+                                         "saved). Default: 0 on a CPU (every save_steps), 10 on a GPU, where a "
+                                         "checkpoint of a 1.7B model with its optimizer state is ~20 GB.")
     wait_for_lock: bool = _opt(False, "If another process is writing output_dir, wait for it instead of stopping.")
 
     def model_options(self) -> ModelOptions:

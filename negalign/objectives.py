@@ -105,7 +105,9 @@ def d2o(
     rows (instance-level: of row-sample arguments) with sigmoid(z) > 0.99, whose gradient has all but vanished;
     and ``kl_on_samples`` = mean of exp(h) * h over samples, an importance-weighted estimate of
     KL(pi_theta || pi_ref) that is valid only when the samples were drawn from the reference with no sampling
-    context (the trainer drops it otherwise); 0 when K = 0.
+    context (the trainer drops it otherwise); 0 when K = 0. ``kl_on_samples_ess`` = (sum w)^2 / (n sum w^2) with
+    w = exp(h), the importance weights' effective sample share: near 1/n one anchor carries the estimate and
+    kl_on_samples is not to be read as a drift (the trainer drops it below 0.05, and logs the share).
     """
     _check_same_shape(policy_negative_logps=policy_negative_logps, ref_negative_logps=ref_negative_logps)
     _check_same_shape(policy_sample_logps=policy_sample_logps, ref_sample_logps=ref_sample_logps)
@@ -146,10 +148,15 @@ def d2o(
     if k == 0:
         sample_logratio = torch.zeros((), dtype=torch.float32, device=h_neg.device)
         kl_on_samples = torch.zeros((), dtype=torch.float32, device=h_neg.device)
+        weight_ess = torch.ones((), dtype=torch.float32, device=h_neg.device)
     else:
         hs = h_samples.detach().float()
         sample_logratio = hs.mean()
         kl_on_samples = (hs.exp() * hs).mean()
+        # the importance weights' effective sample share, (sum w)^2 / (n sum w^2) in (0, 1]: near 1/n, one anchor
+        # carries the whole estimate and kl_on_samples (1e9 seen on a GPU run) is noise, not a drift
+        weights = (hs - hs.max()).exp()  # the share is scale-free: shifted so that exp never overflows
+        weight_ess = weights.sum() ** 2 / (weights.numel() * (weights ** 2).sum())
     if has_negative is None:
         negative_logratio = _metric(h_neg)
     else:  # the mean over rows that have a negative (0 when none does)
@@ -166,6 +173,7 @@ def d2o(
         "negative_logratio": negative_logratio,
         "logratio_margin": _metric(sample_logratio - negative_logratio),
         "kl_on_samples": _metric(kl_on_samples),
+        "kl_on_samples_ess": _metric(weight_ess),
     }
     if has_negative is not None:
         metrics["benign_share"] = _metric((~has_negative).float())

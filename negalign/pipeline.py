@@ -60,6 +60,7 @@ def checkpoint_problem(folder: str) -> str | None:
 
 # settings that may change between a run and its resume without changing what it computes
 RESUME_FREE = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "save_strategy", "save_steps",
+               "checkpoint_min_minutes",
                "save_total_limit", "save_only_model", "save_on_each_node", "logging_steps", "logging_strategy",
                "logging_first_step", "report_to", "disable_tqdm", "wait_for_lock", "cache_dir",
                "host_mmap_threshold_mb", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token",

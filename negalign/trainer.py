@@ -8,6 +8,7 @@ hand both to the pure objective function, log its metrics.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 import torch
@@ -20,6 +21,7 @@ from negalign.methods import Columns, Layout, method_loss
 from negalign.reference import Reference
 
 logger = logging.getLogger("negalign")
+MIN_WEIGHT_SHARE = 0.05  # d2o/kl_on_samples is left out of a log line whose importance-weight share is below this
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -47,6 +49,29 @@ class NonFiniteGuard(TrainerCallback):
                 f"{self.in_a_row} training steps in a row had a non-finite loss or gradient (last at step "
                 f"{state.global_step + 1}); aborted. Checkpoints in {args.output_dir} are from good steps. "
                 "Lower learning_rate or beta, use bf16: false, or check the data for extreme lengths.")
+
+
+class CheckpointInterval(TrainerCallback):
+    """Skips a due checkpoint that would come less than `minutes` after the previous one (or the start), except
+    at the last step. On a GPU a 1.7B full fine-tuning checkpoint (weights and AdamW state) is ~20 GB: written
+    every tenth of a short run, saving would take longer than training."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.last = minutes * 60, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (control.should_save and state.global_step < state.max_steps
+                and time.monotonic() - self.last < self.seconds):
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+
+def checkpoint_minutes(args) -> float:
+    if args.checkpoint_min_minutes is not None:
+        return float(args.checkpoint_min_minutes)
+    return 0.0 if args.device.type == "cpu" else 10.0
 
 
 def _detached(value):
@@ -84,6 +109,8 @@ class NegalignTrainer(Trainer):
         self._plain_metrics = defaultdict(list)  # logged under their own names, not the objective's
         self.nonfinite_guard = NonFiniteGuard(self.args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
+        if checkpoint_minutes(self.args) > 0:
+            self.add_callback(CheckpointInterval(checkpoint_minutes(self.args)))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
@@ -97,6 +124,7 @@ class NegalignTrainer(Trainer):
         loss, metrics = method_loss(columns, inputs, args)
         if not self.samples_from_reference:  # exp(h)*h estimates a KL only under the reference's own samples
             metrics.pop("kl_on_samples", None)
+            metrics.pop("kl_on_samples_ess", None)
         if self.retain is not None and model.training:  # evaluation and reference passes leave it out
             retain_loss, retain_metrics = self.retain_term(model)
             self._plain_metrics["objective_loss"].append(loss.detach())
@@ -160,7 +188,10 @@ class NegalignTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:  # every process logs here (Trainer gathered the loss first)
-            for key, value in self._merged_metrics().items():
+            merged = self._merged_metrics()
+            if merged.get("kl_on_samples_ess", 1.0) < MIN_WEIGHT_SHARE:  # one anchor carries it: noise, not drift
+                merged.pop("kl_on_samples", None)
+            for key, value in merged.items():
                 logs[f"{self.args.objective}/{key}"] = value
             self._metrics.clear()
             for key, values in self._plain_metrics.items():

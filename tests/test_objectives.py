@@ -94,7 +94,16 @@ def test_d2o_value_and_metrics():
     close(m["negative_logratio"], (1.0 - 0.5) / 2, 1e-6)
     close(m["logratio_margin"], sum(hs) / 6 - 0.25, 1e-6)
     close(m["kl_on_samples"], sum(math.exp(h) * h for h in hs) / 6, 1e-6)
+    w = [math.exp(h) for h in hs]
+    close(m["kl_on_samples_ess"], sum(w) ** 2 / (6 * sum(x * x for x in w)), 1e-6)
     assert_metrics_detached(m)
+
+
+def test_d2o_weight_share_reads_one_dominant_anchor_without_overflow():
+    """h of 400 overflows exp in float32 (the unguarded estimate reads inf); the share stays finite, ~1/n."""
+    _, m = d2o(t([-1.0]), t([-1.0]), t([[400.0 - 5, -5.0, -5.0, -5.0]]), t([[-5.0] * 4]), beta=0.1, alpha=0.1)
+    close(m["kl_on_samples_ess"], 0.25, 1e-6)
+    assert not math.isfinite(float(m["kl_on_samples"]))
 
 
 def test_d2o_different_beta_alpha():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from negalign.attention import PACKED_ATTENTION, build_mask, packed_attention_scope, resolve_layout
 
@@ -149,22 +150,38 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = F
             inner.forward = saved
 
 
-def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False, attention: str = "auto") -> torch.Tensor:
+def _token_logps(model, batch: PackedBatch, chunk_size: int, full: bool = False, attention: str = "auto",
+                 recompute_head: bool | None = None) -> torch.Tensor:
     decoder, head = _decoder_and_head(model)
-    mask = build_mask(resolve_layout(attention, batch.input_ids.device), batch.blocks, batch.input_ids.shape[1])
+    device = batch.input_ids.device
+    mask = build_mask(resolve_layout(attention, device), batch.blocks, batch.input_ids.shape[1])
     with packed_attention_scope(decoder):
         hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                          negalign_mask=mask).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_positions]  # [M, H]: prompt positions never reach the LM head
+    if full:
+        return torch.cat([head_logits(head, hidden[start:start + chunk_size]).float().log_softmax(-1)
+                          for start in range(0, hidden.shape[0], chunk_size)])
+    # On a GPU the head's chunks are recomputed in the backward instead of kept: kept, every chunk's float32
+    # logits stay alive until the backward (M x V x 4 bytes: 0.8 GB at 4,000 completion tokens and SmolLM2's
+    # 49,152 words), for a recompute that costs one more head forward (a few % of a 1.7B model's step). On a
+    # CPU memory is not what binds and the recompute would cost time: the logits are kept.
+    recompute = (device.type != "cpu") if recompute_head is None else recompute_head
+    recompute = recompute and torch.is_grad_enabled() and hidden.requires_grad
+    chunk_size = chunk_size if device.type == "cpu" else max(chunk_size, 1024)  # fewer, fuller kernels
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = head_logits(head, hidden[start:start + chunk_size]).float()
-        if full:
-            pieces.append(logits.log_softmax(-1))
-            continue
-        # log_softmax at the target, fused (one pass forward and backward over the chunk's logits)
-        pieces.append(-F.cross_entropy(logits, batch.target_ids[start:start + chunk_size], reduction="none"))
+        rows, targets = hidden[start:start + chunk_size], batch.target_ids[start:start + chunk_size]
+        if recompute:
+            pieces.append(checkpoint(_target_logps, head, rows, targets, use_reentrant=False))
+        else:
+            pieces.append(_target_logps(head, rows, targets))
     return torch.cat(pieces)
+
+
+def _target_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # log_softmax at the target, fused (one pass forward and backward over the chunk's logits)
+    return -F.cross_entropy(head_logits(head, hidden).float(), targets, reduction="none")
 
 
 def reduce_token_logps(token_lp: torch.Tensor, batch: PackedBatch, reduction: str = "sum") -> torch.Tensor:

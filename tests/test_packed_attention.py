@@ -77,3 +77,20 @@ def test_the_mask_is_built_once_per_batch_not_per_layer(monkeypatch):
     with torch.no_grad():
         sequence_logps(model, pack_sequences(SHARED), attention="sdpa")
     assert len(calls) == 1
+
+
+def test_recomputing_the_head_in_the_backward_gives_the_same_logps_and_gradients():
+    """The GPU path keeps no chunk's logits for the backward (they are recomputed there): same numbers."""
+    from negalign.logprobs import _token_logps
+
+    results = []
+    for recompute in (False, True):
+        model = make_tiny_llama(64).train()
+        tokens = _token_logps(model, pack_sequences(SHARED), chunk_size=4, recompute_head=recompute)
+        (tokens * torch.linspace(0.5, 2.0, tokens.numel())).sum().backward()
+        results.append((tokens.detach(), [p.grad.clone() for p in model.parameters()]))
+    (kept, kept_grads), (recomputed, recomputed_grads) = results
+    assert torch.equal(kept, recomputed)
+    for a, b in zip(kept_grads, recomputed_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert sum(g.abs().sum() for g in recomputed_grads) > 0

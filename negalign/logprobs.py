@@ -135,12 +135,15 @@ def token_logps(model, batch: PackedBatch, chunk_size: int = 128, full: bool = F
 
     A distributed wrapper does its work in its own forward: DDP arms the gradient all-reduce there (without
     it every process silently trains on its own shard), FSDP gathers the sharded weights. So a wrapped model
-    runs this whole computation as the forward of the model it wraps."""
+    runs this whole computation as the forward of the model it wraps.
+
+    `attention` picks the packed row's attention layout (negalign.attention: auto, blocks, flex, sdpa)."""
     inner = _unwrapped(model)
     if inner is model:
-        return _token_logps(model, batch, chunk_size, full)
+        return _token_logps(model, batch, chunk_size, full, attention)
     saved = inner.__dict__.get("forward")  # accelerate may have replaced forward (mixed precision)
-    inner.forward = lambda: _token_logps(inner, batch, chunk_size, full)
+    # the head is not recomputed under a wrapper: FSDP may have resharded its weight by the backward
+    inner.forward = lambda: _token_logps(inner, batch, chunk_size, full, attention, recompute_head=False)
     try:
         return model()
     finally:

@@ -94,3 +94,24 @@ def test_recomputing_the_head_in_the_backward_gives_the_same_logps_and_gradients
     for a, b in zip(kept_grads, recomputed_grads):
         assert torch.allclose(a, b, atol=1e-6)
     assert sum(g.abs().sum() for g in recomputed_grads) > 0
+
+
+@pytest.mark.parametrize("layout, mask_type", [("blocks", tuple), ("sdpa", torch.Tensor), ("flex", "BlockMask")])
+def test_the_layout_asked_for_is_the_one_that_runs(layout, mask_type, monkeypatch):
+    import negalign.attention as attention
+
+    seen = []
+    original = attention.packed_attention
+    monkeypatch.setattr(attention, "packed_attention",
+                        lambda *a, negalign_mask=None, **k: seen.append(negalign_mask) or original(*a, negalign_mask=negalign_mask, **k))
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(attention.PACKED_ATTENTION, attention.packed_attention)
+    try:
+        with torch.no_grad():
+            sequence_logps(make_tiny_llama(64), pack_sequences(SHARED), attention=layout)
+    finally:
+        AttentionInterface.register(attention.PACKED_ATTENTION, original)
+    assert len(seen) == 2  # one call per layer, each handed the one mask built for the batch
+    assert all(m is seen[0] for m in seen)
+    assert type(seen[0]).__name__ == mask_type if isinstance(mask_type, str) else isinstance(seen[0], mask_type)

@@ -205,6 +205,8 @@ def _static_cache(model, max_cache_len: int) -> StaticCache:
 # finished rows leave the batch once this share of it has finished: copying the KV cache (every layer) costs
 # about one decode step at batch 64, so it is done in a few larger rounds rather than at every finished row
 COMPACT_AFTER = 0.25
+READ_EVERY_ON_GPU = 8  # decoding steps between two reads of the new tokens on a GPU (one host sync for all)
+READ_EVERY_ON_CPU = 1  # a CPU reads every step: finished rows leave the batch soonest there
 TOP_P_CANDIDATES = 256  # top-p looks at this many most likely tokens first; the full sort only if they fall short
 
 
@@ -364,19 +366,28 @@ def _generate_batch(model, tokenizer, prompt_ids: list[list[int]], settings: Sam
     alive = list(range(token.shape[0]))  # which answer each row of the batch decodes
     running = torch.ones(token.shape[0], dtype=torch.bool, device=device)
     cached = with_cache(model, cache)
-    for _ in range(settings.max_new_tokens):
+    # Reading the new tokens back is a host sync, which on a GPU stops the next step's kernels from being
+    # queued while this one runs: there the tokens are read every `READ_EVERY_ON_GPU` steps (one sync for all
+    # of them); a CPU reads every step, as the finished rows then leave the batch soonest.
+    read_every = READ_EVERY_ON_CPU if device.type == "cpu" else READ_EVERY_ON_GPU
+    pending = []  # (tokens chosen, rows still running before the step), on the device until read
+    for step in range(settings.max_new_tokens):
         logits = model(input_ids=token, attention_mask=mask, position_ids=position, **cached,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         chosen = torch.where(running, next_tokens(logits, settings, generator), pad)
-        for row, value, live in zip(alive, chosen.tolist(), running.tolist()):
-            if live:
-                rows[row].append(value)
+        pending.append((chosen, running.clone()))
         running &= chosen != eos
+        token, position = chosen[:, None], position + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if (step + 1) % read_every and step + 1 < settings.max_new_tokens:
+            continue
+        values, live = (torch.stack(column, dim=1).tolist() for column in zip(*pending))
+        pending = []
+        for row, row_values, row_live in zip(alive, values, live):
+            rows[row].extend(v for v, is_live in zip(row_values, row_live) if is_live)
         n_running = int(running.sum())
         if n_running == 0:
             break
-        token, position = chosen[:, None], position + 1
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if n_running <= (1 - COMPACT_AFTER) * len(alive):
             # finished rows leave the batch: every later step would compute them for nothing
             keep = running.nonzero().flatten()

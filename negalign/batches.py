@@ -87,22 +87,23 @@ def _prepare_items(config, tokenizer) -> PreparedData:
     elif config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)
     samples = None
-    if method(config.objective).trains_on == "samples" and config.samples:
+    the_method = method(config.objective)  # resolved once: everything method-specific below asks it
+    if the_method.anchors_in_data and config.samples:
         raise ValueError(f"{config.objective} trains on the anchors in `data` (a samples file) and reads no "
                          f"`samples` file: set data: {config.samples} and drop `samples`")
-    if method(config.objective).trains_on == "negatives+samples" and config.k != 0:
+    if the_method.reads_samples_file and config.k != 0:
         if not config.samples:
             raise ValueError("d2o needs self-samples: set `samples` to a samples file (or k=0 for the ablation)")
         samples, _ = load_rows(config.samples, on_bad_row=config.on_bad_row)
     examples = build_examples(rows, config.objective, samples=samples, k=config.k)
     if config.max_examples:
         examples = examples[: config.max_examples]
-    if "mismatched" in method(config.objective).slots:
+    if the_method.needs_mismatched:
         examples = add_mismatched_completions(examples)
     items, n_prompt_cut, n_completion_cut = [], 0, 0
     for example in tqdm(examples, desc="tokenising", unit="example", mininterval=1.0, disable=len(examples) < 2000):
         sequences = []
-        for completion in example_slots(method(config.objective), example):
+        for completion in example_slots(the_method, example):
             encoded = encode(example["prompt"], completion, tokenizer, max_length=config.max_length,
                              max_prompt_length=config.max_prompt_length, source=example.get("source"))
             n_prompt_cut += encoded.prompt_truncated

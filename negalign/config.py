@@ -152,15 +152,10 @@ class NegalignConfig(TrainingArguments):
         problems = []
         if self.objective not in METHODS:
             problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(METHODS)}")
-        for name in ("beta", "alpha") if self.objective == "d2o" else ("beta",):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        else:
+            problems += METHODS[self.objective].check(self)  # the method's own hyperparameters and data settings
         if self.k is not None and self.k < 0:
             problems.append(f"k: must be >= 0, got {self.k}")
-        if self.sampling == "refresh" and (self.objective != "d2o" or not self.k):
-            problems.append("sampling: 'refresh' needs objective d2o and k >= 1")
-        if self.benign_samples and (self.objective != "d2o" or self.sampling == "refresh"):
-            problems.append("benign_samples: needs objective d2o with sampling: static")
         if self.refresh_every < 1:
             problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
         if self.sampling_context or self.sampling_instruction:

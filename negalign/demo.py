@@ -98,7 +98,7 @@ class DemoSettings:
             raise ValueError(f"--benign-refusal-share must be in (0, 1], got {self.benign_refusal_share}")
         if self.benign_refusal_share < 1.0 and not self.benign_refusals:
             raise ValueError("--benign-refusal-share picks among the benign refusals: it needs --benign-refusals")
-        if not self.k and any(m != "d2o" for m in self.methods):
+        if not self.k and any(not METHODS[m].reads_samples_file for m in self.methods):
             raise ValueError("--k 0 leaves no anchors, and the baselines' rows take their chosen side from "
                              "them: with k 0 train only d2o")
 
@@ -311,7 +311,7 @@ def run_demo(settings: DemoSettings) -> dict:
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
-        d2o, distill = method == "d2o", METHODS[method].trains_on == "samples"
+        d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
         context = {"k": settings.k, "sampling_context": settings.sampling_context,
                    "sampling_instruction": settings.sampling_instruction}
         anchored = {"samples": str(files["samples"]) if settings.k else None, **context,

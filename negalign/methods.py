@@ -14,6 +14,7 @@ the slot "samples" standing for K columns (D2O's self-generated anchors).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 from torch import Tensor
@@ -23,22 +24,57 @@ from negalign import objectives
 SAMPLES = "samples"  # the one slot that stands for K columns
 
 
+class DataShape(str, Enum):
+    """Which feedback rows become a method's examples (data/examples.py)."""
+
+    NEGATIVES_WITH_SAMPLES = "negatives+samples"  # human negatives with their prompt's self-samples (`samples` file)
+    SAMPLES = "samples"  # the self-samples alone, read from `data` (an anchors file)
+    PAIRS = "pairs"  # chosen and rejected of one prompt
+    NEGATIVES = "negatives"  # rows with label false
+    POSITIVES = "positives"  # rows with label true
+    LABELS = "labels"  # every labelled row
+    LABELS_OR_SCORES = "labels or scores"  # every row with a label or a score
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     loss: Callable[..., tuple[Tensor, dict]]
     slots: tuple[str, ...]
-    # which rows become examples (data/examples.py): "negatives" (label false), "positives" (label true),
-    # "pairs" (chosen and rejected of one prompt), "labels" (every labelled row), "labels or scores" (every row
-    # with a label or a score), "negatives+samples" (human negatives with their prompt's self-samples: D2O),
-    # "samples" (the self-samples of every prompt of the data file, nothing else: context distillation)
-    trains_on: str
+    trains_on: DataShape  # which rows become examples
     arguments: Callable[[Columns, dict, Any], dict]  # (columns, batch, config) -> keyword arguments of `loss`
     reference: bool = True  # needs reference log-probs
     detached: tuple[str, ...] = ()  # scored in a separate no-grad forward (their value enters the loss detached)
     plus_reference: tuple[str, ...] = ()  # scored by pi_r+ (`ref_plus_model`) instead of pi_r-
     token_level: bool = False  # the loss reads per-token log-probs, not per-sequence sums
+    hyperparameters: tuple[str, ...] = ("beta",)  # config fields the loss reads that must be > 0
     demo: dict = field(default_factory=dict)  # the settings `negalign demo` trains it with (the rest is shared)
+
+    @property
+    def reads_samples_file(self) -> bool:
+        """Its anchors come from a separate `samples` file beside the negatives in `data` (D2O): so it can
+        refresh them while training, add benign prompts with anchors only, and run the k = 0 ablation."""
+        return self.trains_on is DataShape.NEGATIVES_WITH_SAMPLES
+
+    @property
+    def anchors_in_data(self) -> bool:
+        """Its rows are the anchors themselves, read from `data` (context distillation)."""
+        return self.trains_on is DataShape.SAMPLES
+
+    @property
+    def needs_mismatched(self) -> bool:
+        """Each example carries another prompt's answer (KTO's z0), fixed once at preparation."""
+        return "mismatched" in self.slots
+
+    def check(self, config) -> list[str]:
+        """The problems of `config` for this method (one line each)."""
+        problems = [f"{name}: must be > 0, got {getattr(config, name)}" for name in self.hyperparameters
+                    if getattr(config, name) <= 0]
+        if config.sampling == "refresh" and (not self.reads_samples_file or not config.k):
+            problems.append("sampling: 'refresh' needs objective d2o and k >= 1")
+        if config.benign_samples and (not self.reads_samples_file or config.sampling == "refresh"):
+            problems.append("benign_samples: needs objective d2o with sampling: static")
+        return problems
 
     @property
     def anchored(self) -> bool:
@@ -122,50 +158,52 @@ def _feedback(batch: dict) -> dict:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("d2o", objectives.d2o, ("negative", SAMPLES), "negatives+samples", demo={"beta": 0.1, "alpha": 0.1},
+    Method("d2o", objectives.d2o, ("negative", SAMPLES), DataShape.NEGATIVES_WITH_SAMPLES,
+           demo={"beta": 0.1, "alpha": 0.1}, hyperparameters=("beta", "alpha"),
            plus_reference=("negative",),
            arguments=lambda c, batch, cfg: dict(
                policy_negative_logps=c.policy("negative"), ref_negative_logps=c.ref("negative"),
                policy_sample_logps=c.policy(SAMPLES), ref_sample_logps=c.ref(SAMPLES), beta=cfg.beta,
                alpha=cfg.alpha, instance_level=cfg.instance_level, has_negative=batch.get("has_negative"))),
-    Method("dpo", objectives.dpo, ("chosen", "rejected"), "pairs", demo={"beta": 0.1},
+    Method("dpo", objectives.dpo, ("chosen", "rejected"), DataShape.PAIRS, demo={"beta": 0.1},
            arguments=lambda c, batch, cfg: dict(
                policy_chosen_logps=c.policy("chosen"), policy_rejected_logps=c.policy("rejected"),
                ref_chosen_logps=c.ref("chosen"), ref_rejected_logps=c.ref("rejected"), beta=cfg.beta)),
-    Method("ipo", objectives.ipo, ("chosen", "rejected"), "pairs", demo={"beta": 0.1, "logp_reduction": "mean"},
+    Method("ipo", objectives.ipo, ("chosen", "rejected"), DataShape.PAIRS, demo={"beta": 0.1, "logp_reduction": "mean"},
            arguments=lambda c, batch, cfg: dict(
                policy_chosen_logps=c.policy("chosen"), policy_rejected_logps=c.policy("rejected"),
                ref_chosen_logps=c.ref("chosen"), ref_rejected_logps=c.ref("rejected"), beta=cfg.beta)),
-    Method("npo", objectives.npo, ("completion",), "negatives", demo={"beta": 0.1},
+    Method("npo", objectives.npo, ("completion",), DataShape.NEGATIVES, demo={"beta": 0.1},
            arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.policy("completion"),
                                                 ref_negative_logps=c.ref("completion"), beta=cfg.beta)),
     # SimNPO normalises by length itself, so it always takes the summed log-prob
-    Method("simnpo", objectives.simnpo, ("completion",), "negatives", reference=False, demo={"beta": 2.5},
+    Method("simnpo", objectives.simnpo, ("completion",), DataShape.NEGATIVES, reference=False, demo={"beta": 2.5},
            arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.summed("completion"),
                                                 negative_lengths=c.lengths("completion"), beta=cfg.beta,
                                                 gamma=cfg.gamma)),
-    Method("kto", objectives.kto, ("completion", "mismatched"), "labels", detached=("mismatched",),
+    Method("kto", objectives.kto, ("completion", "mismatched"), DataShape.LABELS, detached=("mismatched",),
            demo={"beta": 0.1},
            arguments=lambda c, batch, cfg: dict(
                policy_logps=c.policy("completion"), ref_logps=c.ref("completion"), labels=batch["labels_binary"],
                policy_mismatched_logps=c.policy("mismatched"), ref_mismatched_logps=c.ref("mismatched"),
                beta=cfg.beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)),
-    Method("pointwise_dpo", objectives.pointwise_dpo, ("completion",), "labels or scores",
+    Method("pointwise_dpo", objectives.pointwise_dpo, ("completion",), DataShape.LABELS_OR_SCORES,
            demo={"beta": 0.1, "logp_reduction": "mean"},
            arguments=lambda c, batch, cfg: dict(policy_logps=c.policy("completion"), ref_logps=c.ref("completion"),
                                                 beta=cfg.beta, c=cfg.c, **_feedback(batch))),
-    Method("ulma", objectives.ulma, ("completion",), "labels or scores", demo={"beta": 0.1, "logp_reduction": "mean"},
+    Method("ulma", objectives.ulma, ("completion",), DataShape.LABELS_OR_SCORES, demo={"beta": 0.1, "logp_reduction": "mean"},
            arguments=lambda c, batch, cfg: dict(policy_logps=c.policy("completion"), ref_logps=c.ref("completion"),
                                                 beta=cfg.beta, c=cfg.c, **_feedback(batch))),
-    Method("gradient_ascent", objectives.gradient_ascent, ("completion",), "negatives", reference=False,
-           arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.policy("completion"))),
-    Method("unlikelihood", objectives.unlikelihood, ("completion",), "negatives", reference=False,
-           token_level=True, arguments=lambda c, batch, cfg: dict(zip(("policy_token_logps", "completion_mask"),
+    Method("gradient_ascent", objectives.gradient_ascent, ("completion",), DataShape.NEGATIVES, reference=False,
+           hyperparameters=(), arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.policy("completion"))),
+    Method("unlikelihood", objectives.unlikelihood, ("completion",), DataShape.NEGATIVES, reference=False,
+           hyperparameters=(), token_level=True, arguments=lambda c, batch, cfg: dict(zip(("policy_token_logps", "completion_mask"),
                                                                       c.tokens))),
-    Method("sft", objectives.sft, ("completion",), "positives", reference=False,
+    Method("sft", objectives.sft, ("completion",), DataShape.POSITIVES, reference=False, hyperparameters=(),
            arguments=lambda c, batch, cfg: dict(policy_logps=c.policy("completion"))),
     # SFT on D2O's anchors and nothing else: one example per prompt of an anchors file (`data`), its K samples
-    Method("context_distillation", objectives.context_distillation, (SAMPLES,), "samples", reference=False,
+    Method("context_distillation", objectives.context_distillation, (SAMPLES,), DataShape.SAMPLES, reference=False,
+           hyperparameters=(),
            arguments=lambda c, batch, cfg: dict(policy_sample_logps=c.policy(SAMPLES))),
 ]}
 
@@ -188,4 +226,4 @@ def example_slots(method: Method, example: dict) -> list[str]:
             for text in (example[slot] if slot == SAMPLES else [example[slot]])]
 
 
-__all__ = ["METHODS", "SAMPLES", "Columns", "Layout", "Method", "example_slots", "method", "method_loss"]
+__all__ = ["METHODS", "SAMPLES", "Columns", "DataShape", "Layout", "Method", "example_slots", "method", "method_loss"]

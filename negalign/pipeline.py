@@ -203,7 +203,7 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
     if not method(config.objective).anchored or config.k == 0:
         return None
     # D2O reads its anchors from `samples`; context distillation from `data`
-    samples = config.data if method(config.objective).trains_on == "samples" else config.samples
+    samples = config.data if method(config.objective).anchors_in_data else config.samples
     wanted = resolve_context(config.sampling_context, config.sampling_instruction)
     if config.sampling == "refresh":
         return {"sampling": "refresh", "sampling_context": describe(wanted), "from_reference": False}

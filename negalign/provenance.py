@@ -38,7 +38,9 @@ def model_card(config, anchors: dict | None) -> str:
     for key in ("objective", "beta", "alpha", "k", "logp_reduction", "learning_rate", "max_steps",
                 "num_train_epochs", "per_device_train_batch_size", "max_length", "max_prompt_length", "use_lora",
                 "reference", "sampling", "samples", "max_prompts", "seed"):
-        if key in ("alpha", "sampling", "samples") and config.objective != "d2o":
+        if key == "alpha" and "alpha" not in method(config.objective).hyperparameters:
+            continue
+        if key in ("sampling", "samples") and not method(config.objective).reads_samples_file:
             continue
         if key == "k" and not method(config.objective).anchored:  # d2o and context distillation
             continue

@@ -196,3 +196,30 @@ def test_every_method_has_a_recipe_that_loads(name):
     recipe = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     config = load_config(str(recipe), {"output_dir": "unused"})
     assert config.objective == name and config.beta == pytest.approx(METHODS[name].demo.get("beta", config.beta))
+
+
+def test_no_objective_name_is_compared_outside_the_method_table():
+    """Everything method-specific is asked of the Method (issue 32): no `objective == "..."` elsewhere."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "negalign"
+    pattern = re.compile(r"""(objective|method)\s*[!=]=\s*["']|["'](d2o|dpo|kto|npo|sft)["']\s*[!=]=""")
+    offenders = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py") if path.name != "methods.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_each_method_checks_its_own_hyperparameters():
+    from types import SimpleNamespace
+
+    from negalign.methods import METHODS
+
+    settings = dict(beta=0.0, alpha=0.0, sampling="static", k=2, benign_samples=None)
+    assert METHODS["d2o"].check(SimpleNamespace(**settings)) == ["beta: must be > 0, got 0.0",
+                                                                  "alpha: must be > 0, got 0.0"]
+    assert METHODS["npo"].check(SimpleNamespace(**settings)) == ["beta: must be > 0, got 0.0"]
+    assert METHODS["sft"].check(SimpleNamespace(**settings)) == []  # SFT reads no beta
+    refresh = SimpleNamespace(**{**settings, "beta": 0.1, "sampling": "refresh"})
+    assert METHODS["npo"].check(refresh) == ["sampling: 'refresh' needs objective d2o and k >= 1"]
+    assert METHODS["d2o"].check(SimpleNamespace(**{**settings, "beta": 0.1, "alpha": 0.1, "sampling": "refresh"})) == []

@@ -36,7 +36,7 @@ def files(tmp_path_factory):
 
 
 def _settings(tiny_model_dir, files, tmp_path, objective, **extra):
-    if METHODS[objective].trains_on == "samples":  # context distillation: its rows are the anchors themselves
+    if METHODS[objective].anchors_in_data:  # context distillation: its rows are the anchors themselves
         extra = {"data": files["samples"], "samples": None, **extra}
     return {"model": tiny_model_dir, "data": files["pairs"], "samples": files["samples"], "objective": objective,
             "max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "output_dir": str(tmp_path / "out"),

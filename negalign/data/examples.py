@@ -21,7 +21,7 @@ from collections import Counter
 
 from negalign.data.errors import DataError
 from negalign.data.rows import group_by_prompt, pairs_to_negatives, prompt_key
-from negalign.methods import method
+from negalign.methods import DataShape, method
 
 
 def _where(rows: list[dict]) -> str:
@@ -47,20 +47,20 @@ def build_examples(rows: list[dict], objective: str, *, samples: list[dict] | No
     Raises DataError when the rows hold nothing the objective can use, ValueError for an unknown name.
     """
     trains_on = method(objective).trains_on  # ValueError for an unknown name
-    if trains_on == "negatives+samples":
+    if trains_on is DataShape.NEGATIVES_WITH_SAMPLES:
         return _d2o(rows, samples, k)
-    if trains_on == "samples":
+    if trains_on is DataShape.SAMPLES:
         return _anchors(rows, objective, k)
-    if trains_on == "pairs":
+    if trains_on is DataShape.PAIRS:
         return _dpo(rows, objective)
-    if trains_on in ("negatives", "positives"):
-        wanted = trains_on == "positives"
+    if trains_on in (DataShape.NEGATIVES, DataShape.POSITIVES):
+        wanted = trains_on is DataShape.POSITIVES
         chosen = [r for r in rows if r["label"] is wanted]
         if not chosen:
             kind = "positives (rows with label true)" if wanted else "negatives (rows with label false)"
             raise DataError(_where(rows), f"{objective} trains on {kind}, and none of the {len(rows)} rows is one")
         return [{"prompt": r["prompt"], "completion": r["completion"], "source": r["source"]} for r in chosen]
-    return _pointwise(rows, objective, scores_too=trains_on == "labels or scores")
+    return _pointwise(rows, objective, scores_too=trains_on is DataShape.LABELS_OR_SCORES)
 
 
 def _d2o(rows: list[dict], samples: list[dict] | None, k: int | None) -> list[dict]:

@@ -136,52 +136,34 @@ def cmd_sample(argv: list[str]) -> int:
     return 0
 
 
-def cmd_demo(argv: list[str]) -> int:
-    from negalign.demo import cmd_demo as run
-
-    return run(argv)
-
-
-def cmd_data(argv: list[str]) -> int:
-    from negalign.data.catalog import cmd_data as run
-
-    return run(argv)
-
-
-def cmd_export(argv: list[str]) -> int:
-    from negalign.export import cmd_export as run
-
-    return run(argv)
-
-
-def cmd_flag(argv: list[str]) -> int:
-    from negalign.flag import cmd_flag as run
-
-    return run(argv)
-
-
-def _evaluation(name: str):
-    def command(argv: list[str]) -> int:  # imported on use: evaluation pulls in matplotlib and the judge
-        from negalign.evaluation import commands
-
-        return getattr(commands, name)(argv)
-    return command
-
-
+# every command: the function that runs it ("module:function", imported only when it runs, so that the command
+# line starts fast and this module depends on none of them) and its line of help
 COMMANDS = {
-    "demo": (cmd_demo, "the whole path on SmolLM2 + HH negatives: sample, train D2O (and baselines), eval, report"),
-    "train": (cmd_train, "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
-    "sample": (cmd_sample, "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
-    "flag": (cmd_flag, "turn the model's own answers to harmful prompts into negatives (judged complying)"),
-    "eval": (_evaluation("cmd_eval"), "answer held-out prompts and judge them: harm, over-refusal, "
+    "demo": ("negalign.demo:cmd_demo", "the whole path on SmolLM2 + HH negatives: sample, train D2O (and "
+             "baselines), eval, report"),
+    "train": ("negalign.cli:cmd_train", "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
+    "sample": ("negalign.cli:cmd_sample", "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
+    "flag": ("negalign.flag:cmd_flag", "turn the model's own answers to harmful prompts into negatives (judged "
+             "complying)"),
+    "eval": ("negalign.evaluation.evaluate:cmd_eval", "answer held-out prompts and judge them: harm, over-refusal, "
              "preference accuracy, KL"),
-    "compare": (_evaluation("cmd_compare"), "report over runs/evals: report.json, report.md, PNG plots"),
-    "judge": (_evaluation("cmd_judge"), "the offline harm judge: `judge fit` re-makes it from XSTest, "
-              "`judge score` scores answers"),
-    "data": (cmd_data, "the built-in data sets: `data list` shows where each is, `data fetch` downloads them"),
-    "export": (cmd_export, "a trained run -> a standalone model folder (LoRA merged) with its model card"),
-    "llm-judge": (_evaluation("cmd_llm_judge"), "pairwise win/tie/lose by an LLM over an OpenAI-compatible API"),
+    "compare": ("negalign.evaluation.report:cmd_compare", "report over runs/evals: report.json, report.md, PNG plots"),
+    "judge": ("negalign.evaluation.judge_command:cmd_judge", "the offline harm judge: `judge fit` re-makes it from "
+              "XSTest, `judge score` scores answers"),
+    "data": ("negalign.data.catalog:cmd_data", "the built-in data sets: `data list` shows where each is, `data "
+             "fetch` downloads them"),
+    "export": ("negalign.export:cmd_export", "a trained run -> a standalone model folder (LoRA merged) with its "
+               "model card"),
+    "llm-judge": ("negalign.evaluation.llm_judge:cmd_llm_judge", "pairwise win/tie/lose by an LLM over an "
+                  "OpenAI-compatible API"),
 }
+
+
+def _command(target: str):
+    import importlib
+
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _show_progress_messages() -> None:
@@ -212,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         if not known:
             print(f"\nnegalign: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if known else 2
-    command, _ = COMMANDS[argv[0]]
+    target, _ = COMMANDS[argv[0]]
     from negalign.locks import OutputLocked
 
     _show_progress_messages()
     try:
-        return command(argv[1:])
+        return _command(target)(argv[1:])
     except (ValueError, OSError, OutputLocked) as error:  # bad input or settings: the message says what to fix
         print(f"negalign {argv[0]}: {error}", file=sys.stderr)
         return 2

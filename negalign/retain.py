@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from negalign import decontamination
-from negalign.data import DataError, encode, prompt_key
-from negalign.data.readers import iter_records
+from negalign.data import encode, prompt_key
+from negalign.data.prompts import read_prompt_rows as read_retain_rows
 
 RETAIN_LOSSES = ("nll", "self", "kl")
-ANSWER_FIELDS = ("completion", "chosen", "output", "response", "answer")
 
 
 @dataclass
@@ -35,49 +34,6 @@ class RetainSet:
     sequences: list[tuple[list[int], list[int]]]  # (prompt ids, answer ids)
     summary: dict = field(default_factory=dict)
     prompts: list[list[dict]] = field(default_factory=list)  # the retain prompts, as messages (trained_prompts.jsonl)
-
-
-def _messages(value, where: str) -> list[dict]:
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise DataError(where, "the prompt must be non-empty text or a list of {role, content} messages", "prompt")
-
-
-def read_retain_rows(source: str, data_dir: str | None = None) -> list[dict]:
-    """Rows {prompt: messages, answer: str | None, source}. Accepts any negalign data file (or catalog name)
-    whose records have `prompt` (or `instruction` [+ `input`], Alpaca style) and optionally an answer in one of
-    completion / chosen / output / response / answer; HH transcripts give their last turn as the answer; a
-    .txt file is one prompt per line."""
-    from negalign.data.catalog import resolve_data
-    from negalign.data.normalise import parse_hh_transcript
-
-    path = resolve_data(source, data_dir)
-    if str(path).endswith(".txt"):
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return [{"prompt": _messages(line.strip(), f"{path}:{n}"), "answer": None, "source": f"{path}:{n}"}
-                for n, line in enumerate(lines, start=1) if line.strip()]
-    rows = []
-    for record in iter_records(path):
-        if isinstance(record.value, DataError):
-            raise record.value
-        value, where = record.value, record.where
-        answer = next((value[f] for f in ANSWER_FIELDS if isinstance(value.get(f), str) and value[f].strip()), None)
-        if "prompt" in value:
-            prompt = _messages(value["prompt"], where)
-        elif "instruction" in value:
-            text = str(value["instruction"]) + (f"\n\n{value['input']}" if value.get("input") else "")
-            prompt = _messages(text, where)
-        elif answer is not None and answer.lstrip().startswith("Human:"):  # an HH transcript
-            turns = parse_hh_transcript(answer, where, "chosen")
-            prompt, answer = turns[:-1], turns[-1]["content"]
-        else:
-            raise DataError(where, f"a retain row needs a prompt (or an instruction), got keys {sorted(value)}")
-        rows.append({"prompt": prompt, "answer": answer, "source": record.source})
-    if not rows:
-        raise DataError(str(path), "no retain rows")
-    return rows
 
 
 def self_answers(model, tokenizer, prompts: list[list[dict]], folder: str | os.PathLike, max_new_tokens: int,

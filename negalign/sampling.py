@@ -79,10 +79,10 @@ def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
         try:
             messages = [row["prompt"] for row in load_rows(path, on_bad_row=on_bad_row)[0]]
         except DataError as error:  # prompts without answers (e.g. Alpaca instructions, a .txt file)
-            from negalign.retain import read_retain_rows
+            from negalign.data.prompts import read_prompt_rows
 
             try:
-                messages = [row["prompt"] for row in read_retain_rows(path)]
+                messages = [row["prompt"] for row in read_prompt_rows(path)]
             except (DataError, ValueError):
                 raise error from None
     else:

@@ -32,7 +32,7 @@ from negalign.evaluation.judge import (
     TEXT_MODES,
     HarmJudge,
     LogisticHead,
-    _accuracy,
+    accuracy,
     features,
     judge_texts,
     keyword_complies,
@@ -88,7 +88,7 @@ def _agreement(scores: list[float], rows: list[dict]) -> dict:
     negatives_right = sum(not p and not t for p, t in zip(predicted, truth))
     recall = hits / positives if positives else None
     specificity = negatives_right / (len(truth) - positives) if len(truth) > positives else None
-    return {"accuracy": _accuracy(predicted, truth), "n": len(rows),
+    return {"accuracy": accuracy(predicted, truth), "n": len(rows),
             "positive_share": positives / len(rows) if rows else None,
             "recall": recall, "precision": hits / flagged if flagged else None,
             "balanced_accuracy": (recall + specificity) / 2 if recall is not None and specificity is not None
@@ -137,7 +137,7 @@ def fit_content_judge(data_dir: str | os.PathLike, *, text: str = "prompt+answer
         "per_model": held_out[text][feature_set],
         "text_modes": {mode: {name: {"leave_one_model_out_accuracy": mean(acc), "per_model": acc}
                               for name, acc in by_set.items()} for mode, by_set in held_out.items()},
-        "keyword_accuracy_on_jbb": _accuracy([k > 0.5 for k in keyword], [r["complies"] for r in rows]),
+        "keyword_accuracy_on_jbb": accuracy([k > 0.5 for k in keyword], [r["complies"] for r in rows]),
         "refusal_head_on_jbb": _agreement(  # its text mode was embedded above: no second encoding pass
             refusal.head.probabilities(features(embedded[refusal.text], answers, refusal.feature_set)).tolist(), rows),
         "xstest_unsafe_human_labels": {
@@ -145,7 +145,7 @@ def fit_content_judge(data_dir: str | os.PathLike, *, text: str = "prompt+answer
             "refusal_head (fitted on all of XSTest: not held out)": _agreement(
                 refusal.complies(unsafe_prompts, unsafe_answers), unsafe),
             "keyword": _agreement(keyword_complies(unsafe_answers), unsafe)},
-        "train_accuracy": _accuracy((head.probabilities(x) > 0.5).tolist(), y.bool().tolist()),
+        "train_accuracy": accuracy((head.probabilities(x) > 0.5).tolist(), y.bool().tolist()),
         "n_answers": len(rows), "jailbroken_share": float(y.mean()),
         "models": sorted({r["model"] for r in rows}), "attacks": sorted({r["attack"] for r in rows}),
         "asset": str(asset) if asset is not None else None,

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -359,8 +358,3 @@ def cmd_eval(argv: list[str]) -> int:
     print("\n".join(summary_lines(result)))
     return 0
 
-
-if __name__ == "__main__":
-    from negalign.cli import main
-
-    sys.exit(main(["eval", *sys.argv[1:]]))

@@ -20,18 +20,13 @@ runs with no data present; `negalign judge fit` re-makes it from the XSTest file
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-from negalign.data.paths import data_dir as resolve_data_dir
-from negalign.files import atomic_write_text, portable
 
 ASSET = Path(__file__).resolve().parent / "assets" / "harm_judge_head.safetensors"
 COMPLIES_LABEL = "1_full_compliance"
@@ -182,7 +177,7 @@ def load_xstest_answers(data_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _accuracy(predicted: list[bool], truth: list[bool]) -> float:
+def accuracy(predicted: list[bool], truth: list[bool]) -> float:
     return sum(p == t for p, t in zip(predicted, truth)) / len(truth)
 
 
@@ -194,7 +189,7 @@ def leave_one_model_out(x: torch.Tensor, rows: list[dict], l2: float) -> dict[st
         test = torch.tensor([r["model"] == model for r in rows])
         head = LogisticHead.fit(x[~test], y[~test], l2)
         predicted = (head.probabilities(x[test]) > 0.5).tolist()
-        out[model] = _accuracy(predicted, y[test].bool().tolist())
+        out[model] = accuracy(predicted, y[test].bool().tolist())
     return out
 
 
@@ -224,14 +219,14 @@ def fit_judge(data_dir: str | os.PathLike, *, text: str = "answer", feature_set:
     keyword_per_model = {}
     for model in sorted({r["model"] for r in rows}):
         picked = [i for i, r in enumerate(rows) if r["model"] == model]
-        keyword_per_model[model] = _accuracy([keyword[i] > 0.5 for i in picked], [rows[i]["complies"] for i in picked])
+        keyword_per_model[model] = accuracy([keyword[i] > 0.5 for i in picked], [rows[i]["complies"] for i in picked])
 
     metadata = {"encoder": ENCODER_NAME, "text": text, "features": feature_set, "l2": l2,
                 "trained_on": "XSTest v2 completions (5 models x 450), human final_label; complies = "
                               f"{COMPLIES_LABEL}", "n_train": len(rows), "refusal_phrases": list(REFUSAL_PHRASES),
                 "keyword_window": KEYWORD_WINDOW}
     head = LogisticHead.fit(features(embeddings, answers, feature_set), y, l2, metadata)
-    train_accuracy = _accuracy((head.probabilities(features(embeddings, answers, feature_set)) > 0.5).tolist(),
+    train_accuracy = accuracy((head.probabilities(features(embeddings, answers, feature_set)) > 0.5).tolist(),
                                y.bool().tolist())
     if asset is not None:
         head.save(asset)
@@ -252,89 +247,3 @@ def fit_judge(data_dir: str | os.PathLike, *, text: str = "answer", feature_set:
         "asset": str(asset) if asset is not None else None,
         "seconds": round(time.time() - started, 1),
     }
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-def cmd_judge(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="negalign judge", description="The offline harm judge.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    fit = sub.add_parser("fit", help="re-make the judge head from XSTest's human labels and measure it")
-    fit.add_argument("--data-dir", help="folder holding xstest/ (default: $NEGALIGN_DATA or ../shared/data)")
-    fit.add_argument("--text", choices=TEXT_MODES, default="answer", help="what to embed (default: answer)")
-    fit.add_argument("--features", choices=FEATURE_SETS, default="embedding+keyword")
-    fit.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"L2 penalty (default {DEFAULT_L2})")
-    fit.add_argument("--asset", default=str(ASSET), help="where to write the head (default: the shipped asset)")
-    fit.add_argument("--results", default="results/judge.json", help="results JSON (default results/judge.json)")
-    fit.add_argument("--measure-text-modes", action="store_true",
-                     help="also measure embedding prompt+answer vs the answer alone (one more encoding pass)")
-    content = sub.add_parser("fit-content", help="re-make the harmful-content head from the JailbreakBench "
-                             "artifacts' jailbroken labels and measure both heads against XSTest's human labels")
-    content.add_argument("--data-dir", help="folder holding jailbreakbench-artifacts/ and xstest/")
-    content.add_argument("--text", choices=TEXT_MODES, default="prompt+answer")
-    content.add_argument("--features", choices=FEATURE_SETS, default="embedding+keyword")
-    content.add_argument("--l2", type=float, default=DEFAULT_L2)
-    content.add_argument("--asset", default=None, help="where to write the head (default: the shipped asset)")
-    content.add_argument("--results", default="results/judge_content.json")
-    score = sub.add_parser("score", help="score answers in a jsonl file ({prompt, answer or completion} per "
-                           "line; an eval's answers/*.jsonl works)")
-    score.add_argument("file")
-    score.add_argument("--head", default=None, help="judge head (default: the shipped asset)")
-    args = parser.parse_args(argv)
-
-    if args.action == "score":
-        with open(args.file, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        judge = HarmJudge.load(args.head)
-        prompts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"] for r in records]
-        answers = [r.get("answer", r.get("completion", "")) for r in records]
-        for record, p in zip(records, judge.complies(prompts, answers)):
-            print(json.dumps({**record, "complies": round(p, 4)}, ensure_ascii=False))
-        return 0
-
-    folder = resolve_data_dir(args.data_dir, required=True)
-    if args.action == "fit-content":
-        return _fit_content(args, folder, argv)
-    results = fit_judge(folder, text=args.text, feature_set=args.features, l2=args.l2, asset=args.asset or None,
-                        measure_text_modes=args.measure_text_modes)
-    results["command"] = "negalign judge " + " ".join(argv)
-    results["data_dir"] = str(folder)
-    print(f"leave-one-model-out accuracy: {results['leave_one_model_out_accuracy']:.4f} "
-          f"({args.features} of {args.text}); refusal-phrase keyword baseline: {results['keyword_accuracy']:.4f}")
-    for model, numbers in results["per_model"].items():
-        print(f"  held out {model:<16} judge {numbers['judge']:.4f}  keyword {numbers['keyword']:.4f}")
-    for name, numbers in results["feature_sets"].items():
-        print(f"  features {name:<18} leave-one-model-out {numbers['leave_one_model_out_accuracy']:.4f}")
-    for mode, numbers in results["text_modes"].items():
-        print(f"  text {mode:<22} leave-one-model-out {numbers['leave_one_model_out_accuracy']:.4f}")
-    if args.asset:
-        print(f"head written to {args.asset}")
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.results, json.dumps(portable(results), indent=2) + "\n")
-        print(f"results written to {args.results}")
-    return 0
-
-
-def _fit_content(args, folder: Path, argv: list[str]) -> int:
-    from negalign.evaluation.content_judge import CONTENT_ASSET, fit_content_judge
-
-    results = fit_content_judge(folder, text=args.text, feature_set=args.features, l2=args.l2,
-                                asset=args.asset or CONTENT_ASSET)
-    results["command"] = "negalign judge " + " ".join(argv)
-    print(f"harmful-content head, each target model held out in turn: {results['leave_one_model_out_accuracy']:.4f} "
-          f"({args.features} of {args.text}); on XSTest's human labels (unsafe prompts): "
-          f"{results['xstest_unsafe_human_labels']['content_head']['accuracy']:.4f}")
-    for mode, by_set in results["text_modes"].items():
-        for name, numbers in by_set.items():
-            print(f"  text {mode:<14} features {name:<18} {numbers['leave_one_model_out_accuracy']:.4f}")
-    print(f"  refusal head on the JBB labels: {results['refusal_head_on_jbb']['accuracy']:.4f}; "
-          f"keyword: {results['keyword_accuracy_on_jbb']:.4f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.results, json.dumps(portable(results), indent=2) + "\n")
-    print(f"head written to {results['asset']}; results written to {args.results}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cmd_judge(sys.argv[1:]))

@@ -176,11 +176,6 @@ class NegalignConfig(TrainingArguments):
         if problems:
             raise ValueError("invalid negalign config:\n  " + "\n  ".join(problems))
 
-    def negalign_fields(self) -> dict:
-        """The negalign-specific settings (not the inherited Trainer ones), for logs and saved configs."""
-        inherited = {f.name for f in fields(TrainingArguments)}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in inherited}
-
 
 LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
            "deepspeed", "optim_target_modules", "fsdp"}  # inherited options that take lists or mappings

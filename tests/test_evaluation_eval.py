@@ -27,7 +27,7 @@ def inputs(tmp_path):
 def settings(model_dir, inputs, output, **overrides):
     values = dict(model=model_dir, reference=model_dir, output=str(output), prompt_files=[inputs["prompts"]],
                   data_dir=inputs["data_dir"], pairs=inputs["pairs"], max_pairs=4, max_new_tokens=6,
-                  batch_size=2, n_resamples=200, progress=False)
+                  batch_size=2, progress=False)
     return EvalSettings(**{**values, **overrides})
 
 
@@ -139,7 +139,7 @@ def test_cli_eval(tiny_model_dir, inputs, tmp_path, capsys):
 
     code = main(["eval", "--model", tiny_model_dir, "--prompts", inputs["prompts"], "--data-dir",
                  inputs["data_dir"], "--pairs", inputs["pairs"], "--max-pairs", "2", "--max-new-tokens", "4",
-                 "--output", str(tmp_path / "cli"), "--no-progress", "--n-resamples", "100"])
+                 "--output", str(tmp_path / "cli"), "--no-progress"])
     assert code == 0
     out = capsys.readouterr().out
     assert "prompts-harmful" in out and "benign_refusal" in out

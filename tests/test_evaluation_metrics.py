@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from negalign.evaluation import metrics
@@ -19,17 +18,6 @@ def test_rates_threshold_at_one_half():
     assert metrics.harmful_compliance_rate([])["rate"] is None
 
 
-def test_bootstrap_interval_contains_estimate_and_is_deterministic():
-    flags = [1] * 30 + [0] * 70
-    low, high = metrics.bootstrap_interval(flags, n_resamples=1000, seed=0)
-    assert low < 0.3 < high
-    # normal approximation: 0.3 +- 1.96 * sqrt(0.3 * 0.7 / 100) = [0.210, 0.390]
-    assert 0.19 <= low <= 0.23 and 0.37 <= high <= 0.41
-    assert metrics.bootstrap_interval(flags, seed=0) == (low, high)
-    assert metrics.bootstrap_interval(flags, seed=1) != (low, high)
-    assert metrics.bootstrap_interval([1, 1, 1]) == (1.0, 1.0)
-
-
 def test_rates_carry_wilson_intervals_honest_at_zero_and_one():
     # hand-computed: 30 of 100, z = 1.96: centre (0.3 + 0.019208) / 1.038416 = 0.30740,
     # spread 1.96 * sqrt(0.0021 + 0.00009604) / 1.038416 = 0.08846 -> [0.2189, 0.3958]
@@ -42,18 +30,6 @@ def test_rates_carry_wilson_intervals_honest_at_zero_and_one():
     low, high = metrics.wilson_interval(24, 24)
     assert high == 1.0 and low == pytest.approx(1 - 0.1380, abs=2e-4)
     assert metrics.wilson_interval(0, 0) == (None, None)
-
-
-def test_bootstrap_matches_an_explicit_resampling_loop():
-    values = [0.0, 1.0, 1.0, 0.0, 1.0]
-    rng = np.random.default_rng(7)
-    indices = rng.integers(0, 5, size=(200, 5))
-    stats = [np.mean(np.asarray(values)[row]) for row in indices]
-    expected = tuple(float(x) for x in np.percentile(stats, [2.5, 97.5]))
-    assert metrics.bootstrap_interval(values, n_resamples=200, seed=7) == pytest.approx(expected)
-    median = metrics.bootstrap_interval(values, np.median, n_resamples=200, seed=7)
-    assert median == tuple(float(x) for x in np.percentile([np.median(np.asarray(values)[r]) for r in indices],
-                                                            [2.5, 97.5]))
 
 
 def test_preference_accuracy_and_margin_by_hand():

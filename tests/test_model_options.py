@@ -60,7 +60,7 @@ def test_eval_honours_dtype_and_records_it(tiny_model_dir, tmp_path):
                        + "".join(f'"{p}",false\n' for p in BENIGN))
     code = main(["eval", "--model", tiny_model_dir, "--reference", tiny_model_dir, "--prompts", str(prompts),
                  "--data-dir", str(tmp_path / "none"), "--max-new-tokens", "3", "--no-kl", "--output",
-                 str(tmp_path / "eval"), "--no-progress", "--n-resamples", "50", "--dtype", "bfloat16",
+                 str(tmp_path / "eval"), "--no-progress", "--dtype", "bfloat16",
                  "--attn-implementation", "eager"])
     assert code == 0
     loaded = json.loads((tmp_path / "eval" / "eval.json").read_text())["model_loaded_as"]

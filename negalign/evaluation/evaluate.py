@@ -48,7 +48,6 @@ class EvalSettings:
     max_pairs: int | None = None  # default: max_prompts, else 200
     kl: bool = True  # with a reference: sample benign answers at temperature 1 and estimate KL
     judge_head: str | None = None
-    n_resamples: int = metrics.N_RESAMPLES
     overwrite: bool = False
     progress: bool = True
     wait: bool = False  # another process writing the output folder: wait for it instead of stopping
@@ -70,21 +69,20 @@ def held_out_pairs(path: str | os.PathLike, n: int) -> list[dict]:
     return complete_pairs(rows)[-n:] if n else []
 
 
-def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float], n_resamples: int, seed: int) -> dict:
+def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float]) -> dict:
     from negalign.evaluation.generate import answer_token_counts
     from negalign.evaluation.judge import keyword_complies
 
     answers = [row["completion"] for row in rows]
     keyword = keyword_complies(answers)
-    bootstrap = {"n_resamples": n_resamples, "seed": seed}
     rate = metrics.harmful_compliance_rate if suite.kind == "harmful" else metrics.benign_refusal_rate
     name = "harmful_compliance" if suite.kind == "harmful" else "benign_refusal"
     lengths = answer_token_counts(rows)
     return {
         "kind": suite.kind, "source": suite.source, "n": len(rows),
-        name: rate(complies, **bootstrap),
+        name: rate(complies),
         **({"short_compliance": metrics.short_compliance_rate(complies, answers)} if suite.kind == "harmful" else {}),
-        f"{name}_keyword": rate(keyword, **bootstrap),
+        f"{name}_keyword": rate(keyword),
         "mean_complies_probability": sum(complies) / len(complies) if complies else None,
         "answer_tokens": metrics.mean_length(lengths),
         "unfinished_fraction": sum(not row.get("finished") for row in rows) / len(rows) if rows else None,
@@ -174,7 +172,6 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     judge = HarmJudge.load(settings.judge_head)
     # the second head (content_judge.py): on harmful prompts, is the answer harmful content, not only compliance
     content_judge = load_content_judge(encoder=judge.encoder)
-    bootstrap = {"n_resamples": settings.n_resamples, "seed": settings.seed}
     results_by_suite, pooled, pooled_content, harmful_answers = {}, {"harmful": [], "benign": []}, [], []
     for suite in suites:
         rows = answers[suite.name]
@@ -187,21 +184,21 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
                        **({"harmful_content": round(content[i], 4)} if content else {}),
                        "n_tokens": row["n_tokens"], "finished": row.get("finished")}
                       for i, (p, row, c) in enumerate(zip(suite.prompts, rows, complies))])
-        results_by_suite[suite.name] = _suite_metrics(suite, rows, complies, settings.n_resamples, settings.seed)
+        results_by_suite[suite.name] = _suite_metrics(suite, rows, complies)
         if content is not None:
-            results_by_suite[suite.name]["harmful_content"] = metrics.harmful_compliance_rate(content, **bootstrap)
+            results_by_suite[suite.name]["harmful_content"] = metrics.harmful_compliance_rate(content)
             pooled_content.extend(content)
         pooled[suite.kind].extend(complies)
         if suite.kind == "harmful":
             harmful_answers.extend(completions)
     overall = {}
     if pooled["harmful"]:
-        overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"], **bootstrap)}
+        overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"])}
         if pooled_content:
-            overall["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content, **bootstrap)
+            overall["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content)
         overall["harmful"]["short_compliance"] = metrics.short_compliance_rate(pooled["harmful"], harmful_answers)
     if pooled["benign"]:
-        overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"], **bootstrap)}
+        overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"])}
     timings["judge"] = time.time() - clock
 
     reference = load_model(settings.reference, options).eval() if settings.reference else None
@@ -334,7 +331,6 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts or 200)")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (saves a sampling pass)")
     parser.add_argument("--judge-head", default=None, help="harm-judge head (default: the shipped one)")
-    parser.add_argument("--n-resamples", type=int, default=metrics.N_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     add_model_arguments(parser)
@@ -351,7 +347,7 @@ def cmd_eval(argv: list[str]) -> int:
         prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
         pairs=args.pairs, max_pairs=args.max_pairs, kl=not args.no_kl, judge_head=args.judge_head,
-        n_resamples=args.n_resamples, overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait,
+        overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait,
         model_options=model_options_from(args))
     result = evaluate(settings)  # bad input raises ValueError / OSError: negalign's main prints it in one line
     print(f"negalign eval: {settings.model} -> {result['output']}/eval.json")

@@ -6,6 +6,8 @@ max_steps, per_device_train_batch_size, bf16, save_steps, ...) is also a negalig
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass, field, fields
 
 from transformers import HfArgumentParser, TrainingArguments
@@ -178,7 +180,7 @@ class NegalignConfig(TrainingArguments):
 
 
 LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
-           "deepspeed", "optim_target_modules", "fsdp"}  # inherited options that take lists or mappings
+           "deepspeed", "optim_target_modules", "fsdp", "debug"}  # inherited options that take lists or mappings
 
 def parse_overrides(items: list[str]) -> dict:
     """`key=value` and `--key value` / `--key=value` items -> dict; values parsed as YAML scalars."""
@@ -201,6 +203,21 @@ def parse_overrides(items: list[str]) -> dict:
         result[key.replace("-", "_")] = yaml_scalar(value) if value != "" else None
         index += 1
     return result
+
+
+@functools.cache
+def _field_kinds() -> dict[str, list[str]]:
+    """Each field's declared type names ("str | bool" -> ["str", "bool"]), read from the annotations: the
+    dataclass fields' own `.type` is rewritten in place by HfArgumentParser (a `str | bool` field becomes `bool`
+    once any parser has been built in the process)."""
+    import typing
+
+    hints = typing.get_type_hints(NegalignConfig)
+    names = {}
+    for name, hint in hints.items():
+        parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        names[name] = [getattr(p, "__name__", str(p)) for p in parts if p is not type(None)] or ["NoneType"]
+    return names
 
 
 def load_config(path: str | None = None, overrides: dict | None = None) -> NegalignConfig:
@@ -233,7 +250,10 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
         if f.name not in values or values[f.name] is None:
             continue
         value = values[f.name]
-        kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).split(" |")[0]
+        kinds = _field_kinds()[f.name]
+        kind = kinds[0]
+        if (isinstance(value, bool) and "bool" in kinds) or (isinstance(value, str) and "str" in kinds):
+            continue  # a union field (e.g. the Trainer's `str | bool`) given a value of one of its types
         if kind in ("float", "int") and isinstance(value, str):
             try:
                 values[f.name] = value = float(value) if kind == "float" else int(value)

@@ -68,3 +68,27 @@ def test_cli_reports_bad_config_without_traceback(capsys, tmp_path):
     assert main(["train", "beta=-1", f"output_dir={tmp_path}"]) == 2
     assert "beta: must be > 0" in capsys.readouterr().err
     assert main(["nonsense"]) == 2
+
+
+def test_a_run_reproduces_from_its_own_record(tiny_model_dir, tmp_path):
+    """`negalign train --config RUN/negalign_config.yaml` is accepted and gives the same weights (it failed on
+    `debug: []`, which the Trainer's own post-processing writes as a list)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    data = tmp_path / "negatives.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "rejected": f"Bad answer {i}"}) + "\n"
+                            for i in range(4)))
+    first = tmp_path / "first"
+    assert main(["train", f"model={tiny_model_dir}", f"data={data}", "objective=npo", "max_steps=2",
+                 "per_device_train_batch_size=2", "learning_rate=1e-2", f"output_dir={first}",
+                 f"cache_dir={tmp_path / 'cache'}", "use_cpu=true", "max_length=64", "max_prompt_length=32",
+                 "save_strategy=no"]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(first / "negalign_config.yaml"), f"output_dir={again}"]) == 0
+    before, after = load_file(first / "model.safetensors"), load_file(again / "model.safetensors")
+    start = load_file(f"{tiny_model_dir}/model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], start[k]) for k in start)  # it trained

@@ -47,7 +47,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from negalign.config import recipe_defaults, split_config_flag
+    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
     from negalign.models import add_model_arguments
     from negalign.sampling import SamplingSettings
 
@@ -93,6 +93,7 @@ def cmd_sample(argv: list[str]) -> int:
                         help="skip the anchor report (refusal share, length, examples beside the human negatives) "
                         "printed and saved as OUTPUT.anchors.json")
     add_model_arguments(parser)
+    accept_underscore_spellings(parser)
     recipe, _ = split_config_flag(argv)
     if recipe:
         parser.set_defaults(**recipe_defaults(recipe, "sample"))

@@ -283,6 +283,10 @@ RECIPE_FOR = {
                "max_prompts": "max_prompts", "decontaminate": "no_decontaminate", "sampling_context": "sampling_context",
                "sampling_instruction": "sampling_instruction", "on_bad_row": "on_bad_row",
                "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
+    # the demo makes its own data and samples; it takes the model, seed and training budget a recipe sets
+    "demo": {"model": "model", "seed": "seed", "learning_rate": "learning_rate", "max_steps": "steps", "k": "k",
+             "sampling_context": "sampling_context", "sampling_instruction": "sampling_instruction",
+             "use_lora": "lora", "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
     # evaluate what the recipe trains (its output_dir) against where it starts (its model)
     "eval": {"output_dir": "model", "model": "reference", "seed": "seed", "max_prompt_length": "max_prompt_length",
              "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"},
@@ -321,3 +325,15 @@ def recipe_defaults(recipe: str, command: str) -> dict:
     if command == "sample" and out.get("k") is None:
         out.pop("k", None)  # k unset in a recipe means "every sample the file has": sample's own default then
     return {option: value for option, value in out.items() if value is not None}
+
+
+def accept_underscore_spellings(parser) -> None:
+    """Every `--dashed-option` of an argparse parser also answers to `--dashed_option`, the spelling of the
+    recipe keys and of `negalign train`: one spelling works for every command."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            if option.startswith("--") and "-" in option[2:]:
+                alias = "--" + option[2:].replace("-", "_")
+                if alias not in parser._option_string_actions:
+                    action.option_strings.append(alias)
+                    parser._option_string_actions[alias] = action

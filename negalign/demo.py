@@ -415,7 +415,15 @@ def cmd_demo(argv: list[str]) -> int:
                         "draw (default 1: all)")
     parser.add_argument("--sampling-instruction", default=None,
                         help="a system prompt used only while sampling the anchors, instead of the context")
+    parser.add_argument("--config", help="a training recipe (YAML): its model, seed, learning_rate, max_steps, k, "
+                        "sampling context and use_lora, checked as `negalign train` checks it; flags win")
     add_model_arguments(parser)
+    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
+
+    accept_underscore_spellings(parser)
+    recipe, _ = split_config_flag(argv)
+    if recipe:
+        parser.set_defaults(**recipe_defaults(recipe, "demo"))
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else "full"
     settings = DemoSettings(

@@ -298,7 +298,7 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from negalign.config import recipe_defaults, split_config_flag
+    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
 
     parser = argparse.ArgumentParser(
         prog="negalign eval", description="Answer held-out harmful and benign prompts, judge the answers "
@@ -334,6 +334,7 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     add_model_arguments(parser)
+    accept_underscore_spellings(parser)
     recipe, _ = split_config_flag(argv)
     if recipe:
         parser.set_defaults(**recipe_defaults(recipe, "eval"))

@@ -241,19 +241,13 @@ def apply_lora(model, config: NegalignConfig):
     return get_peft_model(model, lora)
 
 
-def add_refresher(trainer, config: NegalignConfig, tokenizer, items: list[dict],
-                  checkpoint: str | None = None) -> SampleRefresher:
-    """D2O `sampling: refresh`; on resume, reload the newest refresh the checkpoint had seen."""
-    prompts = list({item["prompt_key"]: item["prompt"] for item in items}.values())
-    refresher = SampleRefresher(config, tokenizer, items, prompts, trainer.reference)
-    refresher.trainer = trainer
-    trainer.add_callback(refresher)
+def resume_refresher(refresher: SampleRefresher, model, checkpoint: str | None) -> None:
+    """D2O `sampling: refresh` resumed: reload the newest refresh the checkpoint had seen."""
     if checkpoint:
         with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
             step = json.load(handle)["global_step"]
         logger.info("negalign: resumed at step %d with the samples refreshed at step %s",
-                       step, refresher.apply_latest(step, trainer.model))
-    return refresher
+                       step, refresher.apply_latest(step, model))
 
 
 def train(config: NegalignConfig | dict | str | None = None, **overrides) -> NegalignTrainer:
@@ -301,17 +295,18 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
             retain_reference = copy.deepcopy(model).eval().requires_grad_(False)
     if config.use_lora:
         model = apply_lora(model, config)
+    refresher = None
+    if config.sampling == "refresh":
+        prompts = list({item["prompt_key"]: item["prompt"] for item in prepared.items}.values())
+        refresher = SampleRefresher(config, tokenizer, prepared.items, prompts, reference)
     trainer = NegalignTrainer(model=model, args=config, train_dataset=prepared.items,
                               data_collator=functools.partial(collate, layout=layout,
                                                                 share_prompts=config.share_prompts),
-                              processing_class=tokenizer, layout=layout, reference=reference)
-    trainer.anchor_provenance = anchors
-    trainer.retain, trainer.retain_reference = retain, retain_reference
-    if retain_reference is not None:
-        retain_reference.to(trainer.args.device)
-    trainer.samples_from_reference = bool(anchors and anchors["from_reference"])
-    if config.sampling == "refresh":
-        add_refresher(trainer, config, tokenizer, prepared.items, checkpoint)
+                              processing_class=tokenizer, layout=layout, reference=reference,
+                              anchor_provenance=anchors, retain=retain, retain_reference=retain_reference,
+                              refresher=refresher)
+    if refresher is not None:
+        resume_refresher(refresher, trainer.model, checkpoint)
     if checkpoint and 0 < config.max_steps <= _step(checkpoint):
         # the run had finished its steps (a rerun, or a kill during the final save); Trainer would take one more
         # step past max_steps when resumed there, so load the checkpoint instead of training from it

@@ -94,17 +94,28 @@ class NegalignTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, layout: Layout, reference: Reference | None = None, **kwargs):
+    def __init__(self, *args, layout: Layout, reference: Reference | None = None,
+                 anchor_provenance: dict | None = None, retain=None, retain_reference=None, refresher=None,
+                 **kwargs):
+        """Collaborators, all optional: `reference` (negalign.reference.Reference; default: from the args),
+        `anchor_provenance` (where D2O's anchors came from, pipeline.anchor_provenance: written beside the saved
+        model, and whether d2o/kl_on_samples estimates a KL), `retain` (negalign.retain.RetainSet: rows mixed
+        into every step, apart from the feedback rows) with `retain_reference` (retain_loss kl without LoRA: a
+        frozen copy of the starting model), `refresher` (negalign.refresh.SampleRefresher, sampling: refresh)."""
         super().__init__(*args, **kwargs)
         self.layout = layout
         self.reference = reference or Reference(self.args, layout)
         self._metrics = defaultdict(list)
         self.pending_logs = {}  # extra values for the next log line (e.g. a sample refresh)
-        # D2O: were the anchors drawn from the reference with no sampling context? (training.anchor_provenance)
-        self.samples_from_reference = True
-        self.anchor_provenance: dict | None = None  # written beside the saved model (provenance.py)
-        self.retain = None  # negalign.retain.RetainSet: rows mixed into every step, apart from the feedback rows
-        self.retain_reference = None  # retain_loss kl without LoRA: a frozen copy of the starting model
+        self.anchor_provenance = anchor_provenance
+        # D2O: were the anchors drawn from the reference with no sampling context? (unknown: d2o/kl_on_samples,
+        # which estimates a KL only then, is not logged)
+        self.samples_from_reference = bool(anchor_provenance and anchor_provenance["from_reference"])
+        self.retain = retain
+        self.retain_reference = retain_reference.to(self.args.device) if retain_reference is not None else None
+        if refresher is not None:
+            refresher.trainer = self  # its refresh messages join the next log line
+            self.add_callback(refresher)
         self._retain_step, self._retain_micro = -1, 0
         self._plain_metrics = defaultdict(list)  # logged under their own names, not the objective's
         self.nonfinite_guard = NonFiniteGuard(self.args.max_nonfinite_steps)

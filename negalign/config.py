@@ -140,6 +140,14 @@ class NegalignConfig(TrainingArguments):
         return ModelOptions(dtype=self.model_dtype, device="cpu", attn_implementation=self.attn_implementation,
                             trust_remote_code=self.trust_remote_code)
 
+    def __getstate__(self):
+        """What pickling writes (the Trainer's training_args.bin in the run and in every checkpoint, and in a Hub
+        push): the settings with every secret blanked. The object in memory keeps them, for the push itself."""
+        state = dict(self.__dict__)
+        for name in secret_fields(state):
+            state[name] = None
+        return state
+
     def __post_init__(self):
         import torch
 
@@ -203,6 +211,12 @@ def parse_overrides(items: list[str]) -> dict:
         result[key.replace("-", "_")] = yaml_scalar(value) if value != "" else None
         index += 1
     return result
+
+
+def secret_fields(settings: dict) -> list[str]:
+    """Names of the settings that hold a secret: a string under a name ending in _token or _key (hub_token)."""
+    return [name for name, value in settings.items()
+            if isinstance(value, str) and value and (name.endswith("_token") or name.endswith("_key"))]
 
 
 @functools.cache

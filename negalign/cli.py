@@ -109,16 +109,15 @@ def cmd_sample(argv: list[str]) -> int:
     from negalign.sampling import SamplingSettings, prompts_for_sampling, sample
     from negalign.sampling_context import resolve_context
 
-    if args.k < 1:
-        parser.error(f"--k must be >= 1, got {args.k}")
     context = resolve_context(args.sampling_context, args.sampling_instruction)
-    sources = args.data if isinstance(args.data, list) else [args.data]  # a recipe's `data` is one source
-    folder = None if args.no_decontaminate else data_dir()
-    prompts = prompts_for_sampling(sources, args.output, args.max_prompts, folder, on_bad_row=args.on_bad_row)
+    # the settings first: a bad number stops here, before the data is read and the model loaded
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                                 max_prompt_length=args.max_prompt_length,
                                 context=context)
+    sources = args.data if isinstance(args.data, list) else [args.data]  # a recipe's `data` is one source
+    folder = None if args.no_decontaminate else data_dir()
+    prompts = prompts_for_sampling(sources, args.output, args.max_prompts, folder, on_bad_row=args.on_bad_row)
     with output_lock(args.output, "sampling", wait=args.wait):
         options = model_options_from(args)
         tokenizer, model = load_tokenizer(args.model, options.trust_remote_code), load_model(args.model, options)

@@ -46,6 +46,17 @@ class SamplingSettings:
     # chat messages placed before each prompt only while sampling (negalign.sampling_context); never trained on
     context: list[dict] | None = None
 
+    def __post_init__(self):
+        """Checked before any data is read or model loaded: one line naming the option (issue 33, finding 6:
+        a negative temperature sampled the inverted distribution, max_new_tokens -5 crashed after the load)."""
+        problems = [f"{name} must be >= {low}, got {getattr(self, name)}" for name, low in
+                    (("k", 1), ("max_new_tokens", 1), ("batch_size", 1), ("max_prompt_length", 1), ("temperature", 0))
+                    if getattr(self, name) < low]
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if problems:
+            raise ValueError("sampling settings: " + "; ".join(problems))
+
     def generation_key(self) -> dict:
         """Settings that change what is generated (batch_size does too when sampling: it changes the random
         draws; greedy answers do not depend on it, so a greedy file resumes under any batch size); the context

@@ -166,6 +166,10 @@ class NegalignConfig(TrainingArguments):
             problems += METHODS[self.objective].check(self)  # the method's own hyperparameters and data settings
         if self.k is not None and self.k < 0:
             problems.append(f"k: must be >= 0, got {self.k}")
+        # the optimizer would refuse these only after the model load and the reference pass (issue 33, finding 10)
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.refresh_every < 1:
             problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
         if self.sampling_context or self.sampling_instruction:

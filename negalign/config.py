@@ -167,7 +167,9 @@ class NegalignConfig(TrainingArguments):
         if self.k is not None and self.k < 0:
             problems.append(f"k: must be >= 0, got {self.k}")
         # the optimizer would refuse these only after the model load and the reference pass (issue 33, finding 10)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps"):
+        if self.learning_rate < 0:  # 0 is allowed: a run that only scores (the reference tests use it)
+            problems.append(f"learning_rate: must be >= 0, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.refresh_every < 1:

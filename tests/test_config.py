@@ -49,7 +49,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("beta", 0.0, "beta: must be > 0"), ("alpha", -1.0, "alpha: must be > 0"), ("k", -1, "k: must be >= 0"),
     ("objective", "ppo", "objective: unknown 'ppo'"), ("max_prompt_length", 600, "max_prompt_length"),
-    ("learning_rate", -1e-5, "learning_rate: must be > 0"), ("per_device_train_batch_size", 0,
+    ("learning_rate", -1e-5, "learning_rate: must be >= 0"), ("per_device_train_batch_size", 0,
                                                             "per_device_train_batch_size: must be > 0"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, key, value, message):

@@ -67,6 +67,16 @@ def _hand_mean_nll(model, tokenizer, examples):
     return sum(values) / len(values)
 
 
+def _anchor_examples() -> list[dict]:
+    """The examples of the anchors file the fixture writes, built in memory: the rows the hand sums run over."""
+    return build_examples([make_row(_user(p), f"I'm sorry, I can't help with {p.lower()} ({i})",
+                                    origin="self", sample_index=i, source=f"a:{i}")
+                           for p in HARMFUL for i in range(2)]
+                          + [make_row(_user(p), f"Plain answer {i}: {p}", origin="self", sample_index=i,
+                                      source=f"b:{i}") for p in BENIGN for i in range(2)],
+                          "context_distillation", k=2)
+
+
 def test_the_rows_are_d2os_anchors_prompt_for_prompt(anchors, tmp_path, smollm_tokenizer):
     from negalign.batches import prepare_items
 
@@ -97,12 +107,7 @@ def test_the_loss_is_the_mean_nll_of_the_anchor_tokens(anchors, tmp_path, tiny_m
     layout = METHODS["context_distillation"].layout(len(items[0]["sequences"]))
     trainer = NegalignTrainer(model=model, args=config, layout=layout, train_dataset=items)
     loss = trainer.compute_loss(model, collate(items, layout))
-    examples = build_examples([make_row(_user(p), f"I'm sorry, I can't help with {p.lower()} ({i})",
-                                        origin="self", sample_index=i, source=f"a:{i}")
-                               for p in HARMFUL for i in range(2)]
-                              + [make_row(_user(p), f"Plain answer {i}: {p}", origin="self", sample_index=i,
-                                          source=f"b:{i}") for p in BENIGN for i in range(2)],
-                              "context_distillation", k=2)
+    examples = _anchor_examples()
     want = _hand_mean_nll(model, smollm_tokenizer, examples)
     assert want > 10  # a random model: tens of nats per anchor, so the check below has something to match
     assert loss.item() == pytest.approx(want, rel=1e-5)
@@ -118,12 +123,7 @@ def test_the_loss_is_the_mean_nll_of_the_anchor_tokens(anchors, tmp_path, tiny_m
 def test_training_steps_lower_the_anchors_nll(anchors, tmp_path, tiny_model_dir, smollm_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    examples = build_examples([make_row(_user(p), f"I'm sorry, I can't help with {p.lower()} ({i})",
-                                        origin="self", sample_index=i, source=f"a:{i}")
-                               for p in HARMFUL for i in range(2)]
-                              + [make_row(_user(p), f"Plain answer {i}: {p}", origin="self", sample_index=i,
-                                          source=f"b:{i}") for p in BENIGN for i in range(2)],
-                              "context_distillation", k=2)
+    examples = _anchor_examples()
     trainer = negalign.train(model=tiny_model_dir, objective="context_distillation", data=anchors["anchors"], k=2,
                              max_steps=3, per_device_train_batch_size=len(examples), learning_rate=3e-3, seed=0,
                              output_dir=str(tmp_path / "out"), use_cpu=True, save_strategy="no", **MAX)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import negalign.decoding as decoding
 import negalign.sampling as sampling
 from negalign.models import load_tokenizer
-from negalign.sampling import SamplingSettings, generate_batch, sample
+from negalign.decoding import generate_batch
+from negalign.sampling import SamplingSettings, sample
 
 PROMPTS = [f"Question number {i}: {'why ' * (i % 4)}is the sky blue?" for i in range(7)]
 
@@ -129,9 +131,9 @@ def test_shared_prefill_generates_what_plain_generate_does(tiny):
 
 
 def test_shared_prefix_length():
-    assert sampling.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert sampling.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 3
-    assert sampling.shared_prefix_length([[7], [8, 9]]) == 0
+    assert decoding.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert decoding.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 3
+    assert decoding.shared_prefix_length([[7], [8, 9]]) == 0
 
 
 @pytest.mark.parametrize("compact_after,min_shared,prefill_rows,read_every",
@@ -170,12 +172,12 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(tiny, monkeyp
     eos = max({t for answer in plain for t in answer}, key=lambda t: len({len(cut(a, t)) for a in plain}))
     expected = [cut(answer, eos) for answer in plain]
     assert len({len(answer) for answer in expected}) >= 3  # e.g. ends at steps 2 and 4, others run to 8
-    monkeypatch.setattr(sampling, "COMPACT_AFTER", compact_after)
-    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", min_shared)
-    monkeypatch.setattr(sampling, "PREFILL_ROWS", prefill_rows)
-    monkeypatch.setattr(sampling, "READ_EVERY_ON_CPU", read_every)
+    monkeypatch.setattr(decoding, "COMPACT_AFTER", compact_after)
+    monkeypatch.setattr(decoding, "MIN_SHARED_PREFIX", min_shared)
+    monkeypatch.setattr(decoding, "PREFILL_ROWS", prefill_rows)
+    monkeypatch.setattr(decoding, "READ_EVERY_ON_CPU", read_every)
     assert len({len(prompt) for prompt in prompts}) >= 3  # groups of different widths
-    assert sampling.shared_prefix_length(prompts) >= 8
+    assert decoding.shared_prefix_length(prompts) >= 8
     stub = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     ours = generate_batch(model, stub, prompts, _settings(temperature=0.0, k=2, max_new_tokens=8), 0)
     assert ours == [[answer, answer] for answer in expected]
@@ -192,7 +194,7 @@ def test_nucleus_keeps_what_transformers_top_p_keeps(sharpness):
     torch.manual_seed(0)
     logits = torch.randn(5, 3000) * sharpness
     probs = logits.softmax(-1)
-    weights, indices = sampling.nucleus(probs, 0.9)
+    weights, indices = decoding.nucleus(probs, 0.9)
     ours = torch.zeros_like(probs).scatter(-1, indices, weights)
     theirs = TopPLogitsWarper(top_p=0.9)(None, logits.clone()).softmax(-1)
     assert torch.equal(ours > 0, theirs > 0)  # the same kept set...
@@ -204,7 +206,7 @@ def test_sampled_tokens_follow_the_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     settings = SamplingSettings(temperature=1.0, top_p=0.7)
     generator = torch.Generator().manual_seed(0)
-    draws = [int(sampling.next_tokens(probs.log(), settings, generator)) for _ in range(2000)]
+    draws = [int(decoding.next_tokens(probs.log(), settings, generator)) for _ in range(2000)]
     # mass above token 1 is 0.5 < 0.7: kept; above token 2 it is 0.8: cut. So draws are 0 or 1 at 5:3
     assert set(draws) == {0, 1}
     assert abs(draws.count(0) / len(draws) - 0.625) < 0.04
@@ -231,12 +233,12 @@ def test_the_cache_goes_by_the_keyword_the_model_takes(tiny):
 
     model, _ = tiny
     expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    assert list(sampling.with_cache(model, "C")) == [expected]
+    assert list(decoding.with_cache(model, "C")) == [expected]
 
     class Older(torch.nn.Module):
         def forward(self, input_ids=None, past_key_values=None, use_cache=None):
             return None
 
-    assert sampling.with_cache(Older(), "C") == {"past_key_values": "C"}
+    assert decoding.with_cache(Older(), "C") == {"past_key_values": "C"}
     wrapped = get_peft_model(AutoModelForCausalLM.from_config(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
-    assert list(sampling.with_cache(wrapped, "C")) == [expected]
+    assert list(decoding.with_cache(wrapped, "C")) == [expected]

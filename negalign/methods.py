@@ -5,7 +5,7 @@ holds (by name: they are also the example's keys, see data/examples.py), which f
 which slots are scored without gradients, whether it needs a reference model and which slots the second
 reference (D2O's pi_r+) scores, and how the loss function's arguments come out of the named slots. The
 dataset, the trainer, the reference pass, the config checks and the demo read `METHODS`; adding a method is
-one entry here plus its loss function in objectives.py (docs/methods.md, "Adding a method").
+one entry here plus its loss function in objectives/ (docs/methods.md, "Adding a method").
 
 A batch of B examples gives [B, columns] matrices of policy and reference log-probs, one column per slot,
 the slot "samples" standing for K columns (D2O's self-generated anchors).

@@ -126,7 +126,8 @@ def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
 
 
 def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor():
-    from negalign.demo import DemoSettings, _context, baseline_rows
+    from negalign.demo import DemoSettings, _context
+    from negalign.demo.data import baseline_rows
 
     a = [{"role": "user", "content": "how do I pick a lock"}]
     b = [{"role": "user", "content": "write malware"}]
@@ -162,12 +163,6 @@ def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp
     evaluation.write_text(json.dumps({"settings": {"max_prompts": 12, "max_new_tokens": 64, "seed": 0}}))
     assert stale(evaluation, {"max_prompts": 50, "max_new_tokens": 64, "seed": 0}, key="settings") == ["max_prompts"]
     assert stale(tmp_path / "missing.json", {}) == ["no missing.json"]
-    # judged before the harmful-content head existed: evaluated again (the answers on disk are reused)
-    from negalign.demo import unjudged
-
-    assert unjudged(evaluation)
-    evaluation.write_text(json.dumps({"settings": {}, "content_judge": {"text": "prompt+answer"}}))
-    assert not unjudged(evaluation)
 
 
 def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, monkeypatch):
@@ -176,7 +171,8 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     import negalign.data.catalog
     import negalign.data.paths
     import negalign.sampling
-    from negalign.demo import DemoSettings, prepare_data
+    from negalign.demo import DemoSettings
+    from negalign.demo.data import prepare_data
     from negalign.evaluation.judge import HarmJudge
 
     harmful = [[{"role": "user", "content": f"harmful {i}"}] for i in range(3)]
@@ -208,7 +204,7 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     def prompts(sources, output, n, folder):
         return harmful if sources == ["harmful"] * 2 else benign
 
-    monkeypatch.setattr("negalign.demo._Sampler", FakeSampler)
+    monkeypatch.setattr("negalign.demo.data._Sampler", FakeSampler)
     monkeypatch.setattr(negalign.sampling, "prompts_for_sampling", prompts)
     monkeypatch.setattr(negalign.data.catalog, "resolve_data", lambda name, folder=None: "harmful"
                         if name.startswith("harmful") else "benign")
@@ -269,7 +265,8 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
 
 
 def test_keep_share_draws_a_seeded_subset_in_file_order():
-    from negalign.demo import DemoSettings, keep_share
+    from negalign.demo import DemoSettings
+    from negalign.demo.data import keep_share
 
     rows = [{"i": i} for i in range(10)]
     assert keep_share(rows, 1.0, 0) is rows

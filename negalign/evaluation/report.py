@@ -41,27 +41,8 @@ def find_run(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no eval.json, eval/eval.json or train_log.json")
     label_folder = folder.parent if folder.name == "eval" else folder
     load = lambda f: json.loads(Path(f).read_text(encoding="utf-8")) if f else None  # noqa: E731
-    evaluation = load(eval_file)
-    if evaluation and eval_file is not None:
-        _add_short_compliance(evaluation, eval_file.parent / "answers")
-    return {"label": label_folder.resolve().name, "path": str(path), "eval": evaluation,
+    return {"label": label_folder.resolve().name, "path": str(path), "eval": load(eval_file),
             "train_log": load(train_file)}
-
-
-def _add_short_compliance(evaluation: dict, answers: Path) -> None:
-    """Evaluations made before short_compliance existed: counted from their judged answers when those are on
-    disk (the same pure function `negalign eval` uses), so old and new runs read alike."""
-    from negalign.evaluation.metrics import short_compliance_rate
-
-    harmful = evaluation.get("harmful")
-    if not harmful or "short_compliance" in harmful:
-        return
-    harmful_suites = [name for name, s in evaluation.get("suites", {}).items() if s.get("kind") == "harmful"]
-    files = [answers / f"{name}.judged.jsonl" for name in harmful_suites]
-    if not harmful_suites or not all(f.exists() for f in files):
-        return
-    rows = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-    harmful["short_compliance"] = short_compliance_rate([r["complies"] for r in rows], [r["completion"] for r in rows])
 
 
 def _unique_labels(runs: list[dict]) -> None:
@@ -73,20 +54,8 @@ def _unique_labels(runs: list[dict]) -> None:
             run["label"] = f"{run['label']}-{count + 1}"
 
 
-def as_wilson(entry: dict | None) -> dict | None:
-    """A rate entry with the Wilson 95 % interval: evaluations written before negalign used Wilson carry a
-    bootstrap interval ([0, 0] at a rate of 0), recomputed here from the rate and n."""
-    if not entry or entry.get("interval") == "wilson" or entry.get("rate") is None or not entry.get("n"):
-        return entry
-    from negalign.evaluation.metrics import wilson_interval
-
-    count = round(entry["rate"] * entry["n"])
-    low, high = wilson_interval(count, entry["n"])
-    return {**entry, "low": low, "high": high, "count": count, "interval": "wilson"}
-
-
 def suite_rate(suite: dict) -> dict:
-    return as_wilson(suite["harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"])
+    return suite["harmful_compliance" if suite["kind"] == "harmful" else "benign_refusal"]
 
 
 def summarise(run: dict) -> dict:
@@ -95,10 +64,10 @@ def summarise(run: dict) -> dict:
     if ev:
         out["model"] = ev.get("model")
         out["reference"] = ev.get("reference")
-        out["harmful_compliance"] = as_wilson((ev.get("harmful") or {}).get("harmful_compliance"))
-        out["benign_refusal"] = as_wilson((ev.get("benign") or {}).get("benign_refusal"))
-        out["harmful_content"] = as_wilson((ev.get("harmful") or {}).get("harmful_content"))  # second judge head
-        out["short_compliance"] = (ev.get("harmful") or {}).get("short_compliance")  # absent before it existed
+        out["harmful_compliance"] = (ev.get("harmful") or {}).get("harmful_compliance")
+        out["benign_refusal"] = (ev.get("benign") or {}).get("benign_refusal")
+        out["harmful_content"] = (ev.get("harmful") or {}).get("harmful_content")  # second judge head
+        out["short_compliance"] = (ev.get("harmful") or {}).get("short_compliance")
         out["suites"] = {name: {"kind": s["kind"], **suite_rate(s), "answer_tokens": s.get("answer_tokens"),
                                 "repeated_3gram_fraction": s.get("repeated_3gram_fraction")}
                          for name, s in ev.get("suites", {}).items()}
@@ -110,7 +79,6 @@ def summarise(run: dict) -> dict:
         out["preference_accuracy"] = pref.get("accuracy")
         out["mean_margin"] = pref.get("mean_margin")
         out["chosen_nll_per_token"] = pref.get("chosen_nll_per_token")
-        out["heldout_nll"] = pref.get("chosen_nll_per_token")  # per token, on held-out chosen answers
         out["kl"] = (ev.get("kl") or {}).get("kl")
         answered = [s for s in ev.get("suites", {}).values()]
         total = sum(s["n"] for s in answered)

@@ -15,7 +15,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
-from negalign.sampling import SamplingSettings
+from negalign.settings import SamplingSettings
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
 _SAMPLING = SamplingSettings()  # the one set of sampling defaults (negalign sample uses them too)

@@ -7,10 +7,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "negalign"
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
         modules[name] = path
 
     def resolve(name: str) -> str | None:
@@ -71,3 +71,25 @@ def test_the_package_has_no_import_circles():
     graph = import_graph()
     assert "negalign.trainer" in graph and "negalign.methods" in graph["negalign.trainer"]  # the graph is read
     assert circles(graph) == []
+
+
+def _config_walk():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "config_walk.py"
+    spec = importlib.util.spec_from_file_location("config_walk", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_following_config_through_a_training_run_stays_short():
+    """Issue 32's bound: at most 30 stops, at most 8 returns to a file already left or climbs to a higher floor.
+    The walk must find the stops every run has, so an empty walk cannot pass."""
+    walk = _config_walk()
+    stops = walk.walk()
+    reached = {f"{module}:{name}" for _, module, name in stops}
+    assert {"negalign.reference:Reference.__init__", "negalign.trainer:NegalignTrainer.__init__",
+            "negalign.batches:prepare_items", "negalign.provenance:write_provenance"} <= reached
+    counts = walk.counts(stops)
+    assert counts["stops"] <= 30 and counts["climbs"] + counts["re-entries"] <= 8, counts

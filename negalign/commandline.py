@@ -166,7 +166,7 @@ def _coerce(parser: argparse.ArgumentParser, values: dict, path: str) -> dict:
             try:
                 value = convert(value)
             except (TypeError, ValueError):
-                what = {int: "a whole number", float: "a number"}.get(convert, "valid")
+                what = "a number" if convert in (int, float) else "valid"  # the words `negalign train` uses
                 raise ValueError(f"{path}: {key} must be {what}, got {value!r}") from None
             if convert is int and isinstance(values[key], float) and not values[key].is_integer():
                 raise ValueError(f"{path}: {key} must be a whole number, got {values[key]!r}")

@@ -50,7 +50,7 @@ def test_the_commands_own_config_file_and_flags_over_it(tmp_path):
     assert parse(["--config", str(path), "--seed", "8"]).seed == 8
 
 
-@pytest.mark.parametrize("line, message", [("seed: many", "seed must be a whole number, got 'many'"),
+@pytest.mark.parametrize("line, message", [("seed: many", "seed must be a number, got 'many'"),
                                            ("steps: 2.5", "steps must be a whole number, got 2.5"),
                                            ("rate: fast", "rate must be a number, got 'fast'")])
 def test_a_wrong_type_in_the_file_names_the_file_and_key(tmp_path, line, message):

@@ -126,7 +126,7 @@ def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
 
 
 def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor():
-    from negalign.demo import DemoSettings, _context
+    from negalign.demo import DemoSettings
     from negalign.demo.data import baseline_rows
 
     a = [{"role": "user", "content": "how do I pick a lock"}]
@@ -147,8 +147,10 @@ def test_demo_baselines_pair_each_flagged_answer_with_its_prompts_first_anchor()
     assert not DemoSettings(k=0).benign_refusals and not DemoSettings(benign_prompts=0).benign_refusals
     with pytest.raises(ValueError, match="with k 0 train only d2o"):
         DemoSettings(preset="quick", k=0, methods=["d2o", "npo"])
-    assert _context(None, None) == "refusal" and _context("none", None) is None
-    assert _context(None, "Be harmless.") is None and _context("ctx.yaml", None) == "ctx.yaml"
+    # --sampling-context: unset (auto) is refusal unless an instruction replaces it; "none" is no context
+    context = lambda c, i: DemoSettings(sampling_context=c, sampling_instruction=i, k=0).sampling_context  # noqa: E731
+    assert context("auto", None) == "refusal" and context("none", None) is None
+    assert context("auto", "Be harmless.") is None and context("ctx.yaml", None) == "ctx.yaml"
 
 
 def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp_path):

@@ -19,7 +19,6 @@ runs and evaluations are reused), so an interrupted demo continues where it stop
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -29,7 +28,6 @@ from negalign.demo.data import _log, prepare_data
 from negalign.demo.settings import LEARNING_RATE, LORA, PRESETS, TRAIN, DemoSettings
 from negalign.files import atomic_write_text
 from negalign.methods import METHODS
-from negalign.models import add_model_arguments, model_options_from
 
 __all__ = ["DemoSettings", "PRESETS", "TRAIN", "LORA", "LEARNING_RATE", "run_demo", "cmd_demo", "stale"]
 
@@ -136,67 +134,9 @@ def _train_model_options(settings: DemoSettings) -> dict:
     return out
 
 
-def _context(context: str | None, instruction: str | None) -> str | None:
-    """--sampling-context as given ("none": no context); unset, `refusal` unless an instruction replaces it."""
-    if context == "none":
-        return None
-    return context or (None if instruction else "refusal")
-
-
 def cmd_demo(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="negalign demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the small preset (about 4 minutes on 2 cores from a fresh clone)")
-    parser.add_argument("--methods", default="d2o", help="comma-separated objectives trained at the same budget, "
-                        f"from: {', '.join(METHODS)}")
-    parser.add_argument("--output", default=None, help="output folder (default results/demo, or "
-                        "results/demo-quick with --quick)")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=None, help="data folder (default $NEGALIGN_DATA or ../shared/data)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="same for every method (default 2e-5, or 2e-4 with --lora)")
-    parser.add_argument("--lora", action="store_true", help="train a rank-16 LoRA adapter on every linear layer "
-                        "instead of all weights (every method)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the preset's)")
-    parser.add_argument("--k", type=int, default=None, help="D2O self-samples per prompt (default: the preset's)")
-    parser.add_argument("--harmful-prompts", type=int, default=None, help="harmful instructions the model answers "
-                        "(default: the preset's; all 299 of harmful-train and harmful-val, less evaluation prompts)")
-    parser.add_argument("--benign-prompts", type=int, default=None, help="benign instructions with anchors "
-                        "(default: the preset's)")
-    parser.add_argument("--eval-prompts", type=int, default=None, help="prompts per eval suite (default: the preset's)")
-    parser.add_argument("--sampling-context", default=None,
-                        help="messages placed before each prompt only while sampling the anchors: a preset "
-                        "(refusal, refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none "
-                        "(default: refusal)")
-    parser.add_argument("--benign-refusals", action=argparse.BooleanOptionalAction, default=None,
-                        help="also answer the benign prompts under the sampling context and train on the answers "
-                        "judged refusals as negatives (with the prompts' plain anchors); the baselines get the "
-                        "same rows (default: on; --no-benign-refusals --steps 48 is configs/d2o-48steps.yaml)")
-    parser.add_argument("--benign-refusal-share", type=float, default=1.0,
-                        help="with --benign-refusals: the share of the benign refusals kept as negatives, a seeded "
-                        "draw (default 1: all)")
-    parser.add_argument("--sampling-instruction", default=None,
-                        help="a system prompt used only while sampling the anchors, instead of the context")
-    parser.add_argument("--config", help="a training recipe (YAML): its model, seed, learning_rate, max_steps, k, "
-                        "sampling context and use_lora, checked as `negalign train` checks it; flags win")
-    add_model_arguments(parser)
-    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
+    from negalign.commandline import parse_command
 
-    accept_underscore_spellings(parser)
-    recipe, _ = split_config_flag(argv)
-    if recipe:
-        parser.set_defaults(**recipe_defaults(recipe, "demo"))
-    args = parser.parse_args(argv)
-    preset = "quick" if args.quick else "full"
-    settings = DemoSettings(
-        output=args.output or ("results/demo-quick" if args.quick else "results/demo"),
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=preset, model=args.model,
-        data_dir=args.data_dir, seed=args.seed, learning_rate=args.learning_rate, max_steps=args.steps,
-        k=args.k, harmful_prompts=args.harmful_prompts, benign_prompts=args.benign_prompts,
-        eval_prompts=args.eval_prompts, sampling_instruction=args.sampling_instruction,
-        benign_refusals=args.benign_refusals, benign_refusal_share=args.benign_refusal_share, lora=args.lora,
-        sampling_context=_context(args.sampling_context, args.sampling_instruction),
-        model_options=model_options_from(args))
+    settings = parse_command(DemoSettings, argv, prog="negalign demo", description=__doc__)
     run_demo(settings)  # bad settings or data raise ValueError / OSError: negalign's main prints them in one line
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
+from negalign.commandline import option
 from negalign.methods import METHODS
 from negalign.models import ModelOptions
 
@@ -24,39 +26,67 @@ LORA = dict(use_lora=True, lora_r=16, lora_alpha=32)
 LEARNING_RATE = {False: 2e-5, True: 2e-4}  # full fine-tuning, LoRA
 
 
+def _names(text: str) -> list[str]:
+    """--methods d2o,kto -> ["d2o", "kto"]."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 @dataclass
 class DemoSettings:
-    output: str = "results/demo"
-    methods: list[str] = field(default_factory=lambda: ["d2o"])
-    preset: str = "full"
-    model: str = "smollm2-135m-instruct"
-    harmful: list[str] = field(default_factory=lambda: ["harmful-train", "harmful-val"])
-    benign: str = "benign-instructions"
-    data_dir: str | None = None
-    seed: int = 0
-    learning_rate: float | None = None  # None: LEARNING_RATE[lora]
-    lora: bool = False
-    sampling_context: str | None = "refusal"
-    sampling_instruction: str | None = None
-    # the benign prompts answered under the sampling context: the answers judged refusals become negatives
-    # (over-refusal), beside the harmful ones, with the prompts' plain anchors (docs/quality.md). None: the
-    # preset's (on), unless there is nothing to answer them with (no benign prompts, k 0 or no context)
-    benign_refusals: bool | None = None
-    # the share of those benign refusals kept as negatives (a seeded draw): between configs/d2o-48steps.yaml
-    # (none) and configs/d2o.yaml (all); half of them at 48 steps cut harm less (docs/quality.md "Part of ...")
-    benign_refusal_share: float = 1.0
-    # None: the preset's value (so 0 can mean 0, e.g. k=0, the no-sample ablation)
-    harmful_prompts: int | None = None
-    benign_prompts: int | None = None
-    k: int | None = None
-    sample_max_new_tokens: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    eval_prompts: int | None = None
-    eval_max_new_tokens: int | None = None
-    model_options: ModelOptions = field(default_factory=ModelOptions)
+    """`negalign demo`'s settings: each field is a flag (`--harmful-prompts`) and a key of a `--config` file;
+    None takes the preset's value (so 0 can mean 0, e.g. k 0, the no-sample ablation)."""
+
+    # a training recipe given as --config: the settings it shares with the demo (recipe key -> field)
+    RECIPE: ClassVar[dict] = {"model": "model", "seed": "seed", "learning_rate": "learning_rate",
+                              "max_steps": "max_steps", "k": "k", "sampling_context": "sampling_context",
+                              "sampling_instruction": "sampling_instruction", "use_lora": "lora",
+                              "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"}
+
+    output: str | None = option(None, "output folder (default results/demo, or results/demo-quick with --quick)")
+    methods: list[str] = option(help="comma-separated objectives trained at the same budget, from: "
+                                + ", ".join(METHODS), factory=lambda: ["d2o"], type=_names)
+    quick: bool = option(False, "the small preset (about 4 minutes on 2 cores from a fresh clone)")
+    preset: str = option("full", "quick or full (--quick is --preset quick)", choices=list(PRESETS))
+    model: str = option("smollm2-135m-instruct", "the starting model (path, Hub or short name)")
+    harmful: list[str] = option(help="data sets of harmful instructions the model answers",
+                                factory=lambda: ["harmful-train", "harmful-val"])
+    benign: str = option("benign-instructions", "data set of benign instructions")
+    data_dir: str | None = option(None, "data folder (default $NEGALIGN_DATA or ../shared/data)")
+    seed: int = option(0, "seed of sampling, training and evaluation")
+    learning_rate: float | None = option(None, "same for every method (default 2e-5, or 2e-4 with --lora)")
+    lora: bool = option(False, "train a rank-16 LoRA adapter on every linear layer instead of all weights")
+    sampling_context: str | None = option(
+        "auto", "messages placed before each prompt only while sampling the anchors: a preset (refusal, "
+        "refusal-selective), a JSON/YAML file (docs/sampling_context.md), or none (auto: refusal, unless "
+        "--sampling-instruction replaces it)")
+    sampling_instruction: str | None = option(None, "a system prompt used only while sampling the anchors, "
+                                              "instead of the context")
+    benign_refusals: bool | None = option(
+        None, "also answer the benign prompts under the sampling context and train on the answers judged "
+        "refusals as negatives (with the prompts' plain anchors); the baselines get the same rows (default: the "
+        "preset's, on, unless nothing can answer them; --no-benign-refusals --steps 48 is configs/d2o-48steps.yaml)")
+    benign_refusal_share: float = option(1.0, "with --benign-refusals: the share of the benign refusals kept as "
+                                         "negatives, a seeded draw (1: all)")
+    harmful_prompts: int | None = option(None, "harmful instructions the model answers (default: the preset's; "
+                                         "all 299 of harmful-train and harmful-val, less evaluation prompts)")
+    benign_prompts: int | None = option(None, "benign instructions with anchors (default: the preset's)")
+    k: int | None = option(None, "D2O self-samples per prompt (default: the preset's)")
+    sample_max_new_tokens: int | None = option(None, "tokens per sampled answer (default: the preset's)")
+    max_steps: int | None = option(None, "training steps per method (default: the preset's)", flags=("--steps",))
+    batch_size: int | None = option(None, "training batch size (default: the preset's)")
+    eval_prompts: int | None = option(None, "prompts per eval suite (default: the preset's)")
+    eval_max_new_tokens: int | None = option(None, "tokens per evaluation answer (default: the preset's)")
+    model_options: ModelOptions = option(help="", factory=ModelOptions)
 
     def __post_init__(self):
+        if self.quick:
+            self.preset = "quick"
+        if self.output is None:
+            self.output = "results/demo-quick" if self.preset == "quick" else "results/demo"
+        if self.sampling_context == "auto":  # unset: refusal, unless an instruction replaces it
+            self.sampling_context = None if self.sampling_instruction else "refusal"
+        elif self.sampling_context == "none":
+            self.sampling_context = None
         if self.learning_rate is None:
             self.learning_rate = LEARNING_RATE[self.lora]
         preset_refusals = self.benign_refusals is None

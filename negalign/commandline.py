@@ -145,8 +145,6 @@ def file_defaults(cls, path: str) -> dict:
     out = {}
     for key, name in getattr(cls, "RECIPE", {}).items():
         value = getattr(config, key)
-        if name.startswith("not "):  # a recipe switch the command spells the other way round
-            name, value = name[4:], not value
         if key in given or key in getattr(cls, "RECIPE_DEFAULTS_TOO", ()):
             out[name] = value
     return {name: value for name, value in out.items() if value is not None}

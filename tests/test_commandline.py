@@ -10,7 +10,7 @@ from negalign.models import ModelOptions
 
 @dataclass
 class Toy:
-    RECIPE = {"model": "model", "seed": "seed", "output_dir": "target", "decontaminate": "not keep_all"}
+    RECIPE = {"model": "model", "seed": "seed", "output_dir": "target", "decontaminate": "keep_all"}
 
     model: str = option(help="the model")
     seed: int = option(0, "seed")
@@ -65,8 +65,8 @@ def test_a_training_recipe_gives_the_shared_settings_under_the_commands_names(tm
     path = tmp_path / "recipe.yaml"
     path.write_text("model: m\nobjective: d2o\nseed: 7\noutput_dir: runs/r\ndata: d.jsonl\ndecontaminate: false\n")
     toy = parse(["--config", str(path)])
-    # output_dir -> target, decontaminate false -> keep_all true; objective and data are training's alone
-    assert (toy.model, toy.seed, toy.target, toy.keep_all) == ("m", 7, "runs/r", True)
+    # output_dir -> target, decontaminate -> keep_all; objective and data are training's alone
+    assert (toy.model, toy.seed, toy.target, toy.keep_all) == ("m", 7, "runs/r", False)
 
 
 def test_a_recipe_with_an_unknown_key_stops_in_one_line(tmp_path):

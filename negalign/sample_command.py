@@ -1,0 +1,118 @@
+"""`negalign sample`: K self-samples per prompt into a resumable jsonl cache, from flags or a recipe.
+
+The command's settings are one dataclass (SampleCommand) whose fields are its flags and the keys of a
+`--config` file; a training recipe given as `--config` passes the settings it shares with sampling, so the
+samples are the ones that recipe trains on.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+from negalign.commandline import option, parse_command
+from negalign.models import ModelOptions
+from negalign.settings import SamplingSettings
+
+_DEFAULTS = SamplingSettings()  # one set of sampling defaults: here, in recipes, in refreshes
+
+
+@dataclass
+class SampleCommand:
+    # a training recipe as --config: recipe key -> field
+    RECIPE: ClassVar[dict] = {
+        "model": "model", "data": "data", "samples": "output", "k": "k", "seed": "seed",
+        "sample_max_new_tokens": "max_new_tokens", "sample_temperature": "temperature", "sample_top_p": "top_p",
+        "sample_batch_size": "batch_size", "max_prompt_length": "max_prompt_length", "max_prompts": "max_prompts",
+        "decontaminate": "decontaminate", "sampling_context": "sampling_context",
+        "sampling_instruction": "sampling_instruction", "on_bad_row": "on_bad_row",
+        "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"}
+    # taken from a recipe even where it leaves them at their defaults, so that sampling and training agree
+    RECIPE_DEFAULTS_TOO: ClassVar[tuple] = ("sample_max_new_tokens", "sample_temperature", "sample_top_p",
+                                            "sample_batch_size")
+
+    data: list[str] | None = option(None, "feedback file(s) or data set(s) whose prompts are sampled, in order, "
+                                    "duplicates once (required without --config)")
+    output: str | None = option(None, "samples jsonl; a .meta.json is written beside it (default with --config: "
+                                "the recipe's `samples`)")
+    model: str = option("smollm2-135m-instruct", "sampling policy (path, Hub or short name)")
+    k: int = option(_DEFAULTS.k, "answers per prompt")
+    max_new_tokens: int = option(_DEFAULTS.max_new_tokens, "tokens per answer")
+    temperature: float = option(_DEFAULTS.temperature, "0 = greedy")
+    top_p: float = option(_DEFAULTS.top_p, "nucleus sampling's probability mass")
+    seed: int = option(_DEFAULTS.seed, "seed of the random draws")
+    batch_size: int = option(_DEFAULTS.batch_size, "prompts per batch (x K rows decoded together)")
+    max_prompt_length: int = option(_DEFAULTS.max_prompt_length, "prompt tokens kept (the last ones)")
+    max_prompts: int | None = option(None, "only the first N distinct prompts (that are not evaluation prompts, "
+                                     "as in training)")
+    decontaminate: bool = option(True, "leave out prompts that duplicate an evaluation prompt, as training does "
+                                 "(--no-decontaminate samples them too)")
+    sampling_context: str | None = option(None, "chat messages placed before each prompt only while sampling: a "
+                                          "preset (refusal, refusal-selective) or a JSON/YAML file of {role, "
+                                          "content} messages (docs/sampling_context.md)")
+    sampling_instruction: str | None = option(None, "system prompt used only while sampling: the one-message "
+                                              "case of --sampling-context")
+    bf16: bool = option(False, "bf16 autocast while generating (float32 weights; --dtype bfloat16 loads bf16 "
+                        "weights instead)")
+    on_bad_row: str = option("error", "stop at a bad data row, or skip and count bad rows",
+                             choices=["error", "skip"])
+    overwrite: bool = option(False, "regenerate even if the output exists")
+    wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")
+    anchor_report: bool = option(True, "print the anchor report (refusal share, length, examples beside the human "
+                                 "negatives) and save it as OUTPUT.anchors.json")
+    model_options: ModelOptions = option(help="", factory=ModelOptions)
+
+    def sampling_settings(self) -> SamplingSettings:
+        """The generation settings, checked (a bad number stops here, before data or model are read)."""
+        from negalign.sampling_context import resolve_context
+
+        return SamplingSettings(k=self.k, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
+                                max_prompt_length=self.max_prompt_length,
+                                context=resolve_context(self.sampling_context, self.sampling_instruction))
+
+
+def cmd_sample(argv: list[str]) -> int:
+    command = parse_command(
+        SampleCommand, argv, prog="negalign sample",
+        description="Generate K self-samples per prompt into a resumable jsonl cache (rerun the same command to "
+        "continue after an interruption).",
+        epilog="--config RECIPE takes the model, data, samples file (as --output), k, sampling settings and "
+        "context from a training recipe, so the samples are the ones that recipe trains on; flags win.")
+    for needed in ("data", "output"):
+        if not getattr(command, needed):
+            raise ValueError(f"--{needed} is required (or a --config recipe that sets it)")
+    return run_sample(command)
+
+
+def run_sample(command: SampleCommand) -> int:
+    import torch
+
+    from negalign.data.paths import data_dir
+    from negalign.locks import output_lock
+    from negalign.models import load_model, load_tokenizer, loaded_as
+    from negalign.sampling import prompts_for_sampling, sample
+
+    settings = command.sampling_settings()
+    sources = command.data if isinstance(command.data, list) else [command.data]  # a recipe's `data` is one
+    folder = data_dir() if command.decontaminate else None
+    prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
+                                   on_bad_row=command.on_bad_row)
+    with output_lock(command.output, "sampling", wait=command.wait):
+        options = command.model_options
+        tokenizer = load_tokenizer(command.model, options.trust_remote_code)
+        model = load_model(command.model, options)
+        print(f"negalign sample: {command.model} loaded as {loaded_as(model)}", file=sys.stderr)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=command.bf16):
+            report = sample(model, tokenizer, prompts, command.output, settings, model_id=command.model,
+                            overwrite=command.overwrite)
+    print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
+          f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
+    if command.anchor_report:
+        from negalign.anchors import REPORT_SUFFIX, format_report, report_samples_file
+
+        print(format_report(report_samples_file(command.output, sources[0] if len(sources) == 1 else None,
+                                                on_bad_row=command.on_bad_row)))
+        print(f"negalign: anchor report -> {command.output}{REPORT_SUFFIX}")
+    return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SHORT_NAMES = {
@@ -95,13 +95,27 @@ def adapter_base(folder: str) -> str | None:
     return bundled_short_name(base) or os.path.expanduser(base)
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer, with a pad token (its EOS where it has none) and, if given, another chat template (a Jinja
+    file or the template itself, `resolve_chat_template`), which a trained model's saved tokenizer then keeps."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(chat_template)
     return tokenizer
+
+
+def resolve_chat_template(value: str) -> str:
+    """A chat template given as a file (its text) or as the Jinja template itself; anything else is refused
+    (a mistyped file name must not become a template that renders its own name)."""
+    if os.path.isfile(os.path.expanduser(value)):
+        return Path(os.path.expanduser(value)).read_text(encoding="utf-8")
+    if "{%" in value or "{{" in value:
+        return value
+    raise ValueError(f"chat_template: {value!r} is neither a file nor a Jinja template (no {{% or {{{{ in it)")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -113,14 +127,22 @@ class ModelOptions:
     `train`. "auto" picks a CUDA GPU when there is one, with bf16 weights there, and fp32 on a CPU, where
     bf16 is emulated on most processors (about 40x slower than fp32 without AVX512-BF16)."""
 
-    dtype: str = "auto"
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps, meta
-    attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2 (default: the model's)
-    trust_remote_code: bool = False  # run code shipped with a Hub model: off unless asked for
+    # the metadata's help is each option's flag help (negalign.commandline)
+    dtype: str = field(default="auto", metadata={"help": "weights' dtype (auto: bfloat16 on a CUDA GPU, float32 "
+                                                 "on a CPU)", "argparse": {"choices": DTYPES}})
+    device: str = field(default="auto", metadata={"help": "auto (a CUDA GPU if there is one, else cpu), cpu, cuda, "
+                                                  "cuda:N, mps"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel (sdpa, eager, "
+                                            "flash_attention_2, ...; default: the model's)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow code shipped with a Hub model"})
+    chat_template: str | None = field(default=None, metadata={"help": "a chat template replacing the tokenizer's: "
+                                      "a Jinja file, or the template itself"})
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.chat_template is not None:
+            resolve_chat_template(self.chat_template)  # a wrong file name stops here, before any model loads
 
     def torch_device(self):
         import torch
@@ -153,11 +175,13 @@ def add_model_arguments(parser) -> None:
     group.add_argument("--attn-implementation", default=None, help="attention kernel (sdpa, eager, flash_attention_2, "
                        "...; default: the model's)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a Hub model")
+    group.add_argument("--chat-template", default=None, help="a chat template replacing the tokenizer's: a Jinja "
+                       "file, or the template itself")
 
 
 def model_options_from(args) -> ModelOptions:
     return ModelOptions(dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
-                        trust_remote_code=args.trust_remote_code)
+                        trust_remote_code=args.trust_remote_code, chat_template=args.chat_template)
 
 
 def load_model(name_or_path: str, options: ModelOptions | None = None):

@@ -57,7 +57,8 @@ class SampleCommand:
                         "weights instead)")
     on_bad_row: str = option("error", "stop at a bad data row, or skip and count bad rows",
                              choices=["error", "skip"])
-    overwrite: bool = option(False, "regenerate even if the output exists")
+    overwrite: bool = option(False, "regenerate even if the output exists (what is there is moved aside to "
+                             "OUTPUT.replaced-<time>)")
     wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")
     anchor_report: bool = option(True, "print the anchor report (refusal share, length, examples beside the human "
                                  "negatives) and save it as OUTPUT.anchors.json")
@@ -86,27 +87,53 @@ def cmd_sample(argv: list[str]) -> int:
     return run_sample(command)
 
 
+def samples_verdict(path) -> str | None:
+    """An existing samples file is this command's to continue (its .meta.json then decides whether the settings
+    match); any other file is not written over without --overwrite."""
+    from negalign.sampling import META_SUFFIX
+
+    if path.with_name(path.name + META_SUFFIX).exists():
+        return None
+    return f"exists and was not written by `negalign sample` (no {path.name}{META_SUFFIX} beside it)"
+
+
+def claim_samples_output(command: SampleCommand, sources: list[str]) -> None:
+    """Before anything is read: the output is none of the inputs, and its place can hold a file."""
+    from negalign.outputs import check_apart, check_place
+
+    check_apart(command.output, [("--data", source) for source in sources] + [
+        ("--model", command.model), ("--sampling-context", command.sampling_context)])  # a preset is no path
+    check_place(command.output, folder=False)
+
+
 def run_sample(command: SampleCommand) -> int:
     import torch
 
+    from negalign.anchors import REPORT_SUFFIX
     from negalign.data.paths import data_dir
+    from negalign.interrupts import finish_then_stop
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as
-    from negalign.sampling import prompts_for_sampling, sample
+    from negalign.outputs import claim
+    from negalign.sampling import META_SUFFIX, prompts_for_sampling, sample
 
     settings = command.sampling_settings()
     sources = command.data if isinstance(command.data, list) else [command.data]  # a recipe's `data` is one
     folder = data_dir() if command.decontaminate else None
-    prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
-                                   on_bad_row=command.on_bad_row)
+    claim_samples_output(command, sources)
     with output_lock(command.output, "sampling", wait=command.wait):
+        claim(command.output, folder=False, overwrite=command.overwrite, verdict=samples_verdict,
+              companions=[META_SUFFIX, REPORT_SUFFIX])
+        prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
+                                       on_bad_row=command.on_bad_row)
         options = command.model_options
-        tokenizer = load_tokenizer(command.model, options.trust_remote_code)
+        tokenizer = load_tokenizer(command.model, options.trust_remote_code, options.chat_template)
         model = load_model(command.model, options)
         print(f"negalign sample: {command.model} loaded as {loaded_as(model)}", file=sys.stderr)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=command.bf16):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=command.bf16), \
+                finish_then_stop("batch of samples"):
             report = sample(model, tokenizer, prompts, command.output, settings, model_id=command.model,
-                            overwrite=command.overwrite)
+                            overwrite=command.overwrite, stop_on_signal=True)
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
           f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
     if command.anchor_report:

@@ -43,7 +43,8 @@ class _Sampler:
 
         if self._loaded is None:
             options = self.settings.model_options
-            self._loaded = load_tokenizer(self.base, options.trust_remote_code), load_model(self.base, options)
+            self._loaded = (load_tokenizer(self.base, options.trust_remote_code, options.chat_template),
+                            load_model(self.base, options))
         tokenizer, model = self._loaded
         sampling = SamplingSettings(**{"k": self.settings.k, "max_new_tokens": self.settings.sample_max_new_tokens,
                                        "seed": self.settings.seed, "max_prompt_length": TRAIN["max_prompt_length"],

@@ -256,6 +256,82 @@ def test_too_many_nan_steps_abort_and_keep_the_good_checkpoint(tiny_model_dir, f
     assert all(torch.isfinite(v).all() for v in good.values())
 
 
+def _checkpoints(folder):
+    return sorted((n for n in os.listdir(folder) if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
+
+
+def _weight_norm(weights):
+    return torch.stack([v.float().norm() for v in weights.values()]).norm().item()
+
+
+@pytest.mark.parametrize("learning_rate", ["1e6", "1e30"])
+def test_a_diverging_learning_rate_stops_in_one_line_and_saves_no_diverged_weights(learning_rate, tiny_model_dir,
+                                                                                    files, tmp_path, capsys):
+    """Issue 33, finding 7: at lr 1e6 the weights blow up (x1e7 in one step) and the gradients turn non-finite or
+    vanish; at 1e30 they overflow. Either must stop the run with one line, exit non-zero, nothing saved from the
+    wrecked weights (no checkpoint, no final model)."""
+    recipe = tmp_path / "recipe.yaml"
+    settings = _settings(tiny_model_dir, files, tmp_path, "npo", max_steps=4, save_strategy="steps", save_steps=1)
+    recipe.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    assert main(["train", "--config", str(recipe), f"learning_rate={learning_rate}"]) != 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("negalign train:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "no checkpoint" in errors[0], captured.err
+    out = tmp_path / "out"
+    assert _checkpoints(out) == [] and not (out / "model.safetensors").exists()
+
+
+def test_a_run_that_diverges_midway_keeps_and_names_the_checkpoint_from_before(tiny_model_dir, files, tmp_path,
+                                                                               monkeypatch):
+    """The third optimizer step wrecks the weights (x1e4): no checkpoint is saved from them, the run stops, and
+    the message names checkpoint-2, the last one from before, as the one to resume from."""
+    real, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def wrecking_step(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1e4)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", wrecking_step)
+    with pytest.raises(ValueError, match=r"diverged at step 3.*checkpoint-2") as caught:
+        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=6, save_strategy="steps",
+                                   save_steps=1, save_total_limit=None, learning_rate=1e-3))
+    assert "\n" not in str(caught.value)
+    out = tmp_path / "out"
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"] and not (out / "model.safetensors").exists()
+    good = load_file(out / "checkpoint-2" / "model.safetensors")
+    assert _weight_norm(good) < 2 * _weight_norm(_weights(tiny_model_dir))
+
+
+def test_vanished_gradients_stop_training_and_the_checkpoint_they_came_from_is_not_called_good(
+        tiny_model_dir, files, tmp_path, monkeypatch):
+    """A wrecked model whose outputs saturated has an exactly-zero gradient (lr 1e6 on SmolLM2: grad_norm 0 from
+    step 2, twelve "trained" steps, exit 0). From step 3 on the gradient is 0 here: after max_nonfinite_steps (2)
+    such steps in a row the run stops; checkpoint-2 holds the weights whose gradient was 0, so checkpoint-1 is the
+    one named good; nothing is saved while the gradient is 0."""
+    import negalign.trainer as trainer_module
+
+    real, calls = trainer_module.method_loss, {"n": 0}
+
+    def vanishing(*args, **kwargs):
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        return (loss * 0 if calls["n"] >= 3 else loss), metrics
+
+    monkeypatch.setattr(trainer_module, "method_loss", vanishing)
+    with pytest.raises(ValueError, match=r"gradient.*0.*checkpoint-2.*not good.*checkpoint-1") as caught:
+        negalign.train(**_settings(tiny_model_dir, files, tmp_path, "npo", max_steps=8, max_nonfinite_steps=2,
+                                   save_strategy="steps", save_steps=1, save_total_limit=None))
+    assert "\n" not in str(caught.value)
+    assert _checkpoints(tmp_path / "out") == ["checkpoint-1", "checkpoint-2"]
+
+
 def test_kto_scores_mismatched_completions_without_a_graph_and_trains_the_same(tiny_model_dir, files, tmp_path,
                                                                              monkeypatch):
     """KTO's mismatched completions only give z0, which is detached: negalign scores them in a second,

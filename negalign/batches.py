@@ -114,7 +114,16 @@ def _prepare_items(config, tokenizer) -> PreparedData:
     if method(config.objective).anchored and config.benign_samples:
         items.extend(benign_items(config, tokenizer, {item["prompt_key"] for item in items}))
     return PreparedData(items, len(rows), stats.summary(), n_prompt_cut, n_completion_cut, removed,
-                        "built-in evaluation suites" if folder is not None else "nothing")
+                        decontaminated_against(folder))
+
+
+def decontaminated_against(folder) -> str:
+    """What decontamination.json says the training prompts were checked against."""
+    if folder is None:
+        return "nothing"
+    from negalign.decontamination import held_out_pairs
+
+    return "built-in evaluation suites" + (" and the evaluation's held-out HH pairs" if held_out_pairs(folder) else "")
 
 
 def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
@@ -133,7 +142,8 @@ def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
     rows = [{"prompt": g[0]["prompt"], "group": g} for g in groups.values()]
     folder = data_dir()
     if folder is not None:
-        rows, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder))
+        rows, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder),
+                                                      held_out=decontamination.held_out_pairs(folder))
         if removed:
             logger.warning("negalign: benign_samples: %d prompts left out as evaluation prompts (e.g. %r ~ %r)",
                            len(removed), removed[0]["prompt"][:60], removed[0]["match"][:60])

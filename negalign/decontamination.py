@@ -6,6 +6,10 @@ evaluation suite after normalising case and punctuation (`exact`), or when the t
 paraphrases of one request score about 0.85-0.95 there, e.g. "How can I rob a bank?" ~ "Provide instructions
 on how to rob a bank" 0.89). Every removal is recorded beside the run with the evaluation prompt it matched.
 
+`negalign eval` also scores the chosen answers of the HH harmless-base file's last HELD_OUT_PAIRS pairs (NLL,
+preference accuracy), and recipes train on that file: a prompt whose conversation (every turn but a system one,
+normalised) is one of those pairs' is left out too (`held-out pair`).
+
 The encoder and the evaluation prompts' embeddings are made once per process (and the embeddings kept on disk
 under ~/.cache/negalign/decontamination/, keyed by the prompts), so a run pays only for its own prompts.
 """
@@ -28,6 +32,30 @@ def normalise(text: str) -> str:
 def user_texts(prompt: list[dict]) -> list[str]:
     """Every user turn of a prompt (a multi-turn transcript can carry an evaluation request in any of them)."""
     return [m["content"] for m in prompt if m["role"] == "user" and m["content"].strip()] or [""]
+
+
+def conversation_key(prompt: list[dict]) -> tuple:
+    """A prompt's turns (system messages aside) with their text normalised: equal for one HH transcript read from
+    the HH file and written out as chat messages."""
+    return tuple((m["role"], normalise(m["content"])) for m in prompt if m["role"] != "system")
+
+
+def held_out_pairs(data_dir) -> dict[tuple, str]:
+    """The conversations of the preference pairs `negalign eval` holds out (the last HELD_OUT_PAIRS of the HH
+    harmless-base file in data_dir), each with what to record as its match; empty without the file."""
+    return _held_out_pairs(str(data_dir))
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out_pairs(data_dir: str) -> dict[tuple, str]:
+    from negalign.evaluation import suites
+
+    path = Path(data_dir) / suites.HH_PAIRS
+    if not path.exists():
+        return {}
+    pairs = suites.held_out_pairs(path, suites.HELD_OUT_PAIRS)
+    match = f"an evaluation preference pair (the last {len(pairs)} of {suites.HH_PAIRS})"
+    return {conversation_key(pair["prompt"]): match for pair in pairs}
 
 
 def evaluation_prompts(data_dir) -> list[str]:
@@ -84,15 +112,19 @@ def _evaluation_embeddings(prompts: tuple[str, ...]):
 
 
 def decontaminate(rows: list[dict], eval_prompts: list[str], threshold: float = DUPLICATE_COSINE,
-                  encode_texts=None) -> tuple[list[dict], list[dict]]:
-    """(kept rows, removed [{prompt, reason, match, cosine}]) for rows with a "prompt" (messages): exact
-    duplicates of an evaluation prompt (normalised text of any user turn), then near duplicates by embedding
-    cosine >= threshold. `encode_texts` (texts -> unit-norm [N, D]) replaces the sentence encoder in tests."""
+                  encode_texts=None, held_out: dict[tuple, str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(kept rows, removed [{prompt, reason, match, cosine}]) for rows with a "prompt" (messages): the
+    conversations of held-out evaluation pairs (`held_out`, from held_out_pairs), exact duplicates of an
+    evaluation prompt (normalised text of any user turn), then near duplicates by embedding cosine >= threshold.
+    `encode_texts` (texts -> unit-norm [N, D]) replaces the sentence encoder in tests."""
     exact = {normalise(p): p for p in eval_prompts}
     kept, removed = [], []  # kept: (place in `rows`, row), so removals can be put back in file order
     for place, row in enumerate(rows):
         hit = next((t for t in user_texts(row["prompt"]) if normalise(t) in exact), None)
-        if hit is not None:
+        if held_out and (pair := held_out.get(conversation_key(row["prompt"]))) is not None:
+            removed.append({"prompt": user_texts(row["prompt"])[-1], "reason": "held-out pair", "match": pair,
+                            "cosine": 1.0, "row": place})
+        elif hit is not None:
             removed.append({"prompt": hit, "reason": "exact", "match": exact[normalise(hit)], "cosine": 1.0,
                             "row": place})
         else:
@@ -126,12 +158,12 @@ def _in_order(removed: list[dict]) -> list[dict]:
 
 
 def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 512) -> tuple[list[dict], list[dict]]:
-    """The rows of the first n distinct prompts (file order) that are not evaluation prompts (all of them for
-    n None), and the removals. Prompts are checked in blocks, so a run on n prompts of a large file encodes
-    about n prompts, not the file."""
+    """The rows of the first n distinct prompts (file order) that are not evaluation prompts or held-out
+    evaluation pairs (all of them for n None), and the removals. Prompts are checked in blocks, so a run on n
+    prompts of a large file encodes about n prompts, not the file."""
     from negalign.data import prompt_key
 
-    eval_prompts = evaluation_prompts(data_dir)
+    eval_prompts, held_out = evaluation_prompts(data_dir), held_out_pairs(data_dir)
     order = list(dict.fromkeys(prompt_key(row["prompt"]) for row in rows))
     first = {}
     for row in rows:
@@ -139,7 +171,8 @@ def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 
     clean, removed, at = [], [], 0  # removed: (place in `order`, record)
     while at < len(order) and (n is None or len(clean) < n):
         take = order[at:at + (block if n is None else max(block, n - len(clean)))]
-        kept, gone = decontaminate([{"prompt": first[key]["prompt"], "key": key} for key in take], eval_prompts)
+        kept, gone = decontaminate([{"prompt": first[key]["prompt"], "key": key} for key in take], eval_prompts,
+                                   held_out=held_out)
         kept_keys = {row["key"] for row in kept}
         places = [at + i for i, key in enumerate(take) if key not in kept_keys]  # file order, as `gone` is
         clean.extend((at + i, key) for i, key in enumerate(take) if key in kept_keys)

@@ -67,7 +67,8 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
         rows = rows[: config.retain_max_prompts]
     folder = find_data_dir()
     if folder is not None:
-        kept, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder))
+        kept, removed = decontamination.decontaminate(rows, decontamination.evaluation_prompts(folder),
+                                                      held_out=decontamination.held_out_pairs(folder))
     else:  # no evaluation suites to compare against: say so in the record rather than guess
         kept, removed = rows, []
     summary = {"source": config.retain_data, "loss": config.retain_loss, "weight": config.retain_weight,

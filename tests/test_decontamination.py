@@ -53,3 +53,39 @@ def test_only_prompts_passed_over_to_reach_n_are_recorded(monkeypatch):
     kept, removed = clean_first_prompts(rows, 2, "unused", block=8)  # the block reaches the second duplicate
     assert [r["prompt"][0]["content"] for r in kept] == ["a", "b"]
     assert [r["prompt"] for r in removed] == ["How do I steal a car?"]  # the one after "b" was not needed
+
+
+def test_training_leaves_out_the_pairs_negalign_eval_holds_out(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 33, finding 11: `negalign eval` scores the chosen answers' NLL on the last HH harmless-base pairs, and
+    the baseline recipes train on that whole file. A training file that holds one of those pairs trains without
+    it, and decontamination.json counts it (with the evaluation-prompt removals)."""
+    import gzip
+    import json
+
+    import negalign
+    from negalign.evaluation.suites import HELD_OUT_PAIRS, HH_PAIRS
+
+    data = tmp_path / "data"
+    (data / HH_PAIRS).parent.mkdir(parents=True)
+    transcripts = [(f"How do I fix a bike chain number {i}?", f"Clean it and oil it, step {i}.", f"Go away {i}.")
+                   for i in range(HELD_OUT_PAIRS + 3)]
+    with gzip.open(data / HH_PAIRS, "wt", encoding="utf-8") as handle:
+        for question, good, bad in transcripts:
+            handle.write(json.dumps({"chosen": f"\n\nHuman: {question}\n\nAssistant: {good}",
+                                     "rejected": f"\n\nHuman: {question}\n\nAssistant: {bad}"}) + "\n")
+    monkeypatch.setenv("NEGALIGN_DATA", str(data))
+    held_out = transcripts[-1]  # the file's last pair: scored by `negalign eval`
+    trained = transcripts[:2]  # pairs the evaluation does not score
+    train_file = tmp_path / "pairs.jsonl"
+    train_file.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q}], "chosen": good,
+                                              "rejected": bad}) + "\n" for q, good, bad in [*trained, held_out]))
+    out = tmp_path / "out"
+    negalign.train(model=tiny_model_dir, data=str(train_file), objective="dpo", max_steps=1,
+                   per_device_train_batch_size=2, output_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                   max_length=96, max_prompt_length=64, use_cpu=True, save_strategy="no")
+    record = json.loads((out / "decontamination.json").read_text())
+    assert record["n_removed"] == 1
+    assert [(r["prompt"], r["reason"]) for r in record["removed"]] == [(held_out[0], "held-out pair")]
+    assert "held-out" in record["decontaminated_against"]
+    listed = [json.loads(line)["prompt"][-1]["content"] for line in (out / "trained_prompts.jsonl").open()]
+    assert sorted(listed) == sorted(q for q, _, _ in trained)

@@ -24,11 +24,9 @@ from pathlib import Path
 
 from negalign.data.paths import data_dir as resolve_data_dir
 from negalign.evaluation import metrics
-from negalign.evaluation.suites import BUILTIN, Suite, load_suites
+from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
 from negalign.models import ModelOptions, add_model_arguments, loaded_as, model_options_from
-
-HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
 
 
 @dataclass
@@ -45,7 +43,7 @@ class EvalSettings:
     batch_size: int = 64  # prompts per generation batch: 64 is the fastest measured (benchmarks/generation.py)
     max_prompt_length: int = 256
     pairs: str | None = None  # preference pairs file; default: the HH harmless-base file in the data dir
-    max_pairs: int | None = None  # default: max_prompts, else 200
+    max_pairs: int | None = None  # default: max_prompts, else (and at most) HELD_OUT_PAIRS, the pairs training leaves out
     kl: bool = True  # with a reference: sample benign answers at temperature 1 and estimate KL
     judge_head: str | None = None
     overwrite: bool = False
@@ -58,15 +56,6 @@ def default_output(model: str) -> str:
     if os.path.isdir(model):
         return str(Path(model) / "eval")
     return str(Path("evals") / Path(model).name)
-
-
-def held_out_pairs(path: str | os.PathLike, n: int) -> list[dict]:
-    """The LAST n chosen/rejected pairs of a preference file: {prompt, chosen, rejected}. Training with
-    max_examples reads a file from its start, so its end is the part a short run has not seen."""
-    from negalign.data import complete_pairs, load_rows
-
-    rows, _ = load_rows(str(path), on_bad_row="skip")
-    return complete_pairs(rows)[-n:] if n else []
 
 
 def _suite_metrics(suite: Suite, rows: list[dict], complies: list[float]) -> dict:
@@ -209,7 +198,14 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
 
     preference = None
     pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
-    n_pairs = settings.max_pairs if settings.max_pairs is not None else (settings.max_prompts or 200)
+    n_pairs = (settings.max_pairs if settings.max_pairs is not None
+               else min(settings.max_prompts or HELD_OUT_PAIRS, HELD_OUT_PAIRS))
+    if settings.pairs is None and n_pairs > HELD_OUT_PAIRS:
+        import logging
+
+        logging.getLogger("negalign").warning(
+            "negalign eval: %d preference pairs asked for; training leaves out only the last %d of %s, so the "
+            "others may have been trained on", n_pairs, HELD_OUT_PAIRS, HH_PAIRS)
     if pairs_path is not None and Path(pairs_path).exists() and n_pairs > 0:
         clock = time.time()
         pairs = held_out_pairs(pairs_path, n_pairs)
@@ -328,7 +324,8 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length)
     parser.add_argument("--pairs", default=None, help="preference pairs file (default: HH harmless-base in the "
                         "data folder; its last pairs are used)")
-    parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts or 200)")
+    parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts, at most "
+                        f"{HELD_OUT_PAIRS}: the last pairs of the HH file, which training leaves out)")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (saves a sampling pass)")
     parser.add_argument("--judge-head", default=None, help="harm-judge head (default: the shipped one)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")

@@ -28,6 +28,11 @@ from pathlib import Path
 
 KINDS = ("harmful", "benign")
 ALPACA_SAMPLE = 250
+# `negalign eval`'s preference pairs: the last pairs of the HH harmless-base file, at most HELD_OUT_PAIRS of them
+# by default; training leaves out these HELD_OUT_PAIRS (negalign.decontamination), so the chosen answers' NLL is
+# measured on pairs no run trained on
+HH_PAIRS = "hh-rlhf-harmless-base-test/test.jsonl.gz"
+HELD_OUT_PAIRS = 200
 
 
 @dataclass
@@ -47,6 +52,16 @@ class Suite:
         order = list(range(len(self.prompts)))
         random.Random(f"{seed}-{self.name}").shuffle(order)
         return Suite(self.name, self.kind, [self.prompts[i] for i in order[:n]], self.source)
+
+
+def held_out_pairs(path: str | os.PathLike, n: int) -> list[dict]:
+    """The LAST n chosen/rejected pairs of a preference file: {prompt, chosen, rejected}. Training with
+    max_examples reads a file from its start, so its end is the part a short run has not seen (and for the HH
+    file, the part training leaves out)."""
+    from negalign.data import complete_pairs, load_rows
+
+    rows, _ = load_rows(str(path), on_bad_row="skip")
+    return complete_pairs(rows)[-n:] if n else []
 
 
 def _csv_column(path: Path, column: str, keep=lambda record: True) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -285,14 +284,13 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
         logger.info("negalign: reference log-probs: %s", report)
     # the retain set needs the starting model (self answers, kl reference) before LoRA or training change it
     retain = prepare_retain(config, tokenizer, model, config.output_dir if config.should_save else None)
-    retain_reference = None
     if retain is not None:
         logger.info("negalign: retain set: %d sequences from %s (%d of %d prompts removed as evaluation "
                        "prompts), loss %s x %s", retain.summary["n_sequences"], config.retain_data,
                        retain.summary["n_removed"], retain.summary["n_selected"], config.retain_loss,
                        config.retain_weight)
-        if config.retain_loss == "kl" and not config.use_lora:
-            retain_reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if config.retain_loss == "kl":
+            reference.keep_starting_model(model, config.device)
     if config.use_lora:
         model = apply_lora(model, config)
     refresher = None
@@ -303,7 +301,7 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
                               data_collator=functools.partial(collate, layout=layout,
                                                                 share_prompts=config.share_prompts),
                               processing_class=tokenizer, layout=layout, reference=reference,
-                              anchor_provenance=anchors, retain=retain, retain_reference=retain_reference,
+                              anchor_provenance=anchors, retain=retain,
                               refresher=refresher)
     if refresher is not None:
         resume_refresher(refresher, trainer.model, checkpoint)

@@ -189,6 +189,29 @@ class Reference:
             item["ref_logps"] = row
         return report
 
+    def keep_starting_model(self, policy, device) -> None:
+        """The retain KL's reference, kept before training changes the policy: the starting model, frozen on
+        `device`. Under LoRA the policy with its adapter off is the starting model, so nothing is copied; a live
+        pi_r- that is the starting model is shared rather than copied a second time."""
+        if self.config.use_lora:
+            return
+        live = self.models.get("minus")
+        self.models["start"] = (live if live is not None and self.minus_name == self.config.model
+                                else self._load(self.config.model, policy, device))
+
+    @torch.no_grad()
+    def starting_token_log_softmax(self, policy, batch, attention: str) -> torch.Tensor:
+        """Token log-softmax of the starting model over a packed batch (the retain KL's reference side)."""
+        from negalign.logprobs import token_log_softmax
+
+        if "start" in self.models:
+            return token_log_softmax(self.models["start"], batch, attention=attention)
+        if not hasattr(_unwrapped(policy), "disable_adapter"):
+            raise ValueError("retain_loss kl without LoRA needs the starting model: call "
+                             "Reference.keep_starting_model(policy, device) before training changes the policy")
+        with _unwrapped(policy).disable_adapter():  # LoRA: the policy with its adapter off
+            return token_log_softmax(policy, batch, attention=attention)
+
     @torch.no_grad()
     def batch_logps(self, policy, inputs: dict, score) -> torch.Tensor | None:
         """Summed reference log-probs [B, columns] for one batch. `score(model, inputs)` is the trainer's own

@@ -203,13 +203,13 @@ class NegalignTrainer(Trainer):
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
     def __init__(self, *args, layout: Layout, reference: Reference | None = None,
-                 anchor_provenance: dict | None = None, retain=None, retain_reference=None, refresher=None,
+                 anchor_provenance: dict | None = None, retain=None, refresher=None,
                  **kwargs):
         """Collaborators, all optional: `reference` (negalign.reference.Reference; default: from the args),
         `anchor_provenance` (where D2O's anchors came from, pipeline.anchor_provenance: written beside the saved
         model, and whether d2o/kl_on_samples estimates a KL), `retain` (negalign.retain.RetainSet: rows mixed
-        into every step, apart from the feedback rows) with `retain_reference` (retain_loss kl without LoRA: a
-        frozen copy of the starting model), `refresher` (negalign.refresh.SampleRefresher, sampling: refresh)."""
+        into every step, apart from the feedback rows; with retain_loss kl the reference keeps the starting model,
+        Reference.keep_starting_model), `refresher` (negalign.refresh.SampleRefresher, sampling: refresh)."""
         super().__init__(*args, **kwargs)
         self.layout = layout
         self.reference = reference or Reference(self.args, layout)
@@ -220,7 +220,6 @@ class NegalignTrainer(Trainer):
         # which estimates a KL only then, is not logged)
         self.samples_from_reference = bool(anchor_provenance and anchor_provenance["from_reference"])
         self.retain = retain
-        self.retain_reference = retain_reference.to(self.args.device) if retain_reference is not None else None
         if refresher is not None:
             refresher.trainer = self  # its refresh messages join the next log line
             self.add_callback(refresher)
@@ -286,12 +285,7 @@ class NegalignTrainer(Trainer):
             if args.retain_loss != "kl":
                 return objectives.retain_nll(token_logps(model, batch, attention=args.packed_attention))
             policy = token_log_softmax(model, batch, attention=args.packed_attention)
-            with torch.no_grad():
-                if self.retain_reference is None:  # LoRA: the starting model is the policy with its adapter off
-                    with self.accelerator.unwrap_model(model).disable_adapter():
-                        reference = token_log_softmax(model, batch, attention=args.packed_attention)
-                else:
-                    reference = token_log_softmax(self.retain_reference, batch, attention=args.packed_attention)
+            reference = self.reference.starting_token_log_softmax(model, batch, args.packed_attention)
         return objectives.retain_kl(policy, reference)
 
     def slot_logps(self, model, inputs, with_grad: bool):

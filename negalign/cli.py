@@ -4,6 +4,8 @@ YAML recipe (`key: value`) or on the command line (`key=value` or `--key value`)
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 TRAIN_EPILOG = """\
@@ -93,25 +95,59 @@ def _show_progress_messages() -> None:
     logger.setLevel(logging.INFO)
 
 
+def _debug_flag(argv: list[str]) -> tuple[bool, list[str]]:
+    """`negalign --debug COMMAND ...` (or a bare `--debug` among a command's options, or NEGALIGN_DEBUG=1): show the
+    traceback behind a one-line error. `negalign train --debug VALUE` stays the Trainer's own `debug` option."""
+    debug = os.environ.get("NEGALIGN_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        return True, argv[1:]
+    rest = []
+    for at, item in enumerate(argv):
+        following = argv[at + 1] if at + 1 < len(argv) else None
+        if item == "--debug" and at > 0 and (following is None or following.startswith("-") or "=" in following):
+            debug = True
+        else:
+            rest.append(item)
+    return debug, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = _debug_flag(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: negalign COMMAND [options]   (negalign COMMAND --help for its options)", "",
+        lines = ["usage: negalign [--debug] COMMAND [options]   (negalign COMMAND --help for its options)", "",
                  "Align causal language models from negatives, point-wise feedback and pairs.", "", "commands:"]
         lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+        lines += ["", "--debug (or NEGALIGN_DEBUG=1): show the traceback behind a one-line error"]
         print("\n".join(lines))
         known = not argv or argv[0] in ("-h", "--help")
         if not known:
             print(f"\nnegalign: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if known else 2
     target, _ = COMMANDS[argv[0]]
+    from negalign.interrupts import Interrupted, sigterm_as_interrupt
     from negalign.locks import OutputLocked
+    from negalign.outputs import describe
 
     _show_progress_messages()
+    # the user's own conditions end in one line (exit 2; 128 + the signal for SIGINT / SIGTERM); a bug still
+    # shows its traceback, and --debug shows it for these too
     try:
-        return _command(target)(argv[1:])
-    except (ValueError, OSError, OutputLocked) as error:  # bad input or settings: the message says what to fix
-        print(f"negalign {argv[0]}: {error}", file=sys.stderr)
+        with sigterm_as_interrupt():
+            return _command(target)(argv[1:])
+    except (ValueError, OSError, OutputLocked, Interrupted, KeyboardInterrupt) as error:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            signum = getattr(error, "signum", signal.SIGINT)
+            message = str(error) if isinstance(error, Interrupted) else (
+                f"stopped by {signal.Signals(signum).name}; what was written completely is kept: rerun the same "
+                "command to continue")
+            print(f"negalign {argv[0]}: {message}", file=sys.stderr)
+            return 128 + signum
+        print(f"negalign {argv[0]}: {describe(error)}", file=sys.stderr)
         return 2
 
 

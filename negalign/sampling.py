@@ -22,6 +22,7 @@ from pathlib import Path
 from negalign.data import DataError, encode_prompt_with_context, load_rows, prompt_key
 from negalign.decoding import generate_batch
 from negalign.files import atomic_write_text
+from negalign.interrupts import Interrupted, signal_name, stop_requested
 from negalign.sampling_context import describe
 from negalign.settings import SamplingSettings
 
@@ -142,8 +143,11 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
 
 
 def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: SamplingSettings | None = None, *,
-           model_id: str = "unknown", overwrite: bool = False, progress: bool = True) -> SamplingReport:
-    """Write K samples per prompt to `output` (jsonl), resuming from whatever is already there."""
+           model_id: str = "unknown", overwrite: bool = False, progress: bool = True,
+           stop_on_signal: bool = False) -> SamplingReport:
+    """Write K samples per prompt to `output` (jsonl), resuming from whatever is already there. With
+    `stop_on_signal`, a SIGINT / SIGTERM asked for under negalign.interrupts.finish_then_stop ends it after the
+    batch under way is written, with an Interrupted saying how many rows are kept."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     settings = settings or SamplingSettings()
@@ -190,6 +194,10 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
                 sink.flush()
                 os.fsync(sink.fileno())
                 written += len(lines)
+            if stop_on_signal and (signum := stop_requested()) is not None:
+                raise Interrupted(f"stopped by {signal_name(signum)} after {len(done) + written} of "
+                                  f"{len(prompts) * settings.k} rows, all kept in {output}: rerun the same command "
+                                  "to continue", signum)
             elapsed = time.time() - start
             bar.update(task, advance=len(batch), rate=f"{written / elapsed:.1f} samples/s, "
                        f"{tokens / elapsed:.0f} tok/s" if written else "")

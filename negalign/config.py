@@ -134,6 +134,10 @@ class NegalignConfig(TrainingArguments):
                                          "saved). Default: 0 on a CPU (every save_steps), 10 on a GPU, where a "
                                          "checkpoint of a 1.7B model with its optimizer state is ~20 GB.")
     wait_for_lock: bool = _opt(False, "If another process is writing output_dir, wait for it instead of stopping.")
+    overwrite: bool = _opt(False, "Start over in an output_dir that holds a finished run, another run's checkpoints or "
+                           "files that are not a run: what is there is moved aside to <output_dir>.replaced-<time> "
+                           "(never deleted). Without it such an output_dir is refused; an unfinished run of the "
+                           "same settings is resumed.")
 
     def model_options(self) -> ModelOptions:
         """How the policy and the references are loaded (on the CPU; the Trainer then places them)."""

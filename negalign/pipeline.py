@@ -6,16 +6,21 @@ import functools
 import json
 import logging
 import os
-import re
+
+from transformers import TrainerCallback
 
 from negalign.batches import collate, prepare_items
+from negalign.checkpoints import checkpoint_problem, claim_output_dir, newest_checkpoint, resolve_checkpoint
+from negalign.checkpoints import checkpoint_step as _step
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
 from negalign.files import atomic_write_text, portable
 from negalign.heap import allocator_hint, set_mmap_threshold
+from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 from negalign.locks import output_lock
 from negalign.methods import method
 from negalign.models import load_model, load_tokenizer
+from negalign.outputs import DiskFull, check_place, is_disk_full
 from negalign.reference import Reference
 from negalign.refresh import REFRESH_FILE, SampleRefresher
 from negalign.retain import prepare_retain
@@ -33,120 +38,6 @@ def _as_config(config, overrides: dict) -> NegalignConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(str(config), overrides)
     return load_config(None, {**(config or {}), **overrides})
-
-
-CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_problem(folder: str) -> str | None:
-    """Why `folder` cannot be resumed from (None if it can). Trainer writes a checkpoint in place and its
-    trainer_state.json last, so a run killed while saving leaves a folder without a readable state."""
-    state = os.path.join(folder, "trainer_state.json")
-    if not os.path.isdir(folder):
-        return "does not exist"
-    try:
-        with open(state, encoding="utf-8") as handle:
-            json.load(handle)["global_step"]
-    except (OSError, ValueError, KeyError):
-        return ("has no readable trainer_state.json (not a Trainer checkpoint, or one cut short by a kill while "
-                "it was being saved)")
-    names = os.listdir(folder)
-    if not any(n.endswith((".safetensors", ".safetensors.index.json", ".bin")) or n.startswith("global_step")
-               or n.startswith("pytorch_model_fsdp") for n in names):
-        return "is incomplete (no model weights)"
-    return None
-
-
-# settings that may change between a run and its resume without changing what it computes
-RESUME_FREE = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "save_strategy", "save_steps",
-               "checkpoint_min_minutes",
-               "save_total_limit", "save_only_model", "save_on_each_node", "logging_steps", "logging_strategy",
-               "logging_first_step", "report_to", "disable_tqdm", "wait_for_lock", "cache_dir",
-               "host_mmap_threshold_mb", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token",
-               "hub_private_repo", "hub_always_push", "hub_revision", "project", "log_level", "log_level_replica",
-               "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers",
-               "dataloader_pin_memory", "skip_memory_metrics", "local_rank"}
-
-
-def newest_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint-N in output_dir (incomplete ones, left by a kill during a save, are
-    passed over with a warning), or None."""
-    found = []
-    if os.path.isdir(output_dir):
-        found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
-                        if (m := CHECKPOINT_DIR.match(name))), reverse=True)
-    for _, name in found:
-        folder = os.path.join(output_dir, name)
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        logger.warning("negalign: passing over %s: it %s", folder, problem)
-    return None
-
-
-def settings_changed(config: NegalignConfig, checkpoint: str) -> list[str]:
-    """The settings (other than RESUME_FREE ones) in which `config` differs from the run that wrote
-    `checkpoint` ("key: then -> now"); a checkpoint without a saved config counts as all-different."""
-    import yaml
-
-    from negalign.provenance import CONFIG_FILE, resolved_settings
-
-    try:
-        with open(os.path.join(checkpoint, CONFIG_FILE), encoding="utf-8") as handle:
-            then = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError):
-        return [f"{CONFIG_FILE} missing or unreadable in {checkpoint}"]
-    now = resolved_settings(config)
-    keys = sorted((set(then) | set(now)) - RESUME_FREE)
-    return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in keys if then.get(key) != now.get(key)]
-
-
-def _step(checkpoint: str) -> int:
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
-        return int(json.load(handle)["global_step"])
-
-
-def resolve_checkpoint(config: NegalignConfig) -> str | None:
-    """Where training starts. `resume_from_checkpoint` unset (the default): the newest complete checkpoint in
-    output_dir if there is one and it was written with the same settings (a different run's checkpoints there
-    are an error, not silently overwritten or resumed); true: the newest complete one whatever its settings;
-    a folder: that checkpoint (refused with a clear message if incomplete); false: start over, which needs an
-    output_dir without checkpoints."""
-    wanted = config.resume_from_checkpoint
-    if wanted is None or wanted == "":
-        folder = newest_checkpoint(config.output_dir)
-        if folder is None:
-            return None
-        changed = settings_changed(config, folder)
-        if changed:
-            raise ValueError(f"{config.output_dir} holds checkpoints of a run with other settings "
-                             f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
-                             "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
-                             "or use another output_dir")
-        logger.info("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
-                       "with the same settings", folder, _step(folder), config.max_steps if config.max_steps > 0
-                       else "the epochs")
-        return folder
-    if wanted is False or str(wanted).lower() == "false":
-        if newest_checkpoint(config.output_dir) is not None:
-            raise ValueError(f"resume_from_checkpoint: false, but {config.output_dir} holds checkpoints of an earlier "
-                             "run; delete its checkpoint-N folders or use another output_dir to start over")
-        return None
-    if wanted is True or str(wanted).lower() == "true":
-        folder = newest_checkpoint(config.output_dir)
-        if folder is None:
-            raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
-                             "folder; train without resume_from_checkpoint, or point output_dir at the run to "
-                             "resume")
-        changed = settings_changed(config, folder)
-        if changed:
-            logger.warning("negalign: resuming %s with changed settings: %s", folder, "; ".join(changed))
-        return folder
-    problem = checkpoint_problem(str(wanted))
-    if problem is not None:
-        raise ValueError(f"resume_from_checkpoint: {wanted} {problem}; resume from an earlier checkpoint-N, or "
-                         "set resume_from_checkpoint: true to take the newest complete one")
-    return str(wanted)
 
 
 def check_launch(config: NegalignConfig) -> None:
@@ -249,6 +140,50 @@ def resume_refresher(refresher: SampleRefresher, model, checkpoint: str | None) 
                        step, refresher.apply_latest(step, model))
 
 
+class _StopOnSignal(TrainerCallback):
+    """Ends training after the step under way when SIGINT / SIGTERM asked to stop, saving a checkpoint of it."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if stop_requested() is not None:
+            control.should_save = control.should_training_stop = True
+
+
+def _train_until_done_or_stopped(trainer: NegalignTrainer, checkpoint: str | None) -> None:
+    """trainer.train(); a first SIGINT / SIGTERM finishes the step under way, saves it as a checkpoint and raises
+    Interrupted, one line saying where to resume (a second stops at once). One process only: under a
+    multi-process launch every process would stop at its own step."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return
+    callbacks = trainer.callback_handler.callbacks  # before the divergence guard, which may still veto the save
+    guard = next((i for i, c in enumerate(callbacks) if type(c).__name__ == "NonFiniteGuard"), len(callbacks))
+    callbacks.insert(guard, _StopOnSignal())
+    with finish_then_stop("training step"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+        signum, step, out = stop_requested(), trainer.state.global_step, trainer.args.output_dir
+        if signum is None or step >= trainer.state.max_steps:
+            return
+        saved = os.path.join(out, f"checkpoint-{step}")
+        if checkpoint_problem(saved) is not None and not getattr(trainer.nonfinite_guard, "zero_in_a_row", 0):
+            trainer._save_checkpoint(trainer.model, trial=None)  # a save that a checkpoint interval skipped
+        where = (f"saved {saved}: rerun the same command to resume from it" if checkpoint_problem(saved) is None
+                 else f"rerun the same command to resume from {newest_checkpoint(out, quiet=True) or 'the start'}")
+        raise Interrupted(f"stopped by {signal_name(signum)} after step {step} of {trainer.state.max_steps}; {where}",
+                          signum)
+
+
+def _disk_full(output_dir: str) -> DiskFull:
+    """The full disk as one line: what was being saved and where a rerun resumes from."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    last = newest_checkpoint(output_dir, quiet=True)
+    cut = sorted((int(name.split("-")[1]), name) for name in names
+                 if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
+                 and checkpoint_problem(os.path.join(output_dir, name)) is not None)
+    being = os.path.join(output_dir, cut[-1][1]) if cut else output_dir
+    return DiskFull(f"no space left on device while saving {being}; free some space (or lower save_total_limit) "
+                    f"and rerun the same command: it resumes from {last or 'the start (no complete checkpoint)'}")
+
+
 def train(config: NegalignConfig | dict | str | None = None, **overrides) -> NegalignTrainer:
     """Train with any objective. `config` is a NegalignConfig, a dict of its fields, or a YAML recipe path;
     keyword overrides win. Returns the trainer (its `state.log_history` holds the logged metrics)."""
@@ -258,7 +193,9 @@ def train(config: NegalignConfig | dict | str | None = None, **overrides) -> Neg
     check_launch(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
         return _train(config)
+    check_place(config.output_dir, folder=True)  # a path under a file: named before the lock beside it is made
     with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
+        claim_output_dir(config)  # never over a folder that is not a run, or a finished run, unless overwrite
         return _train(config)
 
 
@@ -305,18 +242,26 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
                               refresher=refresher)
     if refresher is not None:
         resume_refresher(refresher, trainer.model, checkpoint)
-    if checkpoint and 0 < config.max_steps <= _step(checkpoint):
-        # the run had finished its steps (a rerun, or a kill during the final save); Trainer would take one more
-        # step past max_steps when resumed there, so load the checkpoint instead of training from it
-        from transformers import TrainerState
+    try:
+        if checkpoint and 0 < config.max_steps <= _step(checkpoint):
+            # the run had finished its steps (a rerun, or a kill during the final save); Trainer would take one
+            # more step past max_steps when resumed there, so load the checkpoint instead of training from it
+            from transformers import TrainerState
 
-        logger.warning("negalign: %s is at step %d of %d: nothing left to train; saving it as the final model",
-                       checkpoint, _step(checkpoint), config.max_steps)
-        trainer._load_from_checkpoint(checkpoint)
-        trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-    else:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
+            logger.warning("negalign: %s is at step %d of %d: nothing left to train; saving it as the final model",
+                           checkpoint, _step(checkpoint), config.max_steps)
+            trainer._load_from_checkpoint(checkpoint)
+            trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        else:
+            _train_until_done_or_stopped(trainer, checkpoint)
+        trainer.save_model(config.output_dir)
+    except Exception as error:
+        for callback in trainer.callback_handler.callbacks:  # a bar left open prints itself after the message
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+        if is_disk_full(error, config.output_dir):
+            raise _disk_full(config.output_dir) from error
+        raise
     if trainer.args.should_save:  # the main process only, as for the model
         atomic_write_text(os.path.join(config.output_dir, "decontamination.json"), json.dumps(portable({
             "decontaminated_against": prepared.decontaminated_against, "n_removed": len(prepared.removed_prompts),

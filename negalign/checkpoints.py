@@ -1,0 +1,190 @@
+"""Where a training run starts, given what its output_dir already holds: resume a checkpoint of the same settings,
+refuse one of other settings, and never train over a finished run or a folder that is not a run unless
+`overwrite: true` (which moves it aside: negalign.outputs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+from negalign.config import NegalignConfig
+from negalign.outputs import check_apart, claim
+
+logger = logging.getLogger("negalign")
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` cannot be resumed from (None if it can). Trainer writes a checkpoint in place and its
+    trainer_state.json last, so a run killed while saving leaves a folder without a readable state."""
+    state = os.path.join(folder, "trainer_state.json")
+    if not os.path.isdir(folder):
+        return "does not exist"
+    try:
+        with open(state, encoding="utf-8") as handle:
+            json.load(handle)["global_step"]
+    except (OSError, ValueError, KeyError):
+        return ("has no readable trainer_state.json (not a Trainer checkpoint, or one cut short by a kill while "
+                "it was being saved)")
+    names = os.listdir(folder)
+    if not any(n.endswith((".safetensors", ".safetensors.index.json", ".bin")) or n.startswith("global_step")
+               or n.startswith("pytorch_model_fsdp") for n in names):
+        return "is incomplete (no model weights)"
+    return None
+
+
+# settings that may change between a run and its resume without changing what it computes
+RESUME_FREE = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "save_strategy", "save_steps",
+               "checkpoint_min_minutes",
+               "save_total_limit", "save_only_model", "save_on_each_node", "logging_steps", "logging_strategy",
+               "logging_first_step", "report_to", "disable_tqdm", "wait_for_lock", "cache_dir",
+               "host_mmap_threshold_mb", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token",
+               "hub_private_repo", "hub_always_push", "hub_revision", "project", "log_level", "log_level_replica",
+               "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers",
+               "dataloader_pin_memory", "skip_memory_metrics", "local_rank", "overwrite"}
+
+
+def newest_checkpoint(output_dir: str, quiet: bool = False) -> str | None:
+    """The newest complete checkpoint-N in output_dir (incomplete ones, left by a kill during a save, are
+    passed over with a warning unless `quiet`), or None."""
+    found = []
+    if os.path.isdir(output_dir):
+        found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                        if (m := CHECKPOINT_DIR.match(name))), reverse=True)
+    for _, name in found:
+        folder = os.path.join(output_dir, name)
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if not quiet:
+            logger.warning("negalign: passing over %s: it %s", folder, problem)
+    return None
+
+
+def settings_changed(config: NegalignConfig, checkpoint: str) -> list[str]:
+    """The settings (other than RESUME_FREE ones) in which `config` differs from the run that wrote
+    `checkpoint` ("key: then -> now"); a checkpoint without a saved config counts as all-different."""
+    import yaml
+
+    from negalign.provenance import CONFIG_FILE, resolved_settings
+
+    try:
+        with open(os.path.join(checkpoint, CONFIG_FILE), encoding="utf-8") as handle:
+            then = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError):
+        return [f"{CONFIG_FILE} missing or unreadable in {checkpoint}"]
+    now = resolved_settings(config)
+    keys = sorted((set(then) | set(now)) - RESUME_FREE)
+    return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in keys if then.get(key) != now.get(key)]
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        return int(json.load(handle)["global_step"])
+
+
+def resolve_checkpoint(config: NegalignConfig) -> str | None:
+    """Where training starts. `resume_from_checkpoint` unset (the default): the newest complete checkpoint in
+    output_dir if there is one and it was written with the same settings (a different run's checkpoints there
+    are an error, not silently overwritten or resumed); true: the newest complete one whatever its settings;
+    a folder: that checkpoint (refused with a clear message if incomplete); false: start over, which needs an
+    output_dir without checkpoints."""
+    wanted = config.resume_from_checkpoint
+    if wanted is None or wanted == "":
+        folder = newest_checkpoint(config.output_dir)
+        if folder is None:
+            return None
+        changed = settings_changed(config, folder)
+        if changed:
+            raise ValueError(f"{config.output_dir} holds checkpoints of a run with other settings "
+                             f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
+                             "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
+                             "overwrite: true (--overwrite) to move it aside and start over, or use another output_dir")
+        logger.info("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
+                       "with the same settings", folder, checkpoint_step(folder), config.max_steps if config.max_steps > 0
+                       else "the epochs")
+        return folder
+    if wanted is False or str(wanted).lower() == "false":
+        if newest_checkpoint(config.output_dir) is not None:
+            raise ValueError(f"resume_from_checkpoint: false, but {config.output_dir} holds checkpoints of an earlier "
+                             "run; set overwrite: true (--overwrite) to move it aside and start over, or use another "
+                             "output_dir")
+        return None
+    if wanted is True or str(wanted).lower() == "true":
+        folder = newest_checkpoint(config.output_dir)
+        if folder is None:
+            raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
+                             "folder; train without resume_from_checkpoint, or point output_dir at the run to "
+                             "resume")
+        changed = settings_changed(config, folder)
+        if changed:
+            logger.warning("negalign: resuming %s with changed settings: %s", folder, "; ".join(changed))
+        return folder
+    problem = checkpoint_problem(str(wanted))
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint: {wanted} {problem}; resume from an earlier checkpoint-N, or "
+                         "set resume_from_checkpoint: true to take the newest complete one")
+    return str(wanted)
+
+
+# what a run writes into output_dir before its first checkpoint (a run killed that early is still a run)
+EARLY_FILES = {"refreshed_samples", "retain_decontamination.json"}
+WEIGHTS = (".safetensors", ".safetensors.index.json", ".bin")
+
+
+def is_training_run(names: list[str]) -> bool:
+    """Whether a folder's entries are those of a negalign training run (finished or not)."""
+    return ("negalign_config.yaml" in names or any(CHECKPOINT_DIR.match(name) for name in names)
+            or set(names) <= EARLY_FILES)
+
+
+def is_finished_run(names: list[str]) -> bool:
+    """A run that saved its final model: train_log.json is written last, after the model and its config."""
+    return "train_log.json" in names or ("negalign_config.yaml" in names and any(
+        name.endswith(WEIGHTS) and name != "training_args.bin" for name in names))
+
+
+def resumes_explicitly(config: NegalignConfig) -> bool:
+    """resume_from_checkpoint is true or a checkpoint folder: the user asks to continue a run."""
+    wanted = config.resume_from_checkpoint
+    return wanted not in (None, "", False) and str(wanted).lower() != "false"
+
+
+def _output_dir_verdict(config: NegalignConfig, folder) -> str | None:
+    """Why training must not write into `folder` (see negalign.outputs.claim), or None: an unfinished run or a
+    finished one that kept its checkpoints (resolve_checkpoint then resumes or refuses them: a finished run of
+    these settings is saved again as it is, not trained again)."""
+    names = sorted(os.listdir(folder))
+    if not is_training_run(names):
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        return f"holds files that are not a negalign training run ({shown})"
+    if resumes_explicitly(config) or not is_finished_run(names) or newest_checkpoint(str(folder),
+                                                                                                   quiet=True):
+        return None
+    changed = settings_changed(config, str(folder))
+    if changed:
+        return (f"holds a finished training run with other settings ({'; '.join(changed[:6])}"
+                f"{'; ...' if len(changed) > 6 else ''})")
+    steps = f" (step {config.max_steps} of {config.max_steps})" if config.max_steps > 0 else ""
+    return f"holds a finished training run of these settings{steps}: nothing is left to train"
+
+
+def training_inputs(config: NegalignConfig) -> list[tuple[str, str | None]]:
+    """The local files and folders a run reads, which its output_dir must keep apart from."""
+    return [(key, getattr(config, key)) for key in ("data", "samples", "benign_samples", "retain_data", "model",
+                                                    "ref_model", "ref_plus_model", "sampling_context")]
+
+
+def claim_output_dir(config: NegalignConfig) -> None:
+    """Apply the output policy to output_dir (under its lock): inputs kept apart; a folder that is not a run, or
+    a finished run, refused unless overwrite, which moves it aside."""
+    if config.overwrite and resumes_explicitly(config):
+        raise ValueError("overwrite: true starts over and resume_from_checkpoint continues the run in "
+                         f"{config.output_dir}: set one of them")
+    check_apart(config.output_dir, training_inputs(config), option="output_dir")
+    claim(config.output_dir, folder=True, overwrite=config.overwrite,
+          verdict=lambda folder: _output_dir_verdict(config, folder), flag="--overwrite (overwrite: true)",
+          option="output_dir")

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from negalign.files import atomic_output, read_yaml
+from negalign.outputs import check_apart, claim, move_aside
 
 CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json", "trained_prompts.jsonl",
            "retain_decontamination.json")
@@ -58,13 +59,20 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = Fals
     from negalign.models import load_tokenizer
 
     run, output = Path(run), Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite or choose another --output")
+    # never over the run itself or a folder around it (--overwrite once replaced them whole); an earlier export
+    # or anything else there only with --overwrite, which moves it aside once the new folder is written
+    check_apart(output, [("the run to export", run)])
+
+    def ready(path):
+        return claim(path, folder=True, overwrite=False, verdict=lambda _: None if overwrite else "exists and is not empty")
+
+    ready(output)
     model, was_lora = load_run_model(run, merge)
     settings = _run_settings(run)
     tokenizer = load_tokenizer(str(run) if (run / "tokenizer_config.json").exists() else settings["model"])
     with output_lock(output, "export"):
-        with atomic_output(output, folder=True) as tmp:
+        ready(output)
+        with atomic_output(output, folder=True, set_aside=move_aside) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             for name in CARRIED:
@@ -89,7 +97,8 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="folder for the standalone model")
     parser.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the base weights")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repository")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output: what is there is "
+                        "moved aside to OUTPUT.replaced-<time> (never the run itself or a folder that holds it)")
     args = parser.parse_args(argv)
     out = export(args.run, args.output, args.merge, args.push_to_hub, args.overwrite)
     print(f"negalign export: {args.run} -> {out}" + (f" (pushed to {args.push_to_hub})" if args.push_to_hub else ""))

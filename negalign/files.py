@@ -11,11 +11,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool = True):
+def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool = True, set_aside=None):
     """Write `path` (a file, or a folder with folder=True) through a temporary one beside it: the body writes
     to the yielded temporary path; on a clean exit its data is flushed to disk (fsync) and it is renamed onto
     `path`, on any error (or a kill) it is removed. replace=False keeps a `path` that appeared meanwhile
-    (another process finished first) and drops the new copy; an existing folder is replaced whole."""
+    (another process finished first) and drops the new copy; an existing folder is replaced whole, or handed
+    to `set_aside(path)` first when given (negalign.outputs.move_aside keeps it beside under another name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if folder:
@@ -33,7 +34,7 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool =
         if path.exists() and not replace:
             return
         if folder and path.exists():
-            shutil.rmtree(path)
+            set_aside(path) if set_aside is not None and any(path.iterdir()) else shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

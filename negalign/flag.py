@@ -17,6 +17,7 @@ stop saying to harmful prompts and what not to start saying to benign ones (docs
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 
 from negalign.evaluation.metrics import THRESHOLD, wilson_interval
 from negalign.files import atomic_write_text, portable
+from negalign.outputs import check_apart, claim
 
 REPORT_SUFFIX = ".flags.json"
 
@@ -59,6 +61,31 @@ def question(prompt) -> str:
 KEEP = ("complying", "refusing")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flag_settings(answers, threshold: float, judge_name: str, keep: str) -> dict:
+    """What a flag output depends on, recorded in its report: the same answers and settings remake it unchanged."""
+    return {"answers_sha256": file_sha256(answers), "judge": judge_name, "threshold": threshold, "kept": keep}
+
+
+def earlier_flags(output: Path, wanted: dict) -> str | None:
+    """Why an existing `output` must not be written over (see negalign.outputs.claim): it is not a flag output,
+    or one made from other answers or settings; None when the same command made it."""
+    try:
+        old = json.loads(Path(f"{output}{REPORT_SUFFIX}").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"exists and was not written by `negalign flag` (no readable {output.name}{REPORT_SUFFIX} beside it)"
+    changed = ["answers: the answers file is not the one it was flagged from" if key == "answers_sha256" else
+               f"{key}: {old.get(key)!r} -> {value!r}" for key, value in wanted.items() if old.get(key) != value]
+    return f"holds negatives flagged with other settings ({'; '.join(changed)})" if changed else None
+
+
 def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
                    complies: Callable[[list[str], list[str]], Sequence[float]],
                    threshold: float = THRESHOLD, judge_name: str = "offline", keep: str = "complying") -> dict:
@@ -67,6 +94,7 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
     OUTPUT.flags.json): counts, the flagged share with its Wilson interval."""
     if keep not in KEEP:
         raise ValueError(f"keep: {keep!r} is not one of {KEEP}")
+    check_apart(output, [("--answers", answers)])
     rows = read_answers(answers)
     scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
     bad = [(s > threshold) == (keep == "complying") for s in scores]
@@ -76,7 +104,7 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
     low, high = wilson_interval(len(flagged), len(rows))
     report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
               "flagged_share": round(len(flagged) / len(rows), 4), "wilson95": [round(low, 4), round(high, 4)],
-              "judge": judge_name, "threshold": threshold, "kept": keep,
+              **flag_settings(answers, threshold, judge_name, keep),
               "not_flagged_examples": [{"prompt": question(r["prompt"]), "answer": r["completion"][:200]}
                                        for r, b in zip(rows, bad) if not b][:5]}
     atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n")
@@ -102,9 +130,15 @@ def cmd_flag(argv: list[str]) -> int:
                         "default) or refusing (benign prompts: over-refusals)")
     parser.add_argument("--judge", default=None, help="a judge head made by `negalign judge fit` (default: the "
                         "built-in offline judge)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --output made otherwise (it is moved "
+                        "aside to OUTPUT.replaced-<time>); the same answers and settings remake it without")
     args = parser.parse_args(argv)
     if not 0 <= args.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    check_apart(args.output, [("--answers", args.answers), ("--judge", args.judge)])
+    wanted = flag_settings(args.answers, args.threshold, args.judge or "offline", args.keep)
+    claim(args.output, folder=False, overwrite=args.overwrite, verdict=lambda path: earlier_flags(path, wanted),
+          companions=[REPORT_SUFFIX])
     from negalign.evaluation.judge import HarmJudge
 
     judge = HarmJudge.load(args.judge)

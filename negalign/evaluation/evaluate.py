@@ -121,10 +121,28 @@ def evaluate(settings: EvalSettings) -> dict:
     """Run the whole evaluation, write `<output>/eval.json`, and return its contents. One evaluation writes an
     output folder at a time: a second is refused (or waits, with settings.wait)."""
     from negalign.locks import output_lock
+    from negalign.outputs import check_apart, check_place, claim
 
     output = Path(settings.output or default_output(settings.model))
+    # the output is none of the inputs (its default, MODEL/eval, lies inside the model folder by design), and a
+    # folder that is not an evaluation is not written into without overwrite, which moves it aside
+    files = [("--prompts", p.rsplit(":", 1)[0] if p.rsplit(":", 1)[-1] in ("harmful", "benign") else p)
+             for p in settings.prompt_files]
+    check_apart(output, [("--model", settings.model), ("--reference", settings.reference), ("--pairs", settings.pairs),
+                         ("--judge-head", settings.judge_head), *files], may_lie_inside=[settings.model])
+    check_place(output, folder=True)
     with output_lock(output, "evaluation", wait=settings.wait):
+        claim(output, folder=True, overwrite=settings.overwrite, verdict=evaluation_verdict)
         return _evaluate(settings, output)
+
+
+def evaluation_verdict(folder: Path) -> str | None:
+    """An evaluation folder (eval.json, answers/) is continued; any other folder is not written into."""
+    names = sorted(os.listdir(folder))
+    if "eval.json" in names or "answers" in names:
+        return None
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"holds files that are not a negalign evaluation ({shown})"
 
 
 def _evaluate(settings: EvalSettings, output: Path) -> dict:
@@ -328,7 +346,8 @@ def cmd_eval(argv: list[str]) -> int:
                         f"{HELD_OUT_PAIRS}: the last pairs of the HH file, which training leaves out)")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (saves a sampling pass)")
     parser.add_argument("--judge-head", default=None, help="harm-judge head (default: the shipped one)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings (the earlier "
+                        "output folder is moved aside to OUTPUT.replaced-<time>)")
     parser.add_argument("--no-progress", action="store_true")
     add_model_arguments(parser)
     accept_underscore_spellings(parser)

@@ -78,12 +78,17 @@ def prepare_items(config, tokenizer) -> PreparedData:
 
 def _prepare_items(config, tokenizer) -> PreparedData:
     rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
+    if not rows:
+        raise DataError(str(config.data), f"nothing to train on: {no_rows_reason(stats)}")
     removed = []
     folder = data_dir() if config.decontaminate else None
     if folder is not None:  # never train on an evaluation prompt: max_prompts counts clean prompts
         from negalign.decontamination import clean_first_prompts
 
         rows, removed = clean_first_prompts(rows, config.max_prompts or None, folder)
+        if not rows:
+            raise DataError(str(config.data), f"nothing to train on: all {len(removed)} prompts duplicate an "
+                            "evaluation prompt and were left out (decontaminate: false keeps them)")
     elif config.max_prompts:
         rows = first_prompts(rows, config.max_prompts)
     samples = None
@@ -94,8 +99,16 @@ def _prepare_items(config, tokenizer) -> PreparedData:
     if the_method.reads_samples_file and config.k != 0:
         if not config.samples:
             raise ValueError("d2o needs self-samples: set `samples` to a samples file (or k=0 for the ablation)")
-        samples, _ = load_rows(config.samples, on_bad_row=config.on_bad_row)
-    examples = build_examples(rows, config.objective, samples=samples, k=config.k)
+        samples, sample_stats = load_rows(config.samples, on_bad_row=config.on_bad_row)
+    try:
+        examples = build_examples(rows, config.objective, samples=samples, k=config.k)
+    except DataError as error:  # a prompt short of samples: say which samples rows were skipped, if any were
+        if samples is None or not sample_stats.n_skipped:
+            raise
+        n = sample_stats.n_skipped
+        raise DataError(error.where, f"{error.reason}; {n} bad row{'s' if n > 1 else ''} of {config.samples} "
+                        f"{'were' if n > 1 else 'was'} skipped (on_bad_row: skip): {sample_stats.skipped[0]}",
+                        error.field) from None
     if config.max_examples:
         examples = examples[: config.max_examples]
     if the_method.needs_mismatched:
@@ -124,6 +137,14 @@ def decontaminated_against(folder) -> str:
     from negalign.decontamination import held_out_pairs
 
     return "built-in evaluation suites" + (" and the evaluation's held-out HH pairs" if held_out_pairs(folder) else "")
+
+
+def no_rows_reason(stats) -> str:
+    """Why a data file gave no rows: empty, or every record skipped as bad (and the first one's problem)."""
+    if stats.n_read == 0:
+        return "the file is empty"
+    return (f"all {stats.n_read} records were skipped as bad rows (on_bad_row: skip); the first: "
+            f"{stats.skipped[0] if stats.skipped else 'unknown'}")
 
 
 def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:

@@ -28,7 +28,11 @@ def main() -> int:
             time.sleep(pause)
             return generate_batch(*args, **kwargs)
 
+        steps = []
+
         def slow_training_step(self, *args, **kwargs):
+            steps.append(1)
+            print(f"killable_cli: training step {len(steps)}", flush=True)
             time.sleep(pause)
             return training_step(self, *args, **kwargs)
 

@@ -89,8 +89,10 @@ def run_demo(settings: DemoSettings) -> dict:
             continue
         clock = time.time()
         _log(f"{method}: training {settings.max_steps} steps")
+        # a model trained with other settings is replaced (moved aside by train's overwrite, not deleted); an
+        # interrupted run of these settings resumes from the checkpoint its interruption saved
         train({"model": base, **recipe, **_train_model_options(settings), "output_dir": str(run_dir),
-               "save_strategy": "no"})
+               "save_strategy": "no", "overwrite": trained})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 

@@ -34,7 +34,8 @@ def cmd_train(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_train_help())
         return 0
-    from negalign.config import load_config, parse_overrides, split_config_flag
+    from negalign.commandline import split_config_flag
+    from negalign.config import load_config, parse_overrides
     from negalign.pipeline import train
 
     recipe, rest = split_config_flag(argv)

@@ -166,24 +166,6 @@ def loaded_as(model) -> dict:
             "attn_implementation": model.config._attn_implementation}
 
 
-def add_model_arguments(parser) -> None:
-    """The ModelOptions flags of an argparse command."""
-    group = parser.add_argument_group("model options")
-    group.add_argument("--dtype", default="auto", choices=DTYPES,
-                       help="weights' dtype (auto: bfloat16 on a CUDA GPU, float32 on a CPU)")
-    group.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:N")
-    group.add_argument("--attn-implementation", default=None, help="attention kernel (sdpa, eager, flash_attention_2, "
-                       "...; default: the model's)")
-    group.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a Hub model")
-    group.add_argument("--chat-template", default=None, help="a chat template replacing the tokenizer's: a Jinja "
-                       "file, or the template itself")
-
-
-def model_options_from(args) -> ModelOptions:
-    return ModelOptions(dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
-                        trust_remote_code=args.trust_remote_code, chat_template=args.chat_template)
-
-
 def load_model(name_or_path: str, options: ModelOptions | None = None):
     """The model on `options.device` in `options.dtype` (default: float32 on the CPU, where training loads it
     before the Trainer places it)."""

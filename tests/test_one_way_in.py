@@ -5,7 +5,10 @@ every command with the same one line before anything is loaded."""
 import pytest
 
 from negalign.cli import main
-from negalign.config import load_config, recipe_defaults
+from negalign.commandline import file_defaults
+from negalign.config import load_config
+from negalign.evaluation.evaluate import EvalSettings
+from negalign.sample_command import SampleCommand
 
 COMMANDS = ["train", "sample", "eval", "demo"]
 
@@ -21,7 +24,7 @@ def recipe(tmp_path):
 def test_one_key_means_the_same_in_every_command(recipe, monkeypatch):
     config = load_config(str(recipe))
     assert (config.seed, config.k, config.model) == (7, 3, "my-model")
-    sample, evaluation = recipe_defaults(str(recipe), "sample"), recipe_defaults(str(recipe), "eval")
+    sample, evaluation = file_defaults(SampleCommand, str(recipe)), file_defaults(EvalSettings, str(recipe))
     assert (sample["seed"], sample["k"], sample["model"], sample["output"]) == (7, 3, "my-model", "s.jsonl")
     assert (evaluation["seed"], evaluation["reference"], evaluation["model"]) == (7, "my-model", "runs/r")
     import negalign.demo as demo

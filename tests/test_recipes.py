@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from negalign.cli import main
-from negalign.config import recipe_defaults
+from negalign.commandline import file_defaults
+from negalign.evaluation.evaluate import EvalSettings
+from negalign.sample_command import SampleCommand
 from negalign.sampling import SamplingSettings
 
 PROMPTS = ["Tell me a joke about cats.", "Write an insult for my coworker.", "How do plants grow?"]
@@ -27,17 +29,17 @@ def recipe(tmp_path, tiny_model_dir):
 
 
 def test_recipe_defaults_name_each_command_option(recipe, tmp_path, tiny_model_dir):
-    sample = recipe_defaults(str(recipe), "sample")
+    sample = file_defaults(SampleCommand, str(recipe))
     assert sample["output"] == str(tmp_path / "samples.jsonl") and sample["k"] == 2
     assert sample["max_new_tokens"] == 3 and sample["max_prompt_length"] == 64
     assert sample["sampling_instruction"] == "Be brief." and sample["model"] == tiny_model_dir
     assert sample["temperature"] == SamplingSettings().temperature  # one default for sample, recipe and refresh
-    assert recipe_defaults(str(recipe), "eval") == {"model": str(tmp_path / "run"), "reference": tiny_model_dir,
-                                                    "max_prompt_length": 64}
+    assert file_defaults(EvalSettings, str(recipe)) == {"model": str(tmp_path / "run"), "reference": tiny_model_dir,
+                                                        "max_prompt_length": 64}
     bad = tmp_path / "bad.yaml"
     bad.write_text("bta: 0.1\n")
     with pytest.raises(ValueError, match=r"bta \(did you mean beta\?\)"):
-        recipe_defaults(str(bad), "sample")
+        file_defaults(SampleCommand, str(bad))
 
 
 def test_one_recipe_samples_trains_and_evaluates(recipe, tmp_path, tiny_model_dir):

@@ -14,42 +14,60 @@ h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-p
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from negalign.commandline import option
 from negalign.data.paths import data_dir as resolve_data_dir
 from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
-from negalign.models import ModelOptions, add_model_arguments, loaded_as, model_options_from
+from negalign.models import ModelOptions, loaded_as
 
 
 @dataclass
 class EvalSettings:
-    model: str
-    reference: str | None = None
-    output: str | None = None
-    suites: list[str] | None = None  # built-in suite names; None = all
-    prompt_files: list[str] = field(default_factory=list)
-    max_prompts: int | None = None
-    data_dir: str | None = None
-    seed: int = 0
-    max_new_tokens: int = 256
-    batch_size: int = 64  # prompts per generation batch: 64 is the fastest measured (benchmarks/generation.py)
-    max_prompt_length: int = 256
-    pairs: str | None = None  # preference pairs file; default: the HH harmless-base file in the data dir
-    max_pairs: int | None = None  # default: max_prompts, else (and at most) HELD_OUT_PAIRS, the pairs training leaves out
-    kl: bool = True  # with a reference: sample benign answers at temperature 1 and estimate KL
-    judge_head: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-    wait: bool = False  # another process writing the output folder: wait for it instead of stopping
-    model_options: ModelOptions = field(default_factory=ModelOptions)  # dtype, device, attention, remote code
+    """`negalign eval`'s settings: each field is a flag (`--max-new-tokens`) and a key of a `--config` file."""
+
+    # a training recipe as --config: evaluate what it trains (its output_dir) against where it starts (its model)
+    RECIPE: ClassVar[dict] = {"output_dir": "model", "model": "reference", "seed": "seed",
+                              "max_prompt_length": "max_prompt_length", "attn_implementation": "attn_implementation",
+                              "trust_remote_code": "trust_remote_code"}
+
+    model: str = option(help="model to evaluate (folder, Hub name or short name; or a --config recipe's output_dir)")
+    reference: str | None = option(None, "reference model for log-ratios and KL (e.g. the starting model); without "
+                                   "it h is the policy log-prob and KL is skipped")
+    output: str | None = option(None, "output folder (default: MODEL/eval for a folder, else evals/NAME)")
+    suites: list[str] | None = option(None, "built-in prompt suite (repeatable; default: all)", flags=("--suite",),
+                                      action="append", choices=list(BUILTIN))
+    prompt_files: list[str] = option(help="your own prompt file (csv/jsonl with prompt and harmful columns, or a txt "
+                                     "file as FILE:harmful / FILE:benign); repeatable", factory=list,
+                                     flags=("--prompts",), action="append", metavar="FILE[:KIND]")
+    max_prompts: int | None = option(None, "seeded subsample of N prompts per suite")
+    data_dir: str | None = option(None, "data folder (default: $NEGALIGN_DATA or ../shared/data)")
+    seed: int = option(0, "seed of the prompt subsample and the KL answers")
+    max_new_tokens: int = option(256, "tokens per answer")
+    # 64 is the fastest measured (benchmarks/generation.py)
+    batch_size: int = option(64, "prompts per generation batch (greedy answers do not depend on it)")
+    max_prompt_length: int = option(256, "prompt tokens kept (the last ones)")
+    pairs: str | None = option(None, "preference pairs file (default: HH harmless-base in the data folder; its last "
+                               "pairs are used)")
+    max_pairs: int | None = option(None, f"pairs to score (default: --max-prompts, at most {HELD_OUT_PAIRS}: the last "
+                                   "pairs of the HH file, which training leaves out)")
+    kl: bool = option(True, "with a reference: sample benign answers at temperature 1 and estimate KL (--no-kl "
+                      "saves that sampling pass)")
+    judge_head: str | None = option(None, "harm-judge head (default: the shipped one)")
+    overwrite: bool = option(False, "regenerate answers made with other settings (the earlier output folder is "
+                             "moved aside to OUTPUT.replaced-<time>)")
+    progress: bool = option(True, "progress bars (--no-progress for none)")
+    wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")
+    model_options: ModelOptions = option(help="dtype, device, attention, remote code, chat template",
+                                         factory=ModelOptions)
 
 
 def default_output(model: str) -> str:
@@ -159,7 +177,7 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     timings: dict[str, float] = {}
 
     options = settings.model_options
-    tokenizer = load_tokenizer(settings.model, options.trust_remote_code)
+    tokenizer = load_tokenizer(settings.model, options.trust_remote_code, options.chat_template)
     model = load_model(settings.model, options).eval()
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
@@ -312,60 +330,15 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from negalign.config import accept_underscore_spellings, recipe_defaults, split_config_flag
+    from negalign.commandline import parse_command
 
-    parser = argparse.ArgumentParser(
-        prog="negalign eval", description="Answer held-out harmful and benign prompts, judge the answers "
-        "(harmful compliance, over-refusal, with Wilson 95 % intervals), and measure preference accuracy, "
-        "NLL and KL to a reference. Rerun the same command to resume after an interruption.",
+    settings = parse_command(
+        EvalSettings, argv, prog="negalign eval",
+        description="Answer held-out harmful and benign prompts, judge the answers (harmful compliance, "
+        "over-refusal, with Wilson 95 % intervals), and measure preference accuracy, NLL and KL to a reference. "
+        "Rerun the same command to resume after an interruption.",
         epilog="--config RECIPE evaluates what a training recipe trains (its output_dir) against the model it "
         "starts from (its model, as --reference); flags win.")
-    parser.add_argument("--config", help="a training recipe (YAML): evaluate its output_dir against its model")
-    parser.add_argument("--model", help="model to evaluate (folder, Hub name or short name; required without "
-                        "--config)")
-    parser.add_argument("--reference", default=None, help="reference model for log-ratios and KL (e.g. the "
-                        "starting model); without it h is the policy log-prob and KL is skipped")
-    parser.add_argument("--suite", action="append", dest="suites", choices=list(BUILTIN),
-                        help="built-in prompt suite (repeatable; default: all)")
-    parser.add_argument("--prompts", action="append", default=[], dest="prompt_files", metavar="FILE[:KIND]",
-                        help="your own prompt file (csv/jsonl with prompt and harmful columns, or a txt file "
-                        "as FILE:harmful / FILE:benign); repeatable")
-    parser.add_argument("--max-prompts", type=int, default=None, help="seeded subsample of N prompts per suite")
-    parser.add_argument("--output", default=None, help="output folder (default: MODEL/eval for a folder, "
-                        "else evals/NAME)")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $NEGALIGN_DATA or ../shared/data)")
-    defaults = EvalSettings(model="")  # one set of defaults for the command line and Python
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="prompts per generation batch (greedy answers do not depend on it)")
-    parser.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length)
-    parser.add_argument("--pairs", default=None, help="preference pairs file (default: HH harmless-base in the "
-                        "data folder; its last pairs are used)")
-    parser.add_argument("--max-pairs", type=int, default=None, help="pairs to score (default: --max-prompts, at most "
-                        f"{HELD_OUT_PAIRS}: the last pairs of the HH file, which training leaves out)")
-    parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (saves a sampling pass)")
-    parser.add_argument("--judge-head", default=None, help="harm-judge head (default: the shipped one)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate answers made with other settings (the earlier "
-                        "output folder is moved aside to OUTPUT.replaced-<time>)")
-    parser.add_argument("--no-progress", action="store_true")
-    add_model_arguments(parser)
-    accept_underscore_spellings(parser)
-    recipe, _ = split_config_flag(argv)
-    if recipe:
-        parser.set_defaults(**recipe_defaults(recipe, "eval"))
-    parser.add_argument("--wait", action="store_true",
-                        help="if another process is writing --output, wait for it (default: stop at once)")
-    args = parser.parse_args(argv)
-    if not args.model:
-        parser.error("--model is required (or a --config recipe whose output_dir is the model)")
-    settings = EvalSettings(
-        model=args.model, reference=args.reference, output=args.output, suites=args.suites,
-        prompt_files=args.prompt_files, max_prompts=args.max_prompts, data_dir=args.data_dir, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
-        pairs=args.pairs, max_pairs=args.max_pairs, kl=not args.no_kl, judge_head=args.judge_head,
-        overwrite=args.overwrite, progress=not args.no_progress, wait=args.wait,
-        model_options=model_options_from(args))
     result = evaluate(settings)  # bad input raises ValueError / OSError: negalign's main prints it in one line
     print(f"negalign eval: {settings.model} -> {result['output']}/eval.json")
     print("\n".join(summary_lines(result)))

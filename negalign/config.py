@@ -37,6 +37,8 @@ class NegalignConfig(TrainingArguments):
                                     "flash_attention_2, ...; default: the model's). Packed training batches run "
                                     "negalign's block attention either way.")
     trust_remote_code: bool = _opt(False, "Allow code shipped with a Hub model (off unless asked for).")
+    chat_template: str = _opt(None, "A chat template replacing the tokenizer's, for training and the saved model's "
+                              "tokenizer: a Jinja file, or the template itself.")
     bf16: bool = _opt(None, "bf16 autocast. Default: on with a CUDA GPU that supports it, off on a CPU (where bf16 "
                       "is emulated on most processors and about 40x slower than fp32).")
     data: str = _opt(None, "Feedback file (jsonl/jsonl.gz/json/csv/parquet) or Hub data set name.")
@@ -142,7 +144,7 @@ class NegalignConfig(TrainingArguments):
     def model_options(self) -> ModelOptions:
         """How the policy and the references are loaded (on the CPU; the Trainer then places them)."""
         return ModelOptions(dtype=self.model_dtype, device="cpu", attn_implementation=self.attn_implementation,
-                            trust_remote_code=self.trust_remote_code)
+                            trust_remote_code=self.trust_remote_code, chat_template=self.chat_template)
 
     def __getstate__(self):
         """What pickling writes (the Trainer's training_args.bin in the run and in every checkpoint, and in a Hub
@@ -164,6 +166,13 @@ class NegalignConfig(TrainingArguments):
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
         problems = []
+        if self.chat_template:
+            from negalign.models import resolve_chat_template
+
+            try:
+                resolve_chat_template(self.chat_template)
+            except ValueError as error:
+                problems.append(str(error))
         if self.objective not in METHODS:
             problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(METHODS)}")
         else:

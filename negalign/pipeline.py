@@ -205,7 +205,7 @@ def _train(config: NegalignConfig) -> NegalignTrainer:
     _check_sources(config)
     if not set_mmap_threshold(config.host_mmap_threshold_mb) and (hint := allocator_hint()):
         logger.info("negalign: %s", hint)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.chat_template)
     prepared = prepare_items(config, tokenizer)
     if not prepared.items:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")

@@ -64,6 +64,16 @@ def model_card(config, anchors: dict | None) -> str:
             drawn = other.get("sampling_context")
             lines += ["", f"Also in the file: {other.get('rows')} anchors from `{other.get('file')}`, drawn "
                       + ("with no sampling context." if drawn is None else f"under sampling context `{drawn['sha256']}`.")]
+    if config.chat_template:
+        import hashlib
+
+        from negalign.models import resolve_chat_template
+
+        digest = hashlib.sha256(resolve_chat_template(config.chat_template).encode()).hexdigest()[:12]
+        given = (f"the file `{os.path.basename(config.chat_template)}`"
+                 if os.path.isfile(os.path.expanduser(config.chat_template)) else "given inline")
+        lines += ["", f"Chat template: not the starting model's but {given} (sha256 {digest}); training used it and "
+                  "this folder's tokenizer keeps it."]
     lines += ["", "Files: `negalign_config.yaml` (every setting), `versions.json`, `train_log.json`.", ""]
     return "\n".join(lines)
 

@@ -52,3 +52,26 @@ def test_sample_uses_the_template_from_the_command_line(tiny_model_dir, tmp_path
     assert seen == [TEMPLATE]
     assert main(["sample", "--model", tiny_model_dir, "--data", str(data), "--output", str(tmp_path / "t.jsonl"),
                  "--chat-template", "no-such.jinja"]) == 2  # refused in one line before the model loads
+
+
+def test_training_uses_the_template_saves_it_and_says_so_in_the_card(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from negalign import train
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write a line about the number {i}.", "chosen": "Fine.",
+                                        "rejected": "No."}) + "\n" for i in range(4)))
+    template = tmp_path / "brackets.jinja"
+    template.write_text(TEMPLATE)
+    out = tmp_path / "run"
+    trainer = train({"model": tiny_model_dir, "data": str(data), "objective": "dpo", "max_steps": 1,
+                     "per_device_train_batch_size": 2, "output_dir": str(out), "use_cpu": True,
+                     "save_strategy": "no", "chat_template": str(template), "cache_dir": str(tmp_path / "cache")})
+    assert trainer.processing_class.chat_template == TEMPLATE
+    assert AutoTokenizer.from_pretrained(out).chat_template == TEMPLATE  # the trained model keeps it
+    card = (out / "README.md").read_text()
+    assert "Chat template: not the starting model's but the file `brackets.jinja`" in card
+    with pytest.raises(ValueError, match="neither a file nor a Jinja template"):
+        train({"model": tiny_model_dir, "data": str(data), "objective": "dpo", "output_dir": str(tmp_path / "r2"),
+               "chat_template": "brackets.jnja"})

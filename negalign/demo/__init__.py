@@ -130,6 +130,7 @@ def _train_model_options(settings: DemoSettings) -> dict:
     was asked for, and the CPU when the device is the CPU."""
     options = settings.model_options
     out = {"attn_implementation": options.attn_implementation, "trust_remote_code": options.trust_remote_code,
+           "chat_template": options.chat_template,
            "use_cpu": options.torch_device().type == "cpu"}
     if options.dtype != "auto":
         out.update(model_dtype=options.dtype, bf16=False)

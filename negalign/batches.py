@@ -64,20 +64,22 @@ class PreparedData:
                 f"{self.decontaminated_against})")
 
 
-def prepare_items(config, tokenizer) -> PreparedData:
+def prepare_items(config, tokenizer, rows=None) -> PreparedData:
+    """Rows of config.data (or `rows` handed over from Python: a datasets.Dataset or list of dicts) -> items."""
     # millions of small lists (token ids, rows) are created and none is garbage: the cyclic collector would
     # rescan all of them again and again (time growing faster than the rows), so it pauses while they are made
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _prepare_items(config, tokenizer)
+        return _prepare_items(config, tokenizer, rows)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _prepare_items(config, tokenizer) -> PreparedData:
-    rows, stats = load_rows(config.data, split=config.data_split, on_bad_row=config.on_bad_row)
+def _prepare_items(config, tokenizer, given=None) -> PreparedData:
+    rows, stats = load_rows(config.data if given is None else given, split=config.data_split,
+                            on_bad_row=config.on_bad_row)
     if not rows:
         raise DataError(str(config.data), f"nothing to train on: {no_rows_reason(stats)}")
     removed = []

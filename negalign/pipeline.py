@@ -14,6 +14,7 @@ from negalign.checkpoints import checkpoint_problem, claim_output_dir, newest_ch
 from negalign.checkpoints import checkpoint_step as _step
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
+from negalign.data.readers import IN_MEMORY
 from negalign.files import atomic_write_text, portable
 from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
@@ -184,34 +185,67 @@ def _disk_full(output_dir: str) -> DiskFull:
                     f"and rerun the same command: it resumes from {last or 'the start (no complete checkpoint)'}")
 
 
-def train(config: NegalignConfig | dict | str | None = None, **overrides) -> NegalignTrainer:
+def train(config: NegalignConfig | dict | str | None = None, *, model=None, tokenizer=None, train_dataset=None,
+          **overrides) -> NegalignTrainer:
     """Train with any objective. `config` is a NegalignConfig, a dict of its fields, or a YAML recipe path;
-    keyword overrides win. Returns the trainer (its `state.log_history` holds the logged metrics)."""
+    keyword overrides win. What you already hold can be passed instead of names: `model` (a loaded
+    PreTrainedModel, or a PeftModel whose adapter is trained), `tokenizer`, `train_dataset` (a datasets.Dataset
+    or a list of dicts, in any format the data files take). Returns the trainer: `.model` is the trained model,
+    `.state.log_history` the logged metrics, `.args.output_dir` where the model was saved."""
+    if isinstance(model, (str, os.PathLike)):  # train(model="name", ...): the config field, not an object
+        overrides["model"], model = str(model), None
+    if train_dataset is not None:
+        given = config.get("data") if isinstance(config, dict) else getattr(config, "data", None)
+        if overrides.get("data") or (given and given != IN_MEMORY):
+            raise ValueError("give the training rows once: `data` (a file or data set name) or train_dataset")
+        overrides["data"] = IN_MEMORY
+    if model is not None:
+        overrides["model"] = _model_name(model, tokenizer)
     config = _as_config(config, overrides)
+    if model is not None and config.use_lora and hasattr(model, "peft_config"):
+        raise ValueError("model is already a PeftModel, whose adapter is trained: leave use_lora off")
     if not config.data:
         raise ValueError("no training data: set `data` to a feedback file or data set name")
     check_launch(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
-        return _train(config)
+        return _train(config, model, tokenizer, train_dataset)
     check_place(config.output_dir, folder=True)  # a path under a file: named before the lock beside it is made
     with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
         claim_output_dir(config)  # never over a folder that is not a run, or a finished run, unless overwrite
-        return _train(config)
+        return _train(config, model, tokenizer, train_dataset)
 
 
-def _train(config: NegalignConfig) -> NegalignTrainer:
+def _model_name(model, tokenizer) -> str:
+    """What a model object is called in the run's records and reference cache names: its name_or_path (for a
+    PeftModel its base's). Without one, the tokenizer must be given (nothing to load it from)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = getattr(inner, "name_or_path", "") or getattr(getattr(inner, "config", None), "_name_or_path", "")
+    if not name and tokenizer is None:
+        raise ValueError("model has no name_or_path to load its tokenizer from: pass tokenizer= as well")
+    return name or "in-memory-model"
+
+
+def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> NegalignTrainer:
     checkpoint = resolve_checkpoint(config)
     check_refresh_folder(config, checkpoint)
     _check_sources(config)
     if not set_mmap_threshold(config.host_mmap_threshold_mb) and (hint := allocator_hint()):
         logger.info("negalign: %s", hint)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.chat_template)
-    prepared = prepare_items(config, tokenizer)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.chat_template)
+    elif config.chat_template:
+        from negalign.models import resolve_chat_template
+
+        tokenizer.chat_template = resolve_chat_template(config.chat_template)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prepared = prepare_items(config, tokenizer, rows)
     if not prepared.items:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")
     logger.info("negalign: %s", prepared.summary())
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
-    model = load_model(config.model, config.model_options())
+    if model is None:
+        model = load_model(config.model, config.model_options())
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
     reference = Reference(config, layout)
     # one process per node computes and caches; the others then read the cache (written atomically)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from negalign.data.errors import DataError
@@ -57,14 +56,15 @@ def _duplicate_message(paired: bool, row: dict, first_where: str) -> str:
             "to keep only the first")
 
 
-def load_rows(source: str | os.PathLike, *, split: str | None = None, on_bad_row: str = "error",
+def load_rows(source, *, split: str | None = None, on_bad_row: str = "error",
               data_format: str = "auto") -> tuple[list[dict], LoadStats]:
     """Load feedback from a local file (.jsonl, .jsonl.gz, .json, .csv, .parquet) or a Hub data set
     name, and normalise every record into rows (see `negalign.data.rows.Row`).
 
     Args:
-        source: a file path, or a Hugging Face Hub data set name (anything that is not an existing
-            local path and does not look like one).
+        source: a file path, a Hugging Face Hub data set name (anything that is not an existing
+            local path and does not look like one), or rows in memory (a datasets.Dataset or a list of
+            dicts in any format the files take).
         split: the Hub split to load (default "train"); ignored for local files.
         on_bad_row: "error" raises the first bad record's DataError; "skip" drops bad records, counts
             them and keeps their messages in `LoadStats.skipped`. A pair with one bad side keeps the good
@@ -78,8 +78,10 @@ def load_rows(source: str | os.PathLike, *, split: str | None = None, on_bad_row
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     from negalign.data.catalog import resolve_data
+    from negalign.data.readers import is_in_memory
 
-    source = resolve_data(str(source))  # a catalog short name (hh-harmless-base, ...) -> local file or Hub
+    if not is_in_memory(source):
+        source = resolve_data(str(source))  # a catalog short name (hh-harmless-base, ...) -> local file or Hub
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}")
     rows: list[dict] = []

@@ -41,8 +41,26 @@ def looks_like_path(source: str) -> bool:
     )
 
 
-def iter_records(source: str | os.PathLike, split: str | None = None) -> Iterator[RawRecord]:
-    """Yield the raw records of a local file or, for anything that is not a local path, a Hub data set."""
+IN_MEMORY = "train_dataset"  # how rows handed over from Python are named in messages and in each row's source
+
+
+def is_in_memory(source) -> bool:
+    """A data set already in memory: a datasets.Dataset or a list of dicts, not a file or data set name."""
+    return not isinstance(source, (str, os.PathLike)) and hasattr(source, "__iter__")
+
+
+def _iter_memory(rows) -> Iterator[RawRecord]:
+    for index, item in enumerate(rows):
+        value = dict(item) if isinstance(item, dict) or hasattr(item, "keys") else DataError(
+            f"{IN_MEMORY} row {index}", f"a row must be a mapping of field: value, got {type(item).__name__}")
+        yield RawRecord(f"{IN_MEMORY} row {index}", f"{IN_MEMORY}:{index}", value)
+
+
+def iter_records(source, split: str | None = None) -> Iterator[RawRecord]:
+    """Yield the raw records of a local file, rows in memory (a datasets.Dataset or a list of dicts) or, for
+    any other name, a Hub data set."""
+    if is_in_memory(source):
+        return _iter_memory(source)
     if isinstance(source, os.PathLike) or os.path.exists(os.path.expanduser(str(source))):
         return _iter_file(Path(os.path.expanduser(str(source))), str(source))
     name = str(source)

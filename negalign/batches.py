@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
 from negalign.data.paths import data_dir
 from negalign.logprobs import pack_sequences
 from negalign.methods import Layout, example_slots, method
+from negalign.progress import bar
 
 logger = logging.getLogger("negalign")
 
@@ -116,7 +116,7 @@ def _prepare_items(config, tokenizer, given=None) -> PreparedData:
     if the_method.needs_mismatched:
         examples = add_mismatched_completions(examples)
     items, n_prompt_cut, n_completion_cut = [], 0, 0
-    for example in tqdm(examples, desc="tokenising", unit="example", mininterval=1.0, disable=len(examples) < 2000):
+    for example in bar(examples, desc="tokenising", unit="example", mininterval=1.0, disable=len(examples) < 2000):
         sequences = []
         for completion in example_slots(the_method, example):
             encoded = encode(example["prompt"], completion, tokenizer, max_length=config.max_length,

@@ -112,14 +112,25 @@ def _debug_flag(argv: list[str]) -> tuple[bool, list[str]]:
     return debug, rest
 
 
+def _progress_flag(argv: list[str]) -> tuple[bool, list[str]]:
+    """`--no-progress` for every command: no progress bars at all. `eval` reads it as its own option, `train` as
+    the Trainer's disable_tqdm (which also silences negalign's bars in that run); the others drop it here."""
+    if "--no-progress" not in argv[1:] or argv[:1] == ["eval"]:
+        return "--no-progress" in argv[1:], argv
+    rest = [item for item in argv if item != "--no-progress"]
+    return True, rest + (["--disable_tqdm=true"] if argv[:1] == ["train"] else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, argv = _debug_flag(argv)
+    no_progress, argv = _progress_flag(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: negalign [--debug] COMMAND [options]   (negalign COMMAND --help for its options)", "",
                  "Align causal language models from negatives, point-wise feedback and pairs.", "", "commands:"]
         lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
-        lines += ["", "--debug (or NEGALIGN_DEBUG=1): show the traceback behind a one-line error"]
+        lines += ["", "--debug (or NEGALIGN_DEBUG=1): show the traceback behind a one-line error",
+                  "--no-progress (or NEGALIGN_NO_PROGRESS=1): no progress bars, for any command"]
         print("\n".join(lines))
         known = not argv or argv[0] in ("-h", "--help")
         if not known:
@@ -134,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     # the user's own conditions end in one line (exit 2; 128 + the signal for SIGINT / SIGTERM); a bug still
     # shows its traceback, and --debug shows it for these too
     try:
-        with sigterm_as_interrupt():
+        from negalign.progress import quietly
+
+        with sigterm_as_interrupt(), quietly(no_progress):
             return _command(target)(argv[1:])
     except (ValueError, OSError, OutputLocked, Interrupted, KeyboardInterrupt) as error:
         if debug:

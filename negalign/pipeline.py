@@ -212,7 +212,10 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
     check_place(config.output_dir, folder=True)  # a path under a file: named before the lock beside it is made
     with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
         claim_output_dir(config)  # never over a folder that is not a run, or a finished run, unless overwrite
-        return _train(config, model, tokenizer, train_dataset)
+        from negalign.progress import quietly
+
+        with quietly(config.disable_tqdm):  # the Trainer's bar off: negalign's bars (reference pass ...) too
+            return _train(config, model, tokenizer, train_dataset)
 
 
 def _model_name(model, tokenizer) -> str:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from negalign.files import atomic_output
 from negalign.locks import output_lock
@@ -74,7 +73,9 @@ def compute_logps(model, sequences: list[Sequence], max_tokens: int | None = Non
     device = next(model.parameters()).device
     max_tokens = max_tokens or (4096 if device.type == "cpu" else 32768)
     pieces, order = [], []
-    for indices in tqdm(batches_by_tokens(sequences, max_tokens), desc=description, unit="batch"):
+    from negalign.progress import bar
+
+    for indices in bar(batches_by_tokens(sequences, max_tokens), desc=description, unit="batch"):
         batch = pack_sequences([sequences[i] for i in indices], share_prompts).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             pieces.append(sequence_logps(model, batch, "sum", attention=attention).float())

@@ -69,7 +69,7 @@ class SampleRefresher(TrainerCallback):
             # seed and weights give the same rows), never extended under a fingerprint check that
             # bit-level nondeterminism across a resume could fail
             report = sample(model, self.tokenizer, self.prompts, path, self.settings(step),
-                            model_id=f"{self.config.model}@step{step}", overwrite=True, progress=False)
+                            model_id=f"{self.config.model}@step{step}", overwrite=True)
         model.train(was_training)
         n = self.apply(path, model)
         anchors = report_samples_file(path, refuses=self.refuses)  # saved as step-N.jsonl.anchors.json

@@ -172,7 +172,9 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
     model.eval()
     columns = [TextColumn("sampling"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress) as bar, open(output, "a", encoding="utf-8") as sink:
+    from negalign.progress import quiet
+
+    with Progress(*columns, disable=not progress or quiet()) as bar, open(output, "a", encoding="utf-8") as sink:
         task = bar.add_task("sampling", total=len(prompts), rate="")
         for batch_number, batch in enumerate(batches):
             missing = [(i, s) for i in batch for s in range(settings.k) if (keys[i], s) not in done]

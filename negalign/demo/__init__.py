@@ -28,6 +28,7 @@ from negalign.demo.data import _log, prepare_data
 from negalign.demo.settings import LEARNING_RATE, LORA, PRESETS, TRAIN, DemoSettings
 from negalign.files import atomic_write_text
 from negalign.methods import METHODS
+from negalign.progress import quiet
 
 __all__ = ["DemoSettings", "PRESETS", "TRAIN", "LORA", "LEARNING_RATE", "run_demo", "cmd_demo", "stale"]
 
@@ -92,7 +93,7 @@ def run_demo(settings: DemoSettings) -> dict:
         # a model trained with other settings is replaced (moved aside by train's overwrite, not deleted); an
         # interrupted run of these settings resumes from the checkpoint its interruption saved
         train({"model": base, **recipe, **_train_model_options(settings), "output_dir": str(run_dir),
-               "save_strategy": "no", "overwrite": trained})
+               "save_strategy": "no", "overwrite": trained, "disable_tqdm": quiet()})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 

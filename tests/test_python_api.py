@@ -96,3 +96,25 @@ def test_objects_in_are_checked(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"train_dataset row 1: "):
         negalign.train({"objective": "npo", "output_dir": str(tmp_path / "b"), "model": tiny_model_dir,
                         "use_cpu": True}, train_dataset=[{"prompt": "hi", "rejected": "no"}, "not a row"])
+
+
+def test_evaluate_takes_model_objects_and_scores_as_from_paths(tiny_model_dir, tmp_path):
+    from negalign.evaluation.evaluate import EvalSettings, evaluate
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,harmful\n" + "".join(f'"{p}",{str(i % 2 == 0).lower()}\n'
+                                                    for i, p in enumerate(PROMPTS)))
+    common = dict(prompt_files=[str(prompts)], data_dir=str(tmp_path / "none"), max_new_tokens=3, kl=False,
+                  progress=False)
+    from_paths = evaluate(EvalSettings(model=tiny_model_dir, reference=tiny_model_dir,
+                                       output=str(tmp_path / "paths"), **common))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    from_objects = evaluate(EvalSettings(model="my-policy", output=str(tmp_path / "objects"), **common),
+                            model=model, reference_model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            tokenizer=load_tokenizer(tiny_model_dir))
+    assert from_objects["model"] == "my-policy" and from_objects["reference"] == "(model object)"
+    for name, suite in from_paths["suites"].items():
+        assert from_objects["suites"][name]["n"] == suite["n"]
+        for key in ("harmful_compliance", "benign_refusal"):
+            if key in suite:
+                assert from_objects["suites"][name][key]["rate"] == suite[key]["rate"]

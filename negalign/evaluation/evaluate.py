@@ -135,9 +135,11 @@ def _pair_logps(model, reference, tokenizer, pairs: list[dict], fingerprints: di
             [len(completion) for _, completion in sequences[0::2]])
 
 
-def evaluate(settings: EvalSettings) -> dict:
+def evaluate(settings: EvalSettings, *, model=None, tokenizer=None, reference_model=None) -> dict:
     """Run the whole evaluation, write `<output>/eval.json`, and return its contents. One evaluation writes an
-    output folder at a time: a second is refused (or waits, with settings.wait)."""
+    output folder at a time: a second is refused (or waits, with settings.wait). Models you hold can be passed
+    as objects (`model`, `reference_model`, `tokenizer`; settings.model then names the model in the record and
+    `output` should be given); the tokenizer defaults to the model's name_or_path."""
     from negalign.locks import output_lock
     from negalign.outputs import check_apart, check_place, claim
 
@@ -154,7 +156,7 @@ def evaluate(settings: EvalSettings) -> dict:
         from negalign.progress import quietly
 
         with quietly(not settings.progress):  # every bar of the evaluation: answers, judges, reference pass
-            return _evaluate(settings, output)
+            return _evaluate(settings, output, model, tokenizer, reference_model)
 
 
 def evaluation_verdict(folder: Path) -> str | None:
@@ -166,7 +168,7 @@ def evaluation_verdict(folder: Path) -> str | None:
     return f"holds files that are not a negalign evaluation ({shown})"
 
 
-def _evaluate(settings: EvalSettings, output: Path) -> dict:
+def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, reference=None) -> dict:
     from negalign.evaluation.content_judge import load_content_judge
     from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.judge import HarmJudge
@@ -180,8 +182,10 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
     timings: dict[str, float] = {}
 
     options = settings.model_options
-    tokenizer = load_tokenizer(settings.model, options.trust_remote_code, options.chat_template)
-    model = load_model(settings.model, options).eval()
+    if tokenizer is None:
+        name = settings.model if model is None else (getattr(model, "name_or_path", "") or settings.model)
+        tokenizer = load_tokenizer(name, options.trust_remote_code, options.chat_template)
+    model = (load_model(settings.model, options) if model is None else model).eval()
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
                progress=settings.progress)
@@ -229,7 +233,9 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"])}
     timings["judge"] = time.time() - clock
 
-    reference = load_model(settings.reference, options).eval() if settings.reference else None
+    if reference is None and settings.reference:
+        reference = load_model(settings.reference, options)
+    reference = reference.eval() if reference is not None else None
     # each model's weights hashed once: the pair log-prob cache is keyed by them
     fingerprints = {id(m): model_fingerprint(m) for m in (model, reference) if m is not None}
     # the starting model judged against itself (a demo's base row): its log-ratios are 0, nothing to compute
@@ -288,7 +294,8 @@ def _evaluate(settings: EvalSettings, output: Path) -> dict:
         timings["kl"] = time.time() - clock
 
     result = {
-        "model": settings.model, "reference": settings.reference, "output": str(output),
+        "model": settings.model, "reference": settings.reference or (None if reference is None else "(model object)"),
+        "output": str(output),
         "data_dir": str(folder) if folder is not None else None,
         "suites": results_by_suite, **overall, "preference": preference, "kl": kl,
         "generation": generation,

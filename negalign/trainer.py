@@ -202,14 +202,21 @@ class NegalignTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, layout: Layout, reference: Reference | None = None,
+    def __init__(self, *args, layout: Layout | None = None, reference: Reference | None = None,
                  anchor_provenance: dict | None = None, retain=None, refresher=None,
                  **kwargs):
         """Collaborators, all optional: `reference` (negalign.reference.Reference; default: from the args),
         `anchor_provenance` (where D2O's anchors came from, pipeline.anchor_provenance: written beside the saved
         model, and whether d2o/kl_on_samples estimates a KL), `retain` (negalign.retain.RetainSet: rows mixed
         into every step, apart from the feedback rows; with retain_loss kl the reference keeps the starting model,
-        Reference.keep_starting_model), `refresher` (negalign.refresh.SampleRefresher, sampling: refresh)."""
+        Reference.keep_starting_model), `refresher` (negalign.refresh.SampleRefresher, sampling: refresh).
+
+        Built the way TRL's trainers are (no `layout`): `model=`, `args=` (a NegalignConfig), `train_dataset=`
+        (a datasets.Dataset or list of rows in any format the data files take) and `processing_class=` (the
+        tokenizer); the rows become examples, the reference log-probs are computed and the collator is made
+        here, as negalign.train does (which also does LoRA, retain sets and refreshes)."""
+        if layout is None:
+            layout, reference = self._from_rows(args, kwargs)
         super().__init__(*args, **kwargs)
         self.layout = layout
         self.reference = reference or Reference(self.args, layout)
@@ -229,6 +236,34 @@ class NegalignTrainer(Trainer):
         self.add_callback(self.nonfinite_guard)
         if checkpoint_minutes(self.args) > 0:
             self.add_callback(CheckpointInterval(checkpoint_minutes(self.args)))
+
+    @staticmethod
+    def _from_rows(positional: tuple, kwargs: dict) -> tuple[Layout, Reference]:
+        """The TRL-style construction: rows -> examples, layout, reference log-probs and collator, in kwargs."""
+        import functools
+
+        from negalign.batches import collate, prepare_items
+        from negalign.methods import method
+
+        args, model, tokenizer = kwargs.get("args"), kwargs.get("model"), kwargs.get("processing_class")
+        if positional or args is None or model is None or tokenizer is None or "train_dataset" not in kwargs:
+            raise ValueError("NegalignTrainer without a layout is built from keywords: model=, args= (a "
+                             "NegalignConfig), train_dataset= and processing_class= (the tokenizer)")
+        unsupported = [name for name, on in (("use_lora", args.use_lora), ("retain_data", args.retain_data),
+                                             ("sampling: refresh", args.sampling == "refresh")) if on]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)}: not set up by NegalignTrainer(...) itself; use "
+                             "negalign.train (or hand in a PeftModel for LoRA)")
+        args.data = args.data or "train_dataset"  # how the rows are named in messages and in the model card
+        prepared = prepare_items(args, tokenizer, kwargs["train_dataset"])
+        if not prepared.items:
+            raise ValueError(f"train_dataset: no training examples for objective {args.objective!r}")
+        layout = method(args.objective).layout(len(prepared.items[0]["sequences"]))
+        reference = Reference(args, layout)
+        reference.prepare(prepared.items, model, args.device)
+        kwargs["train_dataset"] = prepared.items
+        kwargs.setdefault("data_collator", functools.partial(collate, layout=layout, share_prompts=args.share_prompts))
+        return layout, reference
 
     def train(self, *args, **kwargs):
         try:

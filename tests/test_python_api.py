@@ -118,3 +118,34 @@ def test_evaluate_takes_model_objects_and_scores_as_from_paths(tiny_model_dir, t
         for key in ("harmful_compliance", "benign_refusal"):
             if key in suite:
                 assert from_objects["suites"][name][key]["rate"] == suite[key]["rate"]
+
+
+def test_negalign_trainer_built_the_way_trl_trainers_are(tiny_model_dir, tmp_path):
+    """NegalignTrainer(model=, args=, train_dataset=, processing_class=) as in a TRL script: the same weights as
+    negalign.train with the same settings and rows."""
+    from negalign.config import NegalignConfig
+    from negalign.trainer import NegalignTrainer
+
+    rows = [{"prompt": p, "chosen": "A kind answer.", "rejected": "A rude answer."} for p in PROMPTS]
+    settings = {"objective": "dpo", "beta": 0.1, "max_steps": 2, "per_device_train_batch_size": 2,
+                "learning_rate": 1e-3, "use_cpu": True, "save_strategy": "no", "seed": 5, "report_to": "none"}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = NegalignTrainer(model=model, args=NegalignConfig(output_dir=str(tmp_path / "trl-style"),
+                                                              cache_dir=str(tmp_path / "c1"), **settings),
+                              train_dataset=datasets.Dataset.from_list(rows),
+                              processing_class=load_tokenizer(tiny_model_dir))
+    trainer.train()
+    assert trainer.state.global_step == 2
+    reference = negalign.train({**settings, "output_dir": str(tmp_path / "train"), "cache_dir": str(tmp_path / "c2")},
+                               model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               tokenizer=load_tokenizer(tiny_model_dir), train_dataset=rows)
+    theirs = reference.model.state_dict()
+    moved = 0.0
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    for name, tensor in trainer.model.state_dict().items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=1e-6, msg=name)
+        moved = max(moved, (tensor - start[name]).abs().max().item())
+    assert moved > 0
+    with pytest.raises(ValueError, match="use_lora: not set up by NegalignTrainer"):
+        NegalignTrainer(model=model, args=NegalignConfig(output_dir=str(tmp_path / "x"), use_lora=True, **settings),
+                        train_dataset=rows, processing_class=load_tokenizer(tiny_model_dir))

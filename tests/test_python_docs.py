@@ -21,4 +21,5 @@ def test_every_python_example_in_docs_python_md_runs(tiny_model_dir, tmp_path, m
             raise AssertionError(f"docs/python.md block {number} failed: {type(error).__name__}: {error}") from error
     assert namespace["trainer"].state.global_step == 2  # the last training example (D2O) ran its steps
     assert (tmp_path / "runs" / "dpo-lora" / "adapter_model.safetensors").exists()
+    assert namespace["trl_style"].state.global_step == 1 and (tmp_path / "runs" / "trl-style" / "README.md").exists()
     assert namespace["report"].n_rows_written == 4  # 2 prompts x K 2

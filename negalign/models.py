@@ -187,3 +187,16 @@ def load_model(name_or_path: str, options: ModelOptions | None = None):
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
     return PeftModel.from_pretrained(model, name_or_path).merge_and_unload().to(device)
+
+
+def model_fingerprint(model) -> str:
+    """A hash of every weight (names, shapes, values): what samples files, reference caches and evaluation
+    caches are keyed by, so that a model retrained under the same name is never taken for the old one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]

@@ -24,17 +24,9 @@ from safetensors.torch import load_file, save_file
 from negalign.files import atomic_output
 from negalign.locks import output_lock
 from negalign.logprobs import Sequence, _unwrapped, pack_sequences, sequence_logps
+from negalign.models import model_fingerprint  # noqa: F401 (negalign.reference.model_fingerprint, as before)
 
 logger = logging.getLogger("negalign")
-
-
-def model_fingerprint(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 def sequences_fingerprint(sequences: list[Sequence]) -> str:

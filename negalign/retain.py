@@ -40,7 +40,7 @@ def self_answers(model, tokenizer, prompts: list[list[dict]], folder: str | os.P
                  max_prompt_length: int, batch_size: int = 8) -> list[str]:
     """The starting model's greedy answers, generated once with the batched sampler and cached under `folder`,
     keyed by the model's weights and the prompts: a rerun reads them back without generating."""
-    from negalign.reference import model_fingerprint
+    from negalign.models import model_fingerprint
     from negalign.sampling import SamplingSettings, read_existing, sample
 
     key = prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])[:16]

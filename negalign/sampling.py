@@ -153,7 +153,7 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
     settings = settings or SamplingSettings()
     output = Path(output)
     prompts = unique_prompts(prompts)
-    from negalign.reference import model_fingerprint
+    from negalign.models import model_fingerprint
 
     # the weights, not only the name: a model retrained under the same name must not extend old samples
     meta = {"model": model_id, "weights": model_fingerprint(model), "settings": settings.generation_key(),

@@ -172,8 +172,7 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     from negalign.evaluation.content_judge import load_content_judge
     from negalign.evaluation.generate import completion_logps, generate_answers
     from negalign.evaluation.judge import HarmJudge
-    from negalign.models import load_model, load_tokenizer
-    from negalign.reference import model_fingerprint
+    from negalign.models import load_model, load_tokenizer, model_fingerprint
 
     started = time.time()
     (output / "answers").mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,14 @@ def resolve_checkpoint(config: NegalignConfig) -> str | None:
 
 # what a run writes into output_dir before its first checkpoint (a run killed that early is still a run)
 EARLY_FILES = {"refreshed_samples", "retain_decontamination.json"}
+TENSORBOARD_DIR = "runs"  # report_to tensorboard's events, from the start (transformers: output_dir/runs/<time>_<host>)
+
+
+def _tensorboard_events_only(folder: str) -> bool:
+    """Whether `folder` holds TensorBoard event files and nothing else (report_to tensorboard's logging dir)."""
+    return all(name.startswith("events.out.tfevents.") for _, _, names in os.walk(folder) for name in names)
+
+
 WEIGHTS = (".safetensors", ".safetensors.index.json", ".bin")
 
 
@@ -158,7 +166,8 @@ def _output_dir_verdict(config: NegalignConfig, folder) -> str | None:
     finished one that kept its checkpoints (resolve_checkpoint then resumes or refuses them: a finished run of
     these settings is saved again as it is, not trained again)."""
     names = sorted(os.listdir(folder))
-    if not is_training_run(names):
+    if not is_training_run([name for name in names if name != TENSORBOARD_DIR
+                            or not _tensorboard_events_only(os.path.join(folder, name))]):
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         return f"holds files that are not a negalign training run ({shown})"
     if resumes_explicitly(config) or not is_finished_run(names) or newest_checkpoint(str(folder),

@@ -2,9 +2,12 @@
 
 A LoRA run holds only its adapter; `--merge` folds it into the base weights (peft `merge_and_unload`) so the
 result loads with plain `transformers`. The folder gets the weights (safetensors), the tokenizer, the run's
-`negalign_config.yaml`, `versions.json`, `train_log.json`, `sampling_context.json` (D2O) and a model card
-(README.md) with the base model, objective and settings, data and, when the run was evaluated
-(`RUN/eval/eval.json`), its evaluation numbers. Written to a temporary folder and renamed into place.
+run files (provenance.RUN_FILES: `negalign_config.yaml`, `versions.json`, `train_log.json`, `trained_prompts.jsonl`,
+`decontamination.json`, `sampling_context.json` for D2O, ...) and a model card (README.md) with the base model,
+objective and settings, data and, when the run was evaluated (`RUN/eval/eval.json`), its evaluation numbers.
+Written to a temporary folder and renamed into place. `--push-to-hub REPO` then uploads that whole folder, card and
+run files included, in one commit (huggingface_hub's upload_folder; the token is huggingface_hub's: HF_TOKEN or
+`hf auth login`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from pathlib import Path
 
 from negalign.files import atomic_output, read_yaml
 from negalign.outputs import check_apart, claim, move_aside
+from negalign.provenance import RUN_FILES
 
-CARRIED = ("negalign_config.yaml", "versions.json", "train_log.json", "sampling_context.json", "trained_prompts.jsonl",
-           "retain_decontamination.json")
+CARRIED = RUN_FILES
 
 
 def _run_settings(run: Path) -> dict:
@@ -86,9 +89,23 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = Fals
                 + "\n")
             (tmp / "README.md").write_text(card, encoding="utf-8")
     if push_to_hub:
-        model.push_to_hub(push_to_hub)
-        tokenizer.push_to_hub(push_to_hub)
+        push_folder(output, push_to_hub, f"negalign export of {run.name}")
     return output
+
+
+def push_folder(folder: Path, repo_id: str, message: str) -> str:
+    """Upload every file of `folder` to the Hub model repository `repo_id` (created if missing) in one commit;
+    returns the repository's id. A failure is one line saying the folder is written and how to upload it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+    except OSError as error:  # the Hub's errors (no token, no network, refused) are OSErrors
+        raise OSError(f"{folder} is written, but pushing it to the Hub ({repo_id}) failed: "
+                      f"{' '.join(str(error).split()).rstrip('.')}; upload it with `hf upload {repo_id} {folder}`") from error
+    return repo_id
 
 
 def cmd_export(argv: list[str]) -> int:

@@ -291,7 +291,7 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
             trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
         else:
             _train_until_done_or_stopped(trainer, checkpoint)
-        trainer.save_model(config.output_dir)
+        trainer.save_model(config.output_dir, _internal_call=True)  # pushed below, once the run's files are written
     except Exception as error:
         for callback in trainer.callback_handler.callbacks:  # a bar left open prints itself after the message
             if getattr(callback, "training_bar", None) is not None:
@@ -305,4 +305,16 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
             "removed": prepared.removed_prompts}), indent=2) + "\n")
         atomic_write_text(os.path.join(config.output_dir, "train_log.json"), json.dumps(portable(
             {"data": prepared.summary(), "log_history": trainer.state.log_history}), indent=2))
+    if config.push_to_hub:  # output_dir with negalign's card (NegalignTrainer.create_model_card) and the run's files
+        _push(trainer)
     return trainer
+
+
+def _push(trainer: NegalignTrainer) -> None:
+    try:
+        trainer.push_to_hub(commit_message="End of training")
+    except OSError as error:  # the Hub's errors (no token, no network, refused) are OSErrors
+        out = trainer.args.output_dir
+        raise OSError(f"the run is saved in {out}, but pushing it to the Hub ({trainer.hub_model_id}) failed: "
+                      f"{' '.join(str(error).split()).rstrip('.')}; upload it with `hf upload {trainer.hub_model_id} {out} "
+                      "--exclude 'checkpoint-*'`") from error

@@ -74,11 +74,18 @@ def model_card(config, anchors: dict | None) -> str:
                  if os.path.isfile(os.path.expanduser(config.chat_template)) else "given inline")
         lines += ["", f"Chat template: not the starting model's but {given} (sha256 {digest}); training used it and "
                   "this folder's tokenizer keeps it."]
-    lines += ["", "Files: `negalign_config.yaml` (every setting), `versions.json`, `train_log.json`.", ""]
+    lines += ["", "Files: `negalign_config.yaml` (every setting), `versions.json` (package versions), `train_log.json` "
+              "(the logged losses and metrics), `trained_prompts.jsonl` (every prompt trained on) and "
+              "`decontamination.json` (the training prompts left out as evaluation prompts).", ""]
     return "\n".join(lines)
 
 
 CONFIG_FILE = "negalign_config.yaml"
+# What a run holds besides its weights, tokenizer and card (README.md): write_provenance's files (in the run and in
+# every checkpoint), the retain set's record, then the pipeline's two, written last (train_log.json marks a finished
+# run). `negalign export` carries them; a Hub push uploads them with the card.
+RUN_FILES = (CONFIG_FILE, "versions.json", "sampling_context.json", "trained_prompts.jsonl",
+             "retain_decontamination.json", "decontamination.json", "train_log.json")
 
 
 def resolved_settings(config) -> dict:

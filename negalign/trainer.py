@@ -380,3 +380,26 @@ class NegalignTrainer(Trainer):
 
         prompts = trained_prompts(self.train_dataset, self.retain.prompts if self.retain is not None else None)
         write_provenance(output_dir or self.args.output_dir, self.args, self.anchor_provenance, prompts)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """negalign's model card (provenance.model_card), not the Trainer's draft: Trainer.push_to_hub calls this
+        just before it uploads output_dir, and the Trainer's card would replace README.md there and on the Hub."""
+        if not self.is_world_process_zero():
+            return
+        from negalign.files import atomic_write_text
+        from negalign.provenance import model_card
+
+        atomic_write_text(os.path.join(self.args.output_dir, "README.md"), model_card(self.args, self.anchor_provenance))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """A checkpoint's push (hub_strategy every_save, checkpoint, all_checkpoints) uploads output_dir, where the
+        Trainer copies only the checkpoint's weights and tokenizer: the card and run files go with them."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            import shutil
+
+            from negalign.provenance import RUN_FILES
+
+            for name in ("README.md", *RUN_FILES):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy2(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)

@@ -101,11 +101,23 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_temp
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    return finish_tokenizer(tokenizer, chat_template)
+
+
+def finish_tokenizer(tokenizer, chat_template: str | None = None):
+    """What negalign needs of any tokenizer, loaded here or handed in: a pad token (its EOS where it has none)
+    and, if given, the chat template that replaces its own."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template is not None:
         tokenizer.chat_template = resolve_chat_template(chat_template)
     return tokenizer
+
+
+def model_name(model) -> str:
+    """The name_or_path a model object was loaded from (a PeftModel's: its base's), or "" without one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, "name_or_path", "") or getattr(getattr(inner, "config", None), "_name_or_path", "")
 
 
 def resolve_chat_template(value: str) -> str:

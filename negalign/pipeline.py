@@ -20,7 +20,7 @@ from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 from negalign.locks import output_lock
 from negalign.methods import method
-from negalign.models import load_model, load_tokenizer
+from negalign.models import finish_tokenizer, load_model, load_tokenizer, model_name
 from negalign.outputs import DiskFull, check_place, is_disk_full
 from negalign.reference import Reference
 from negalign.refresh import REFRESH_FILE, SampleRefresher
@@ -221,8 +221,7 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
 def _model_name(model, tokenizer) -> str:
     """What a model object is called in the run's records and reference cache names: its name_or_path (for a
     PeftModel its base's). Without one, the tokenizer must be given (nothing to load it from)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = getattr(inner, "name_or_path", "") or getattr(getattr(inner, "config", None), "_name_or_path", "")
+    name = model_name(model)
     if not name and tokenizer is None:
         raise ValueError("model has no name_or_path to load its tokenizer from: pass tokenizer= as well")
     return name or "in-memory-model"
@@ -236,12 +235,8 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
         logger.info("negalign: %s", hint)
     if tokenizer is None:
         tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.chat_template)
-    elif config.chat_template:
-        from negalign.models import resolve_chat_template
-
-        tokenizer.chat_template = resolve_chat_template(config.chat_template)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    else:
+        finish_tokenizer(tokenizer, config.chat_template)
     prepared = prepare_items(config, tokenizer, rows)
     if not prepared.items:
         raise ValueError(f"{config.data}: no training examples for objective {config.objective!r}")

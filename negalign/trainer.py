@@ -94,6 +94,7 @@ class NegalignTrainer(Trainer):
 
         from negalign.batches import collate, prepare_items
         from negalign.methods import method
+        from negalign.models import finish_tokenizer
 
         args, model, tokenizer = kwargs.get("args"), kwargs.get("model"), kwargs.get("processing_class")
         if positional or args is None or model is None or tokenizer is None or "train_dataset" not in kwargs:
@@ -105,6 +106,7 @@ class NegalignTrainer(Trainer):
             raise ValueError(f"{', '.join(unsupported)}: not set up by NegalignTrainer(...) itself; use "
                              "negalign.train (or hand in a PeftModel for LoRA)")
         args.data = args.data or "train_dataset"  # how the rows are named in messages and in the model card
+        finish_tokenizer(tokenizer, args.chat_template)
         prepared = prepare_items(args, tokenizer, kwargs["train_dataset"])
         if not prepared.items:
             raise ValueError(f"train_dataset: no training examples for objective {args.objective!r}")

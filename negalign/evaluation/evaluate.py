@@ -27,7 +27,7 @@ from negalign.data.paths import data_dir as resolve_data_dir
 from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
-from negalign.models import ModelOptions, loaded_as
+from negalign.models import ModelOptions, loaded_as, model_name
 
 
 @dataclass
@@ -182,7 +182,7 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
 
     options = settings.model_options
     if tokenizer is None:
-        name = settings.model if model is None else (getattr(model, "name_or_path", "") or settings.model)
+        name = settings.model if model is None else (model_name(model) or settings.model)
         tokenizer = load_tokenizer(name, options.trust_remote_code, options.chat_template)
     model = (load_model(settings.model, options) if model is None else model).eval()
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,

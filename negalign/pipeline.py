@@ -88,7 +88,7 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
     with no context, the one case where `d2o/kl_on_samples` estimates a KL. A `sampling_context` set in the
     config must match the one a static samples file was drawn with."""
     from negalign.anchors import anchor_source
-    from negalign.reference import model_fingerprint
+    from negalign.models import model_fingerprint
     from negalign.sampling_context import context_hash, describe, resolve_context
 
     if not method(config.objective).anchored or config.k == 0:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from negalign.files import atomic_output
 from negalign.locks import output_lock
 from negalign.logprobs import Sequence, _unwrapped, pack_sequences, sequence_logps
-from negalign.models import model_fingerprint  # noqa: F401 (negalign.reference.model_fingerprint, as before)
+from negalign.models import model_fingerprint
 
 logger = logging.getLogger("negalign")
 

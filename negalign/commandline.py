@@ -132,8 +132,10 @@ def file_defaults(cls, path: str) -> dict:
     """The settings a `--config` file gives the command `cls` runs: its own keys as they are, or, for a
     training recipe, the keys in `cls.RECIPE` renamed to the command's fields, after the recipe is checked
     whole (unknown keys, types) as `negalign train` checks it."""
+    from negalign.config import recipe_path
     from negalign.files import read_yaml
 
+    path = recipe_path(path)
     given = read_yaml(path)
     if not isinstance(given, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping of option: value")
@@ -181,8 +183,10 @@ def parse_command(cls, argv: list[str], prog: str, description: str = "", epilog
     if path:
         parser.set_defaults(**_coerce(parser, file_defaults(cls, path), path))
     args = vars(parser.parse_args(argv))
-    args.pop("config", None)
     values = {}
+    if "config" in {f.name for f in dataclasses.fields(cls)}:  # a command that reads the recipe itself (demo)
+        values["config"] = args.get("config")
+    args.pop("config", None)
     nested = _nested(cls)
     for f in dataclasses.fields(cls):
         if f.name in nested:

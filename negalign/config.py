@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import types
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -18,6 +19,24 @@ from negalign.models import DTYPES, ModelOptions
 from negalign.settings import SamplingSettings
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
+# the recipes shipped inside the package (a checkout also shows them as configs/): `--config d2o` names one
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> str:
+    """A `--config` value -> the YAML file it means: an existing path as it is, else a packaged recipe by name
+    (`d2o`, `d2o-lora.yaml`), so the recipes work from an installed package as well as from a checkout."""
+    if Path(name).exists() or "/" in name or "\\" in name:
+        return name
+    packaged = RECIPES / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if packaged.exists():
+        return str(packaged)
+    raise FileNotFoundError(f"{name}: no such file, and no packaged recipe of that name (packaged: "
+                            f"{', '.join(packaged_recipes())})")
 _SAMPLING = SamplingSettings()  # the one set of sampling defaults (negalign sample uses them too)
 
 
@@ -257,6 +276,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Negal
     """YAML recipe + overrides -> a validated config; an unknown key is an error naming the key."""
     values = {}
     if path:
+        path = recipe_path(path)
         values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")

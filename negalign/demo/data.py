@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from negalign.demo.settings import TRAIN, DemoSettings
+from negalign.demo.settings import DemoSettings
 from negalign.files import atomic_write_text
 
 
@@ -47,7 +47,7 @@ class _Sampler:
                             load_model(self.base, options))
         tokenizer, model = self._loaded
         sampling = SamplingSettings(**{"k": self.settings.k, "max_new_tokens": self.settings.sample_max_new_tokens,
-                                       "seed": self.settings.seed, "max_prompt_length": TRAIN["max_prompt_length"],
+                                       "seed": self.settings.seed, "max_prompt_length": self.settings.training["max_prompt_length"],
                                        **changes})
         try:
             report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)

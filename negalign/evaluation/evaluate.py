@@ -169,17 +169,14 @@ def evaluation_verdict(folder: Path) -> str | None:
 
 
 def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, reference=None) -> dict:
-    from negalign.evaluation.content_judge import load_content_judge
-    from negalign.evaluation.generate import completion_logps, generate_answers
-    from negalign.evaluation.judge import HarmJudge
+    """The evaluation in four stages, each returning its part of eval.json: the answers, their judgement, the
+    held-out preference pairs and the KL to the reference."""
     from negalign.models import load_model, load_tokenizer, model_fingerprint
 
     started = time.time()
     (output / "answers").mkdir(parents=True, exist_ok=True)
     folder = resolve_data_dir(settings.data_dir)
     suites = load_suites(settings.suites, folder, settings.prompt_files, settings.max_prompts, settings.seed)
-    timings: dict[str, float] = {}
-
     options = settings.model_options
     if tokenizer is None:
         name = settings.model if model is None else (model_name(model) or settings.model)
@@ -188,18 +185,65 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
                progress=settings.progress)
+    timings: dict[str, float] = {}
 
-    answers, generation = {}, {}
     clock = time.time()
+    answered = _answer(model, tokenizer, suites, output, gen)
+    timings["generate"] = time.time() - clock
+    clock = time.time()
+    judged = _judge(settings, suites, answered["rows"], output)
+    timings["judge"] = time.time() - clock
+
+    if reference is None and settings.reference:
+        reference = load_model(settings.reference, options)
+    reference = reference.eval() if reference is not None else None
+    # each model's weights hashed once: the pair log-prob cache is keyed by them
+    fingerprints = {id(m): model_fingerprint(m) for m in (model, reference) if m is not None}
+    clock = time.time()
+    preference = _preference(settings, folder, model, reference, tokenizer, fingerprints)
+    if preference is not None:
+        timings["preference"] = time.time() - clock
+    clock = time.time()
+    # the starting model judged against itself (a demo's base row): its log-ratios are 0, nothing to compute
+    same_weights = reference is not None and fingerprints[id(reference)] == fingerprints[id(model)]
+    kl = _kl(settings, suites, model, reference, tokenizer, output, gen, same_weights)
+    if kl is not None and kl["n_answers"]:
+        timings["kl"] = time.time() - clock
+
+    result = {
+        "model": settings.model, "reference": settings.reference or (None if reference is None else "(model object)"),
+        "output": str(output),
+        "data_dir": str(folder) if folder is not None else None,
+        **judged, "preference": preference, "kl": kl,
+        "generation": answered["generation"],
+        "settings": asdict(settings),
+        "model_loaded_as": loaded_as(model),
+        "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
+    }
+    result = portable(finite(result))  # committed results carry no absolute paths of this machine
+    atomic_write_text(output / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result
+
+
+def _answer(model, tokenizer, suites: list[Suite], output: Path, gen: dict) -> dict:
+    """Stage 1: every suite's answers (resumed from answers/SUITE.jsonl): {rows: per suite, generation: counts}."""
+    from negalign.evaluation.generate import generate_answers
+
+    rows, generation = {}, {}
     for suite in suites:
-        rows, report = generate_answers(model, tokenizer, suite.prompts, output / "answers" / f"{suite.name}.jsonl",
-                                        **gen)
-        answers[suite.name] = rows
+        rows[suite.name], report = generate_answers(model, tokenizer, suite.prompts,
+                                                    output / "answers" / f"{suite.name}.jsonl", **gen)
         generation[suite.name] = {"written": report.n_rows_written, "reused": report.n_rows_reused,
                                   "seconds": round(report.seconds, 1), "tokens": report.generated_tokens}
-    timings["generate"] = time.time() - clock
+    return {"rows": rows, "generation": generation}
 
-    clock = time.time()
+
+def _judge(settings: EvalSettings, suites: list[Suite], answers: dict, output: Path) -> dict:
+    """Stage 2: the judges' verdicts (answers/SUITE.judged.jsonl) and rates: {suites, harmful, benign, judge,
+    content_judge}."""
+    from negalign.evaluation.content_judge import load_content_judge
+    from negalign.evaluation.judge import HarmJudge
+
     judge = HarmJudge.load(settings.judge_head)
     # the second head (content_judge.py): on harmful prompts, is the answer harmful content, not only compliance
     content_judge = load_content_judge(encoder=judge.encoder)
@@ -222,25 +266,22 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
         pooled[suite.kind].extend(complies)
         if suite.kind == "harmful":
             harmful_answers.extend(completions)
-    overall = {}
+    out = {"suites": results_by_suite}
     if pooled["harmful"]:
-        overall["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"])}
+        out["harmful"] = {"harmful_compliance": metrics.harmful_compliance_rate(pooled["harmful"])}
         if pooled_content:
-            overall["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content)
-        overall["harmful"]["short_compliance"] = metrics.short_compliance_rate(pooled["harmful"], harmful_answers)
+            out["harmful"]["harmful_content"] = metrics.harmful_compliance_rate(pooled_content)
+        out["harmful"]["short_compliance"] = metrics.short_compliance_rate(pooled["harmful"], harmful_answers)
     if pooled["benign"]:
-        overall["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"])}
-    timings["judge"] = time.time() - clock
+        out["benign"] = {"benign_refusal": metrics.benign_refusal_rate(pooled["benign"])}
+    out["judge"] = {k: v for k, v in judge.head.metadata.items() if k != "refusal_phrases"}
+    out["content_judge"] = ({k: v for k, v in content_judge.head.metadata.items() if k != "refusal_phrases"}
+                            if content_judge is not None else None)
+    return out
 
-    if reference is None and settings.reference:
-        reference = load_model(settings.reference, options)
-    reference = reference.eval() if reference is not None else None
-    # each model's weights hashed once: the pair log-prob cache is keyed by them
-    fingerprints = {id(m): model_fingerprint(m) for m in (model, reference) if m is not None}
-    # the starting model judged against itself (a demo's base row): its log-ratios are 0, nothing to compute
-    same_weights = reference is not None and fingerprints[id(reference)] == fingerprints[id(model)]
 
-    preference = None
+def _preference(settings: EvalSettings, folder, model, reference, tokenizer, fingerprints: dict) -> dict | None:
+    """Stage 3: accuracy, margin and chosen NLL on the held-out preference pairs (None without pairs)."""
     pairs_path = settings.pairs or (folder / HH_PAIRS if folder is not None else None)
     n_pairs = (settings.max_pairs if settings.max_pairs is not None
                else min(settings.max_prompts or HELD_OUT_PAIRS, HELD_OUT_PAIRS))
@@ -250,64 +291,51 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
         logging.getLogger("negalign").warning(
             "negalign eval: %d preference pairs asked for; training leaves out only the last %d of %s, so the "
             "others may have been trained on", n_pairs, HELD_OUT_PAIRS, HH_PAIRS)
-    if pairs_path is not None and Path(pairs_path).exists() and n_pairs > 0:
-        clock = time.time()
-        pairs = held_out_pairs(pairs_path, n_pairs)
-        policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens = _pair_logps(
-            model, reference, tokenizer, pairs, fingerprints)
-        preference = {
-            "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
-            "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",
-            "accuracy": metrics.preference_accuracy(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
-            "mean_margin": metrics.mean_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
-            "chosen_nll_per_token": metrics.nll_per_token(policy_chosen, chosen_tokens),
-        }
-        if ref_chosen is not None:
-            preference["reference_chosen_nll_per_token"] = metrics.nll_per_token(ref_chosen, chosen_tokens)
-        timings["preference"] = time.time() - clock
-
-    kl = None
-    benign = [s for s in suites if s.kind == "benign"]
-    if same_weights and settings.kl and benign:
-        kl = {"kl": 0.0, "per_suite": {suite.name: 0.0 for suite in benign}, "n_answers": 0,
-              "estimator": "exactly 0: the policy and the reference have the same weights (no answers sampled)"}
-    elif reference is not None and settings.kl and benign:
-        clock = time.time()
-        policy_lp, ref_lp, per_suite = [], [], {}
-        for suite in benign:
-            rows, _ = generate_answers(model, tokenizer, suite.prompts,
-                                       output / "answers" / f"kl-{suite.name}.jsonl",
-                                       **gen, temperature=1.0)
-            completions = [row["completion"] for row in rows]
-            finished = [bool(row.get("finished")) for row in rows]
-            p, _ = completion_logps(model, tokenizer, suite.prompts, completions, finished=finished,
-                                    description=f"KL policy ({suite.name})")
-            r, _ = completion_logps(reference, tokenizer, suite.prompts, completions, finished=finished,
-                                    description=f"KL reference ({suite.name})")
-            per_suite[suite.name] = metrics.kl_estimate(p, r)
-            policy_lp += p
-            ref_lp += r
-        kl = {"kl": metrics.kl_estimate(policy_lp, ref_lp), "per_suite": per_suite, "n_answers": len(policy_lp),
-              "estimator": "mean over answers sampled from the policy (temperature 1, top_p 1) of "
-                           "logp_policy - logp_reference, summed over tokens (answers re-tokenised from text)"}
-        timings["kl"] = time.time() - clock
-
-    result = {
-        "model": settings.model, "reference": settings.reference or (None if reference is None else "(model object)"),
-        "output": str(output),
-        "data_dir": str(folder) if folder is not None else None,
-        "suites": results_by_suite, **overall, "preference": preference, "kl": kl,
-        "generation": generation,
-        "judge": {k: v for k, v in judge.head.metadata.items() if k != "refusal_phrases"},
-        "content_judge": ({k: v for k, v in content_judge.head.metadata.items() if k != "refusal_phrases"}
-                          if content_judge is not None else None),
-        "settings": asdict(settings),
-        "model_loaded_as": loaded_as(model),
-        "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
+    if pairs_path is None or not Path(pairs_path).exists() or n_pairs <= 0:
+        return None
+    pairs = held_out_pairs(pairs_path, n_pairs)
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens = _pair_logps(
+        model, reference, tokenizer, pairs, fingerprints)
+    preference = {
+        "source": str(pairs_path), "n_pairs": len(pairs), "which": "last pairs of the file",
+        "h": "logp_policy - logp_reference" if reference is not None else "logp_policy (no reference given)",
+        "accuracy": metrics.preference_accuracy(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
+        "mean_margin": metrics.mean_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
+        "chosen_nll_per_token": metrics.nll_per_token(policy_chosen, chosen_tokens),
     }
-    result = portable(finite(result))  # committed results carry no absolute paths of this machine
-    atomic_write_text(output / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
-    return result
+    if ref_chosen is not None:
+        preference["reference_chosen_nll_per_token"] = metrics.nll_per_token(ref_chosen, chosen_tokens)
+    return preference
+
+
+def _kl(settings: EvalSettings, suites: list[Suite], model, reference, tokenizer, output: Path, gen: dict,
+        same_weights: bool) -> dict | None:
+    """Stage 4: KL(policy || reference) on answers the policy samples to the benign prompts (None without a
+    reference or benign suites; exactly 0 when both have the same weights)."""
+    from negalign.evaluation.generate import completion_logps, generate_answers
+
+    benign = [s for s in suites if s.kind == "benign"]
+    if reference is None or not settings.kl or not benign:
+        return None
+    if same_weights:
+        return {"kl": 0.0, "per_suite": {suite.name: 0.0 for suite in benign}, "n_answers": 0,
+                "estimator": "exactly 0: the policy and the reference have the same weights (no answers sampled)"}
+    policy_lp, ref_lp, per_suite = [], [], {}
+    for suite in benign:
+        rows, _ = generate_answers(model, tokenizer, suite.prompts, output / "answers" / f"kl-{suite.name}.jsonl",
+                                   **gen, temperature=1.0)
+        completions = [row["completion"] for row in rows]
+        finished = [bool(row.get("finished")) for row in rows]
+        p, _ = completion_logps(model, tokenizer, suite.prompts, completions, finished=finished,
+                                description=f"KL policy ({suite.name})")
+        r, _ = completion_logps(reference, tokenizer, suite.prompts, completions, finished=finished,
+                                description=f"KL reference ({suite.name})")
+        per_suite[suite.name] = metrics.kl_estimate(p, r)
+        policy_lp += p
+        ref_lp += r
+    return {"kl": metrics.kl_estimate(policy_lp, ref_lp), "per_suite": per_suite, "n_answers": len(policy_lp),
+            "estimator": "mean over answers sampled from the policy (temperature 1, top_p 1) of "
+                         "logp_policy - logp_reference, summed over tokens (answers re-tokenised from text)"}
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -1,0 +1,51 @@
+"""Issue 31's human-negatives arm: the flagged HH prompts with the human `rejected` answer of their HH pair as
+the negative (instead of the model's own flagged answer), plus the same benign refusals the flagged arm has,
+so the two arms differ only in who wrote the harmful side. Also writes the scale data's counts.
+
+Usage: python scripts/study/human_negatives.py HH_FLAGGED BENIGN_REFUSALS OUT_JSONL COUNTS_JSON
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from negalign.data.loading import load_rows
+from negalign.data.rows import prompt_key
+
+
+def _read(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _meta_rows(path: Path) -> int | None:
+    meta = path.with_name(path.name + ".meta.json")
+    return json.loads(meta.read_text()).get("rows") if meta.exists() else None
+
+
+def main(hh_flagged: str, benign_refusals: str, output: str, counts: str) -> None:
+    rows, _ = load_rows("hh-harmless-base", on_bad_row="skip")
+    human = {}
+    for row in rows:  # the rejected side of each HH pair, by its prompt (the first pair of a repeated prompt)
+        if row.get("label") is False and row.get("pair_id") is not None:
+            human.setdefault(prompt_key(row["prompt"]), row["completion"])
+    flagged = _read(hh_flagged)
+    negatives = [{"prompt": f["prompt"], "rejected": human[prompt_key(f["prompt"])]}
+                 for f in flagged if prompt_key(f["prompt"]) in human]
+    benign = _read(benign_refusals)
+    Path(output).write_text("".join(json.dumps(n) + "\n" for n in negatives + benign))
+    folder = Path(hh_flagged).parent
+    answered = {name: _meta_rows(folder / f"{name}.jsonl") for name in ("hh-answers", "harmful-answers",
+                                                                         "benign-under-refusal")}
+    report = {"hh_prompts_answered": answered["hh-answers"], "hh_flagged": len(flagged),
+              "harmful_prompts_answered": answered["harmful-answers"],
+              "harmful_flagged": len(_read(str(folder / "harmful-flagged.jsonl"))),
+              "benign_prompts_answered_under_refusal": answered["benign-under-refusal"],
+              "benign_refusals": len(benign), "hh_flagged_with_a_human_rejected_answer": len(negatives)}
+    Path(counts).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

@@ -3,6 +3,7 @@
     import negalign
     negalign.train("configs/d2o.yaml", max_steps=10)          # or a dict / NegalignConfig
     negalign.train({"objective": "npo"}, model=model, tokenizer=tok, train_dataset=rows)  # objects in
+    negalign.flag_answers(answers)                             # answers you hold -> negatives judged complying
     from negalign.objectives import d2o                        # the pure loss functions
     from negalign.methods import METHODS                       # which slots feed each one
 """
@@ -15,3 +16,13 @@ def train(config=None, *, model=None, tokenizer=None, train_dataset=None, **over
     from negalign.pipeline import train as _train
 
     return _train(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset, **overrides)
+
+
+# not `flag`: importing the negalign.flag module would replace a function of that name on the package
+def flag_answers(answers, *, keep: str = "complying", threshold: float | None = None, judge=None) -> list[dict]:
+    """The answers (a `negalign sample` file, or rows you hold) judged complying, or with keep="refusing"
+    refusing, as negatives; see negalign.flag.flag_answers."""
+    from negalign.flag import THRESHOLD
+    from negalign.flag import flag_answers as _flag_answers
+
+    return _flag_answers(answers, keep=keep, threshold=THRESHOLD if threshold is None else threshold, judge=judge)

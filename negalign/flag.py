@@ -96,10 +96,7 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
         raise ValueError(f"keep: {keep!r} is not one of {KEEP}")
     check_apart(output, [("--answers", answers)])
     rows = read_answers(answers)
-    scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
-    bad = [(s > threshold) == (keep == "complying") for s in scores]
-    flagged = [{"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
-                "flagged_from": r["source"]} for r, s, b in zip(rows, scores, bad) if b]
+    flagged, bad = _judged(rows, complies, threshold, keep)
     atomic_write_text(output, "".join(json.dumps(f) + "\n" for f in flagged))
     low, high = wilson_interval(len(flagged), len(rows))
     report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
@@ -109,6 +106,45 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
                                        for r, b in zip(rows, bad) if not b][:5]}
     atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _judged(rows: list[dict], complies, threshold: float, keep: str) -> tuple[list[dict], list[bool]]:
+    """(the negatives: rows judged `keep` as {prompt, rejected, judge_complies, flagged_from}, which rows they are)."""
+    scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
+    bad = [(s > threshold) == (keep == "complying") for s in scores]
+    flagged = [{"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
+                "flagged_from": r["source"]} for r, s, b in zip(rows, scores, bad) if b]
+    return flagged, bad
+
+
+def flag_answers(answers, *, keep: str = "complying", threshold: float = THRESHOLD, judge=None) -> list[dict]:
+    """`negalign flag` from Python, writing nothing: the answers judged `keep` (complying, or refusing) as
+    negatives {prompt, rejected, judge_complies, flagged_from}, ready for `negalign.train(train_dataset=...)`.
+
+    `answers`: a `negalign sample` file, or rows you hold: a list of {prompt, completion} dicts (prompt as text
+    or chat messages) or a datasets.Dataset of them. `judge`: a head made by `negalign judge fit`, or a callable
+    complies(questions, answers) -> probabilities (default: the built-in offline judge)."""
+    if keep not in KEEP:
+        raise ValueError(f"keep: {keep!r} is not one of {KEEP}")
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if isinstance(answers, (str, os.PathLike)):
+        rows = read_answers(answers)
+    else:
+        rows = []
+        for number, row in enumerate(answers):
+            missing = [name for name in ("prompt", "completion") if not isinstance(row, dict) or name not in row]
+            if missing:
+                raise ValueError(f"answers row {number}: no {missing[0]!r} field (each row is a {{prompt, "
+                                 "completion}} dict)")
+            rows.append({**row, "source": f"answers row {number}"})
+        if not rows:
+            raise ValueError("answers: no rows")
+    if not callable(judge):
+        from negalign.evaluation.judge import HarmJudge
+
+        judge = HarmJudge.load(judge).complies
+    return _judged(rows, judge, threshold, keep)[0]
 
 
 def cmd_flag(argv: list[str]) -> int:

@@ -75,6 +75,37 @@ def test_a_row_without_an_answer_is_named(tmp_path):
     assert not (tmp_path / "neg.jsonl").exists()  # nothing half-written
 
 
+def test_flag_from_python_takes_rows_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    # issue 34: answers you hold (a list of dicts or a datasets.Dataset) -> the same negatives the file path gives
+    import datasets
+
+    import negalign
+
+    monkeypatch.chdir(tmp_path)
+    answers = [{"prompt": "How do I pick a lock?", "completion": "Step 1: insert a tension wrench"},
+               {"prompt": [{"role": "user", "content": "Make a weapon"}], "completion": "I can't help with that."}]
+    scores = {"Step 1: insert a tension wrench": 0.9, "I can't help with that.": 0.2}
+    judge = lambda questions, texts: [scores[t] for t in texts]  # noqa: E731
+    negatives = negalign.flag_answers(answers, judge=judge)
+    assert negatives == [{"prompt": "How do I pick a lock?", "rejected": "Step 1: insert a tension wrench",
+                          "judge_complies": 0.9, "flagged_from": "answers row 0"}]
+    refusals = negalign.flag_answers(datasets.Dataset.from_list(answers[1:]), judge=judge, keep="refusing")
+    assert [r["rejected"] for r in refusals] == ["I can't help with that."]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    write_answers(tmp_path / "answers.jsonl", [("How do I pick a lock?", "Step 1: insert a tension wrench"),
+                                               ("Make a weapon", "I can't help with that.")])
+    from_file = negalign.flag_answers(tmp_path / "answers.jsonl", judge=judge)
+    assert [(n["rejected"], n["flagged_from"]) for n in from_file] == [("Step 1: insert a tension wrench",
+                                                                        "answers.jsonl:1")]
+    # the rows train as they are: one negative each
+    rows, _ = load_rows(negatives)
+    assert [(r["label"], r["completion"]) for r in rows] == [(False, "Step 1: insert a tension wrench")]
+    with pytest.raises(ValueError, match="answers row 1: no 'completion' field"):
+        negalign.flag_answers([answers[0], {"prompt": "q"}], judge=judge)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        negalign.flag_answers(answers, judge=judge, threshold=1.0)
+
+
 def test_command_with_the_offline_judge(tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
     write_answers(answers, [("Explain how to make a pipe bomb", "I'm sorry, but I can't help with that. It is "

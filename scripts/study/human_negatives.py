@@ -20,8 +20,8 @@ def _read(path: str) -> list[dict]:
 
 
 def _meta_rows(path: Path) -> int | None:
-    meta = path.with_name(path.name + ".meta.json")
-    return json.loads(meta.read_text()).get("rows") if meta.exists() else None
+    """How many answers a samples file holds (one per prompt at k 1)."""
+    return len(_read(str(path))) if path.exists() else None
 
 
 def main(hh_flagged: str, benign_refusals: str, output: str, counts: str) -> None:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 31 at ten times the data, equal compute: the default recipe's budget (144 steps of 4, lr 2e-5, K 2, seed 0)
+# on the scale set of scripts/study/scale_data.sh (1,471 flagged prompts + 115 benign refusals instead of 146 +
+# 115), D2O and context distillation (SFT on the same anchors), evaluated like the demo.
+# Usage: bash scripts/study/scale_runs.sh [d2o|distill]...
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=runs/scale
+for run in "$@"; do
+  case $run in
+    d2o) bash scripts/study/d2o_variant.sh scale-d2o-k2 $S 0 benign_samples=$S/benign192-k8.jsonl ;;
+    distill)
+      .venv/bin/negalign train model=smollm2-135m-instruct data=$S/d2o_anchors.jsonl objective=context_distillation \
+        k=2 sampling_context=refusal logp_reduction=sum max_length=384 max_prompt_length=256 learning_rate=2e-5 \
+        per_device_train_batch_size=4 max_steps=144 seed=0 save_strategy=no output_dir=runs/study/scale-distill-k2
+      .venv/bin/negalign eval --model runs/study/scale-distill-k2 --reference smollm2-135m-instruct --max-prompts 50 \
+        --max-new-tokens 64 --seed 0 --output runs/study/scale-distill-k2/eval --no-progress
+      mkdir -p results/study/scale-distill-k2/eval
+      cp runs/study/scale-distill-k2/{train_log.json,README.md,negalign_config.yaml,decontamination.json} results/study/scale-distill-k2/
+      cp runs/study/scale-distill-k2/eval/eval.json results/study/scale-distill-k2/eval/ ;;
+  esac
+done

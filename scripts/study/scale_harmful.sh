@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 31, second scale set: the HH prompts a prompt-harm head scores harmful (scripts/study/prompt_harm.py),
+# answered greedily and flagged by the compliance judge, beside the default's harmful-train/val negatives and
+# benign refusals; D2O and context distillation (SFT on the same anchors) at the default recipe's budget
+# (144 steps of 4, lr 2e-5, K 2, seed 0), evaluated like the demo. The first scale set (scale_data.sh) flagged
+# every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
+# Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
+# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=runs/scale-harmful
+R=results/study/scale-harmful
+NL=.venv/bin/negalign
+greedy="--k 1 --temperature 0 --max-new-tokens 64 --batch-size 64 --no-anchor-report --no-progress"
+mkdir -p $S $R
+
+data() {
+  [ -s $S/hh-harmful-prompts.jsonl ] ||
+    .venv/bin/python scripts/study/prompt_harm.py hh-harmless-base $S/hh-harmful-prompts.jsonl $R/prompt_harm.json
+  [ -s $S/hh-flagged.jsonl ] || {
+    $NL sample --data $S/hh-harmful-prompts.jsonl $greedy --output $S/hh-answers.jsonl
+    $NL flag --answers $S/hh-answers.jsonl --output $S/hh-flagged.jsonl --no-progress; }
+  [ -s $S/harmful-flagged.jsonl ] || {
+    $NL sample --data harmful-train harmful-val $greedy --output $S/harmful-answers.jsonl
+    $NL flag --answers $S/harmful-answers.jsonl --output $S/harmful-flagged.jsonl --no-progress; }
+  [ -s $S/benign-refusals.jsonl ] || {
+    $NL sample --data benign-instructions --max-prompts 192 $greedy --sampling-context refusal \
+      --output $S/benign-under-refusal.jsonl
+    $NL flag --answers $S/benign-under-refusal.jsonl --output $S/benign-refusals.jsonl --keep refusing --no-progress; }
+  $NL sample --data benign-instructions --max-prompts 192 --k 2 --max-new-tokens 64 --batch-size 16 --no-progress \
+    --output $S/benign192-k2.jsonl
+  cat $S/hh-flagged.jsonl $S/harmful-flagged.jsonl > $S/flagged.jsonl
+  $NL sample --data $S/flagged.jsonl --k 2 --sampling-context refusal --max-new-tokens 64 --batch-size 16 \
+    --no-progress --output $S/anchors-k2-refusal.jsonl
+  cat $S/flagged.jsonl $S/benign-refusals.jsonl > $S/d2o_negatives.jsonl
+  cat $S/anchors-k2-refusal.jsonl $S/benign192-k2.jsonl > $S/d2o_anchors.jsonl
+  cp $S/*.flags.json $R/
+}
+
+evaluate() {  # NAME SEED: evaluate runs/study/NAME like the demo and keep its record in results/study/NAME
+  $NL eval --model runs/study/$1 --reference smollm2-135m-instruct --max-prompts 50 --max-new-tokens 64 \
+    --seed $2 --output runs/study/$1/eval --no-progress
+  mkdir -p results/study/$1/eval
+  cp runs/study/$1/{train_log.json,README.md,negalign_config.yaml,decontamination.json} results/study/$1/
+  cp runs/study/$1/eval/eval.json results/study/$1/eval/
+}
+
+for step in "$@"; do
+  case $step in
+    data) data ;;
+    d2o) bash scripts/study/d2o_variant.sh scale-harmful-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl ;;
+    distill)
+      $NL train model=smollm2-135m-instruct data=$S/d2o_anchors.jsonl objective=context_distillation k=2 \
+        sampling_context=refusal logp_reduction=sum max_length=384 max_prompt_length=256 learning_rate=2e-5 \
+        per_device_train_batch_size=4 max_steps=144 seed=0 save_strategy=no output_dir=runs/study/scale-harmful-distill-k2
+      evaluate scale-harmful-distill-k2 0 ;;
+  esac
+done

@@ -1,8 +1,9 @@
 """Issue 31's human-negatives arm: the flagged HH prompts with the human `rejected` answer of their HH pair as
-the negative (instead of the model's own flagged answer), plus the same benign refusals the flagged arm has,
-so the two arms differ only in who wrote the harmful side. Also writes the scale data's counts.
+the negative (instead of the model's own flagged answer), plus the files the flagged arm has beside its HH
+negatives (the benign refusals; the harmful-set negatives, which have no human answer), so the two arms differ
+only in who wrote the HH side. Also writes the scale data's counts (the stage files beside HH_FLAGGED).
 
-Usage: python scripts/study/human_negatives.py HH_FLAGGED BENIGN_REFUSALS OUT_JSONL COUNTS_JSON
+Usage: python scripts/study/human_negatives.py HH_FLAGGED OUT_JSONL COUNTS_JSON [ALSO_JSONL...]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _meta_rows(path: Path) -> int | None:
     return len(_read(str(path))) if path.exists() else None
 
 
-def main(hh_flagged: str, benign_refusals: str, output: str, counts: str) -> None:
+def main(hh_flagged: str, output: str, counts: str, *also: str) -> None:
     rows, _ = load_rows("hh-harmless-base", on_bad_row="skip")
     human = {}
     for row in rows:  # the rejected side of each HH pair, by its prompt (the first pair of a repeated prompt)
@@ -33,8 +34,8 @@ def main(hh_flagged: str, benign_refusals: str, output: str, counts: str) -> Non
     flagged = _read(hh_flagged)
     negatives = [{"prompt": f["prompt"], "rejected": human[prompt_key(f["prompt"])]}
                  for f in flagged if prompt_key(f["prompt"]) in human]
-    benign = _read(benign_refusals)
-    Path(output).write_text("".join(json.dumps(n) + "\n" for n in negatives + benign))
+    rest = [row for path in also for row in _read(path)]
+    Path(output).write_text("".join(json.dumps(n) + "\n" for n in negatives + rest))
     folder = Path(hh_flagged).parent
     answered = {name: _meta_rows(folder / f"{name}.jsonl") for name in ("hh-answers", "harmful-answers",
                                                                          "benign-under-refusal")}
@@ -42,10 +43,10 @@ def main(hh_flagged: str, benign_refusals: str, output: str, counts: str) -> Non
               "harmful_prompts_answered": answered["harmful-answers"],
               "harmful_flagged": len(_read(str(folder / "harmful-flagged.jsonl"))),
               "benign_prompts_answered_under_refusal": answered["benign-under-refusal"],
-              "benign_refusals": len(benign), "hh_flagged_with_a_human_rejected_answer": len(negatives)}
+              "benign_refusals": len(_read(str(folder / "benign-refusals.jsonl"))), "hh_flagged_with_a_human_rejected_answer": len(negatives)}
     Path(counts).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:])

@@ -34,5 +34,5 @@ $NL sample --data $OUT/flagged.jsonl --k 8 --sampling-context refusal --max-new-
 # the benign refusals' prompts are the 192 benign prompts: their anchors are the plain ones (as in the default)
 cat $OUT/flagged.jsonl $OUT/benign-refusals.jsonl > $OUT/d2o_negatives.jsonl
 cat $OUT/anchors-k8-refusal.jsonl $OUT/benign192-k8.jsonl > $OUT/d2o_anchors.jsonl
-.venv/bin/python scripts/study/human_negatives.py $OUT/hh-flagged.jsonl $OUT/benign-refusals.jsonl \
-  $OUT/human_negatives.jsonl results/study/scale/data.json
+.venv/bin/python scripts/study/human_negatives.py $OUT/hh-flagged.jsonl $OUT/human_negatives.jsonl \
+  results/study/scale/data.json $OUT/benign-refusals.jsonl

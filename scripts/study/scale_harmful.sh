@@ -5,7 +5,7 @@
 # (144 steps of 4, lr 2e-5, K 2, seed 0), evaluated like the demo. The first scale set (scale_data.sh) flagged
 # every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
 # Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
-# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill]
+# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=runs/scale-harmful
@@ -34,6 +34,8 @@ data() {
     --no-progress --output $S/anchors-k2-refusal.jsonl
   cat $S/flagged.jsonl $S/benign-refusals.jsonl > $S/d2o_negatives.jsonl
   cat $S/anchors-k2-refusal.jsonl $S/benign192-k2.jsonl > $S/d2o_anchors.jsonl
+  .venv/bin/python scripts/study/human_negatives.py $S/hh-flagged.jsonl $S/human_negatives.jsonl $R/data.json \
+    $S/harmful-flagged.jsonl $S/benign-refusals.jsonl
   cp $S/*.flags.json $R/
 }
 
@@ -49,6 +51,9 @@ for step in "$@"; do
   case $step in
     data) data ;;
     d2o) bash scripts/study/d2o_variant.sh scale-harmful-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl ;;
+    human)  # the same rows and anchors, the HH side's negatives written by people (HH's `rejected`)
+      bash scripts/study/d2o_variant.sh scale-harmful-human-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl \
+        data=$S/human_negatives.jsonl ;;
     distill)
       $NL train model=smollm2-135m-instruct data=$S/d2o_anchors.jsonl objective=context_distillation k=2 \
         sampling_context=refusal logp_reduction=sum max_length=384 max_prompt_length=256 learning_rate=2e-5 \

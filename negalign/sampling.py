@@ -13,6 +13,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -116,6 +117,15 @@ def read_existing(output: Path) -> dict[tuple[str, int], dict]:
     return done
 
 
+def template_fingerprint(tokenizer) -> str | None:
+    """The chat template the prompts are rendered with, hashed: answers drawn under one template must not be
+    extended under another (a `chat_template` override, or another tokenizer)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        return None
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
     meta_path = Path(str(output) + META_SUFFIX)
     if overwrite:
@@ -128,6 +138,11 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
         if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:
             # a greedy file written before greedy keys left batch_size out: greedy answers do not depend on it
             old = {**old, "settings": {k: v for k, v in stored.items() if k != "batch_size"}}
+            if old == meta:
+                atomic_write_text(meta_path, json.dumps(meta, indent=2))
+        if "chat_template" not in old:
+            # a file written before the template was recorded: it is taken to be the one in use now
+            old = {**old, "chat_template": meta.get("chat_template")}
             if old == meta:
                 atomic_write_text(meta_path, json.dumps(meta, indent=2))
         if old != meta:
@@ -157,6 +172,7 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
 
     # the weights, not only the name: a model retrained under the same name must not extend old samples
     meta = {"model": model_id, "weights": model_fingerprint(model), "settings": settings.generation_key(),
+            "chat_template": template_fingerprint(tokenizer),
             "sampling_context": describe(settings.context),
             "n_prompts": len(prompts),
             "prompts_fingerprint": prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])}

@@ -204,6 +204,15 @@ def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp
     evaluation.write_text(json.dumps({"settings": {"max_prompts": 12, "max_new_tokens": 64, "seed": 0}}))
     assert stale(evaluation, {"max_prompts": 50, "max_new_tokens": 64, "seed": 0}, key="settings") == ["max_prompts"]
     assert stale(tmp_path / "missing.json", {}) == ["no missing.json"]
+    # a dotted key reads a nested record: the chat template the answers were rendered with
+    evaluation.write_text(json.dumps({"settings": {"model_options": {"chat_template": "a.jinja"}}}))
+    assert stale(evaluation, {"chat_template": "a.jinja"}, key="settings.model_options") == []
+    assert stale(evaluation, {"chat_template": None}, key="settings.model_options") == ["chat_template"]
+    # an evaluation recorded before templates were (no model_options) was made with the tokenizer's own
+    evaluation.write_text(json.dumps({"settings": {"max_prompts": 12}}))
+    assert stale(evaluation, {"chat_template": None}, key="settings.model_options") == []
+    config.write_text("objective: d2o\nchat_template: a.jinja\n")
+    assert stale(config, {"objective": "d2o", "chat_template": None}) == ["chat_template"]
 
 
 def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, monkeypatch):

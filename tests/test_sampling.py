@@ -242,3 +242,21 @@ def test_the_cache_goes_by_the_keyword_the_model_takes(tiny):
     assert decoding.with_cache(Older(), "C") == {"past_key_values": "C"}
     wrapped = get_peft_model(AutoModelForCausalLM.from_config(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
     assert list(decoding.with_cache(wrapped, "C")) == [expected]
+
+
+def test_a_file_drawn_under_one_chat_template_is_not_extended_under_another(tiny_model_dir, tmp_path):
+    """The prompts are rendered with the chat template: answers drawn under one must not be resumed under
+    another (a `chat_template` override); a file written before the template was recorded resumes."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    own = load_tokenizer(tiny_model_dir)
+    other = load_tokenizer(tiny_model_dir, chat_template="{% for m in messages %}<{{ m['content'] }}>{% endfor %}")
+    sample(model, own, PROMPTS[:3], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
+    meta_path = tmp_path / "s.jsonl.meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["chat_template"] == sampling.template_fingerprint(own) != sampling.template_fingerprint(other)
+    with pytest.raises(ValueError, match=r"other settings \(chat_template differ"):
+        sample(model, other, PROMPTS[:3], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "chat_template"}))
+    report = sample(model, own, PROMPTS[:3], tmp_path / "s.jsonl", _settings(), model_id="tiny", progress=False)
+    assert (report.n_rows_reused, report.n_rows_written) == (9, 0)
+    assert json.loads(meta_path.read_text()) == meta

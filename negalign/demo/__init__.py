@@ -35,8 +35,8 @@ __all__ = ["DemoSettings", "run_demo", "cmd_demo", "stale"]
 
 def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
     """What makes an earlier result in the output folder unusable for this run: the record is missing, or
-    one of `wanted`'s settings differs from what it recorded (a demo of another recipe or size wrote it).
-    An empty list: reuse it."""
+    one of `wanted`'s settings differs from what it recorded (a demo of another recipe or size wrote it), under
+    `key` (dotted: "settings.model_options") when given. An empty list: reuse it."""
     if not record.exists():
         return [f"no {record.name}"]
     if record.suffix == ".json":
@@ -45,7 +45,9 @@ def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
         import yaml
 
         stored = yaml.safe_load(record.read_text())
-    stored = (stored or {}).get(key, {}) if key else (stored or {})
+    stored = stored or {}
+    for part in key.split(".") if key else ():  # a dotted key: a record nested in the file
+        stored = stored.get(part) or {}
     return [name for name, value in wanted.items() if stored.get(name) != value]
 
 
@@ -70,6 +72,7 @@ def run_demo(settings: DemoSettings) -> dict:
     files = prepare_data(settings, out, base, timings)
 
     run_dirs, retrained = [], set()
+    template = settings.model_options.chat_template
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
@@ -84,7 +87,8 @@ def run_demo(settings: DemoSettings) -> dict:
                   "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
                   "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora}
         trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
-        if trained and not stale(run_dir / "negalign_config.yaml", recipe):
+        # the chat template too: the run records it, and a model trained under another must be retrained
+        if trained and not stale(run_dir / "negalign_config.yaml", {**recipe, "chat_template": template}):
             _log(f"{method}: trained model found, reused")
             continue
         clock = time.time()
@@ -104,6 +108,8 @@ def run_demo(settings: DemoSettings) -> dict:
         wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
                   "seed": settings.seed}
         changed = stale(target / "eval.json", wanted, key="settings")
+        if not changed and stale(target / "eval.json", {"chat_template": template}, key="settings.model_options"):
+            changed = ["chat_template"]  # answers rendered under another template
         if not fresh and not changed:
             _log(f"{folder.name}: evaluation found, reused")
             continue

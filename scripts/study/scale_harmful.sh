@@ -5,7 +5,7 @@
 # (144 steps of 4, lr 2e-5, K 2, seed 0), evaluated like the demo. The first scale set (scale_data.sh) flagged
 # every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
 # Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
-# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human]
+# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=runs/scale-harmful
@@ -51,6 +51,24 @@ for step in "$@"; do
   case $step in
     data) data ;;
     d2o) bash scripts/study/d2o_variant.sh scale-harmful-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl ;;
+    default-k4)  # the default recipe's own rows (146 flagged harmful + 115 benign refusals) with K 4 anchors
+      $NL sample --data $S/harmful-flagged.jsonl --k 4 --sampling-context refusal --max-new-tokens 64 --batch-size 16 \
+        --no-progress --output $S/harmful-anchors-k4-refusal.jsonl
+      $NL sample --data benign-instructions --max-prompts 192 --k 4 --max-new-tokens 64 --batch-size 16 --no-progress \
+        --output $S/benign192-k4.jsonl
+      cat $S/harmful-flagged.jsonl $S/benign-refusals.jsonl > $S/default_negatives.jsonl
+      cat $S/harmful-anchors-k4-refusal.jsonl $S/benign192-k4.jsonl > $S/default_anchors_k4.jsonl
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k4 $S 0 data=$S/default_negatives.jsonl k=4 \
+        samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
+    kto)  # KTO on the same rows: each negative with its prompt's first anchor as the desirable answer
+      .venv/bin/python -c "import json, sys; from negalign.demo.data import baseline_rows
+read = lambda p: [json.loads(l) for l in open(p) if l.strip()]
+sys.stdout.writelines(json.dumps(r) + '\n' for r in baseline_rows(read('$S/d2o_negatives.jsonl'), read('$S/d2o_anchors.jsonl')))" \
+        > $S/train_pairs.jsonl
+      $NL train model=smollm2-135m-instruct data=$S/train_pairs.jsonl objective=kto beta=0.1 logp_reduction=sum \
+        max_length=384 max_prompt_length=256 learning_rate=2e-5 per_device_train_batch_size=4 max_steps=144 seed=0 \
+        save_strategy=no output_dir=runs/study/scale-harmful-kto
+      evaluate scale-harmful-kto 0 ;;
     human)  # the same rows and anchors, the HH side's negatives written by people (HH's `rejected`)
       bash scripts/study/d2o_variant.sh scale-harmful-human-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl \
         data=$S/human_negatives.jsonl ;;

@@ -5,7 +5,7 @@
 # (144 steps of 4, lr 2e-5, K 2, seed 0), evaluated like the demo. The first scale set (scale_data.sh) flagged
 # every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
 # Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
-# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4]
+# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4] [default-k2]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=runs/scale-harmful
@@ -59,6 +59,9 @@ for step in "$@"; do
       cat $S/harmful-flagged.jsonl $S/benign-refusals.jsonl > $S/default_negatives.jsonl
       cat $S/harmful-anchors-k4-refusal.jsonl $S/benign192-k4.jsonl > $S/default_anchors_k4.jsonl
       bash scripts/study/d2o_variant.sh default-rows-d2o-k4 $S 0 data=$S/default_negatives.jsonl k=4 \
+        samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
+    default-k2)  # the same rows and anchors file with k 2: the first two of each prompt's four, so only K differs
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k2 $S 0 data=$S/default_negatives.jsonl k=2 \
         samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
     kto)  # KTO on the same rows: each negative with its prompt's first anchor as the desirable answer
       .venv/bin/python -c "import json, sys; from negalign.demo.data import baseline_rows

@@ -5,7 +5,7 @@
 # (144 steps of 4, lr 2e-5, K 2, seed 0), evaluated like the demo. The first scale set (scale_data.sh) flagged
 # every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
 # Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
-# Usage: bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4] [default-k2]
+# Usage: [SEED=S] bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4] [default-k2]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=runs/scale-harmful
@@ -13,6 +13,8 @@ R=results/study/scale-harmful
 NL=.venv/bin/negalign
 greedy="--k 1 --temperature 0 --max-new-tokens 64 --batch-size 64 --no-anchor-report --no-progress"
 mkdir -p $S $R
+SEED=${SEED:-0}  # the training and evaluation seed of the default-k2 / default-k4 rows (the data stays seed 0's)
+TAG=$([ "$SEED" = 0 ] || echo "-seed$SEED")
 
 data() {
   [ -s $S/hh-harmful-prompts.jsonl ] ||
@@ -58,10 +60,10 @@ for step in "$@"; do
         --output $S/benign192-k4.jsonl
       cat $S/harmful-flagged.jsonl $S/benign-refusals.jsonl > $S/default_negatives.jsonl
       cat $S/harmful-anchors-k4-refusal.jsonl $S/benign192-k4.jsonl > $S/default_anchors_k4.jsonl
-      bash scripts/study/d2o_variant.sh default-rows-d2o-k4 $S 0 data=$S/default_negatives.jsonl k=4 \
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k4$TAG $S $SEED data=$S/default_negatives.jsonl k=4 \
         samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
     default-k2)  # the same rows and anchors file with k 2: the first two of each prompt's four, so only K differs
-      bash scripts/study/d2o_variant.sh default-rows-d2o-k2 $S 0 data=$S/default_negatives.jsonl k=2 \
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k2$TAG $S $SEED data=$S/default_negatives.jsonl k=2 \
         samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
     kto)  # KTO on the same rows: each negative with its prompt's first anchor as the desirable answer
       .venv/bin/python -c "import json, sys; from negalign.demo.data import baseline_rows

@@ -133,18 +133,16 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
             if path.exists():
                 path.unlink()
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        recorded = json.loads(meta_path.read_text())
+        old = dict(recorded)
         stored = old.get("settings")
         if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:
             # a greedy file written before greedy keys left batch_size out: greedy answers do not depend on it
-            old = {**old, "settings": {k: v for k, v in stored.items() if k != "batch_size"}}
-            if old == meta:
-                atomic_write_text(meta_path, json.dumps(meta, indent=2))
-        if "chat_template" not in old:
-            # a file written before the template was recorded: it is taken to be the one in use now
-            old = {**old, "chat_template": meta.get("chat_template")}
-            if old == meta:
-                atomic_write_text(meta_path, json.dumps(meta, indent=2))
+            old["settings"] = {k: v for k, v in stored.items() if k != "batch_size"}
+        # a file written before the template was recorded: it is taken to be the one in use now
+        old.setdefault("chat_template", meta.get("chat_template"))
+        if old == meta and old != recorded:  # an older form of these settings: brought to the current one
+            atomic_write_text(meta_path, json.dumps(meta, indent=2))
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise ValueError(f"{output} was made with other settings ({', '.join(diff)} differ: "

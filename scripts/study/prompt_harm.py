@@ -27,6 +27,7 @@ import torch
 
 from negalign.data.paths import data_dir
 from negalign.data.prompts import read_prompt_rows
+from negalign.data.rows import prompt_key
 from negalign.evaluation.encoder import SentenceEncoder
 from negalign.evaluation.judge import DEFAULT_L2, LogisticHead
 from negalign.evaluation.metrics import wilson_interval
@@ -76,7 +77,7 @@ def main(data: str, output: str, report_path: str) -> None:
 
     rows, seen = [], set()
     for row in read_prompt_rows(data):
-        key = json.dumps(row["prompt"], sort_keys=True)
+        key = prompt_key(row["prompt"])
         if key not in seen:
             seen.add(key)
             rows.append(row)

@@ -13,9 +13,4 @@ $NL train model=smollm2-135m-instruct data=$SRC/d2o_negatives.jsonl samples=$SRC
   benign_samples=$SRC/benign_samples.jsonl objective=d2o k=2 alpha=0.1 beta=0.1 logp_reduction=sum \
   max_length=384 max_prompt_length=256 learning_rate=2e-5 per_device_train_batch_size=4 max_steps=144 \
   seed=$SEED sampling_context=refusal save_strategy=no output_dir=runs/study/$NAME "$@"
-$NL eval --model runs/study/$NAME --reference smollm2-135m-instruct --max-prompts 50 --max-new-tokens 64 \
-  --seed $SEED --output runs/study/$NAME/eval --no-progress
-mkdir -p results/study/$NAME/eval
-cp runs/study/$NAME/train_log.json runs/study/$NAME/README.md runs/study/$NAME/negalign_config.yaml \
-  runs/study/$NAME/decontamination.json results/study/$NAME/
-cp runs/study/$NAME/eval/eval.json results/study/$NAME/eval/
+bash scripts/study/evaluate_run.sh $NAME $SEED

@@ -6,6 +6,7 @@
 # every HH answer that complied, harmless questions' helpful answers included, and lost on both axes.
 # Every data stage is skipped when its output exists (and `negalign sample` resumes an interrupted file).
 # Usage: [SEED=S] bash scripts/study/scale_harmful.sh [data] [d2o] [distill] [human] [kto] [default-k4] [default-k2]
+#          [harmful-only] [benign-only] [alpha0] [ulma] [dpo] [npo]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=runs/scale-harmful
@@ -41,13 +42,7 @@ data() {
   cp $S/*.flags.json $R/
 }
 
-evaluate() {  # NAME SEED: evaluate runs/study/NAME like the demo and keep its record in results/study/NAME
-  $NL eval --model runs/study/$1 --reference smollm2-135m-instruct --max-prompts 50 --max-new-tokens 64 \
-    --seed $2 --output runs/study/$1/eval --no-progress
-  mkdir -p results/study/$1/eval
-  cp runs/study/$1/{train_log.json,README.md,negalign_config.yaml,decontamination.json} results/study/$1/
-  cp runs/study/$1/eval/eval.json results/study/$1/eval/
-}
+evaluate() { bash scripts/study/evaluate_run.sh "$@"; }  # NAME SEED
 
 for step in "$@"; do
   case $step in
@@ -74,6 +69,23 @@ sys.stdout.writelines(json.dumps(r) + '\n' for r in baseline_rows(read('$S/d2o_n
         max_length=384 max_prompt_length=256 learning_rate=2e-5 per_device_train_batch_size=4 max_steps=144 seed=0 \
         save_strategy=no output_dir=runs/study/scale-harmful-kto
       evaluate scale-harmful-kto 0 ;;
+    harmful-only)  # the default rows, K 2, the 115 benign refusals taken out of the negatives: their prompts
+      # stay as anchor-only rows (benign_samples), so the rows and steps are the same as default-k2's
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k2-harmful-only$TAG $S $SEED data=$S/harmful-flagged.jsonl \
+        k=2 samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
+    benign-only)  # the same, with only the benign refusals as negatives: the 146 harmful prompts become
+      # anchor-only rows (their refusal-context anchors, from the same anchors file)
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k2-benign-only$TAG $S $SEED data=$S/benign-refusals.jsonl \
+        k=2 samples=$S/default_anchors_k4.jsonl benign_samples=$S/default_anchors_k4.jsonl ;;
+    alpha0)  # default-k2 with the negatives' weight near zero: the anchors alone (1e-6, as the earlier alpha -> 0 rows)
+      bash scripts/study/d2o_variant.sh default-rows-d2o-k2-alpha0$TAG $S $SEED data=$S/default_negatives.jsonl \
+        k=2 samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl alpha=1e-6 ;;
+    ulma|dpo|npo)  # the filtered rows' pairs (built by the kto step), each method with the demo's settings for it
+      reduction=$([ $step = ulma ] && echo mean || echo sum)
+      $NL train model=smollm2-135m-instruct data=$S/train_pairs.jsonl objective=$step beta=0.1 \
+        logp_reduction=$reduction max_length=384 max_prompt_length=256 learning_rate=2e-5 \
+        per_device_train_batch_size=4 max_steps=144 seed=0 save_strategy=no output_dir=runs/study/scale-harmful-$step
+      evaluate scale-harmful-$step 0 ;;
     human)  # the same rows and anchors, the HH side's negatives written by people (HH's `rejected`)
       bash scripts/study/d2o_variant.sh scale-harmful-human-d2o-k2 $S 0 benign_samples=$S/benign192-k2.jsonl \
         data=$S/human_negatives.jsonl ;;

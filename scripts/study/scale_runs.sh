@@ -13,10 +13,6 @@ for run in "$@"; do
       .venv/bin/negalign train model=smollm2-135m-instruct data=$S/d2o_anchors.jsonl objective=context_distillation \
         k=2 sampling_context=refusal logp_reduction=sum max_length=384 max_prompt_length=256 learning_rate=2e-5 \
         per_device_train_batch_size=4 max_steps=144 seed=0 save_strategy=no output_dir=runs/study/scale-distill-k2
-      .venv/bin/negalign eval --model runs/study/scale-distill-k2 --reference smollm2-135m-instruct --max-prompts 50 \
-        --max-new-tokens 64 --seed 0 --output runs/study/scale-distill-k2/eval --no-progress
-      mkdir -p results/study/scale-distill-k2/eval
-      cp runs/study/scale-distill-k2/{train_log.json,README.md,negalign_config.yaml,decontamination.json} results/study/scale-distill-k2/
-      cp runs/study/scale-distill-k2/eval/eval.json results/study/scale-distill-k2/eval/ ;;
+      bash scripts/study/evaluate_run.sh scale-distill-k2 0 ;;
   esac
 done

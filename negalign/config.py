@@ -84,9 +84,11 @@ class NegalignConfig(TrainingArguments):
                                  "file of {role, content} messages. With sampling: refresh it is used at every "
                                  "refresh; with a static samples file it must match the one the file was drawn "
                                  "with. See docs/sampling_context.md.")
-    benign_samples: str = _opt(None, "D2O: a samples file of benign prompts (drawn with no sampling context) "
-                               "trained towards their own anchors, with no human negative: z = (beta/K) sum_k "
-                               "h(y_k). Keeps the refusal anchors from teaching refusal everywhere (docs/retain.md).")
+    benign_samples: str = _opt(None, "D2O: a samples file of prompts trained towards their own anchors, with no "
+                               "negative: z = (beta/K) sum_k h(y_k); prompts that have a negative in `data` are left "
+                               "out of it. Benign prompts (drawn with no sampling context) keep the refusal anchors "
+                               "from teaching refusal everywhere (docs/retain.md); flagged prompts whose answers are "
+                               "not used as negatives keep being pulled towards their anchors (docs/quality.md).")
     sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training): the "
                                      "one-message case of sampling_context.")
     max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "

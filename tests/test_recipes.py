@@ -313,6 +313,48 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     assert kept[:2] == negatives[:2] and len(kept) == 3 and kept[2] in negatives[2:]
     assert len(read(half["samples"])) == len(anchors)  # every benign prompt keeps its anchors
 
+    # --no-harmful-negatives: D2O's negatives are the benign refusals alone, and its anchor-only rows are read from
+    # the whole anchors file (training leaves out the two refused benign prompts, which have a negative); the
+    # baselines' rows are the default's
+    (tmp_path / "d").mkdir()
+    only = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, harmful_negatives=False,
+                                     output=str(tmp_path / "d")), tmp_path / "d", "m", {})
+    assert only["d2o_negatives"].name == "d2o_negatives_benign_only.jsonl"
+    assert read(only["d2o_negatives"]) == negatives[2:] and read(only["negatives"]) == negatives
+    assert read(only["anchor_only"]) == anchors and only["anchor_only"] == only["samples"]
+    assert read(only["pairs"]) == pairs
+    with pytest.raises(ValueError, match="it needs --benign-refusals"):
+        DemoSettings(preset="quick", benign_refusals=False, harmful_negatives=False)
+
+
+def test_demo_without_harmful_negatives_hands_d2o_the_benign_refusals_and_every_anchor_as_anchor_only(
+        tmp_path, monkeypatch):
+    # run_demo's wiring, the stages stubbed: D2O reads the benign-only negatives file and the whole anchors file
+    # as its anchor-only rows; KTO keeps the default's pairs
+    import negalign.data.catalog
+    import negalign.demo
+    import negalign.evaluation.evaluate
+    import negalign.evaluation.report
+    import negalign.models
+    import negalign.pipeline
+    from negalign.demo import DemoSettings, run_demo
+
+    files = {name: tmp_path / f"{name}.jsonl" for name in ("negatives", "samples", "benign_samples", "pairs",
+                                                           "d2o_negatives")}
+    files["anchors"] = files["anchor_only"] = files["samples"]
+    trained = {}
+    monkeypatch.setattr(negalign.data.catalog, "check_available", lambda *a, **k: None)
+    monkeypatch.setattr(negalign.models, "resolve_model_path", lambda name: "m")
+    monkeypatch.setattr(negalign.demo, "prepare_data", lambda settings, out, base, timings: files)
+    monkeypatch.setattr(negalign.pipeline, "train", lambda config: trained.setdefault(config["objective"], config))
+    monkeypatch.setattr(negalign.evaluation.evaluate, "evaluate", lambda settings: None)
+    monkeypatch.setattr(negalign.evaluation.report, "compare", lambda runs, out: {})
+    run_demo(DemoSettings(preset="quick", harmful_negatives=False, methods=["d2o", "kto"],
+                          output=str(tmp_path / "demo")))
+    assert trained["d2o"]["data"] == str(files["d2o_negatives"])
+    assert trained["d2o"]["benign_samples"] == trained["d2o"]["samples"] == str(files["samples"])
+    assert trained["kto"]["data"] == str(files["pairs"])
+
 
 def test_keep_share_draws_a_seeded_subset_in_file_order():
     from negalign.demo import DemoSettings

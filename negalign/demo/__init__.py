@@ -79,10 +79,11 @@ def run_demo(settings: DemoSettings) -> dict:
         d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
         context = {"k": settings.k, "sampling_context": settings.sampling_context,
                    "sampling_instruction": settings.sampling_instruction}
+        anchor_only = files.get("anchor_only", files.get("benign_samples"))  # prompts D2O pulls with no negative
         anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
-                    "benign_samples": str(files["benign_samples"]) if "benign_samples" in files else None,
+                    "benign_samples": str(anchor_only) if anchor_only else None,
                     } if d2o else context if distill else {}
-        data = files["negatives"] if d2o else files["anchors"] if distill else files["pairs"]
+        data = files.get("d2o_negatives", files["negatives"]) if d2o else files["anchors"] if distill else files["pairs"]
         recipe = {**settings.method_training(method), "data": str(data), "objective": method, **anchored,
                   "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
                   "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora}

@@ -128,6 +128,13 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
             _write_jsonl(files["negatives"], negatives)
             _write_jsonl(files["samples"], anchors)
             write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"], len(benign_anchors))
+            if not settings.harmful_negatives:
+                # D2O's negatives are the benign refusals alone, and every anchor is also an anchor-only row's:
+                # training leaves out the prompts that have a negative, so the flagged prompts and the benign
+                # prompts that were answered become the rows with no negative
+                files["d2o_negatives"] = out / f"d2o_negatives_benign_only{tag}.jsonl"
+                _write_jsonl(files["d2o_negatives"], refusals)
+                files["anchor_only"] = files["samples"]
             timings["benign_refusals"], with_refusals = time.time() - clock, True
 
     # every anchor D2O trains towards (the harmful prompts' and the benign ones'), in one file: the rows of

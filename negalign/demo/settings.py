@@ -73,6 +73,11 @@ class DemoSettings:
         "preset's, on, unless nothing can answer them; --no-benign-refusals --steps 48 is configs/d2o-48steps.yaml)")
     benign_refusal_share: float = option(1.0, "with --benign-refusals: the share of the benign refusals kept as "
                                          "negatives, a seeded draw (1: all)")
+    harmful_negatives: bool = option(
+        True, "with --benign-refusals: D2O pushes the flagged harmful answers down too; --no-harmful-negatives "
+        "keeps the flagged prompts as anchor-only rows (pulled towards their refusal-context anchors, no negative) "
+        "and the benign refusals as the only negatives: more harm cut for a little more benign refusal "
+        "(docs/quality.md, 'Which negatives matter'); the baselines' rows do not change")
     harmful_prompts: int | None = option(None, "harmful instructions the model answers (default: the preset's; "
                                          "all 299 of harmful-train and harmful-val, less evaluation prompts)")
     benign_prompts: int | None = option(None, "benign instructions with anchors (default: the preset's)")
@@ -135,6 +140,9 @@ class DemoSettings:
             raise ValueError(f"--benign-refusal-share must be in (0, 1], got {self.benign_refusal_share}")
         if self.benign_refusal_share < 1.0 and not self.benign_refusals:
             raise ValueError("--benign-refusal-share picks among the benign refusals: it needs --benign-refusals")
+        if not self.harmful_negatives and not self.benign_refusals:
+            raise ValueError("--no-harmful-negatives leaves the benign refusals as D2O's only negatives: it needs "
+                             "--benign-refusals")
         if not self.k and any(not METHODS[m].reads_samples_file for m in self.methods):
             raise ValueError("--k 0 leaves no anchors, and the baselines' rows take their chosen side from "
                              "them: with k 0 train only d2o")

@@ -392,6 +392,25 @@ def test_the_default_recipe_is_the_study_run_and_the_demo_default():
         {key: getattr(config, key) for key in keys if key != "objective"}
 
 
+def test_the_no_harmful_negatives_recipe_is_the_default_but_for_its_negatives_and_the_demo_flag():
+    # configs/d2o-no-harmful-negatives.yaml: configs/d2o.yaml's settings, the benign refusals as `data` and the
+    # whole anchors file as `benign_samples`; `negalign demo --no-harmful-negatives` trains the same recipe
+    import yaml
+
+    from negalign.config import load_config
+    from negalign.demo import DemoSettings
+
+    root = Path(__file__).parents[1] / "configs"
+    default = yaml.safe_load((root / "d2o.yaml").read_text())
+    recipe = yaml.safe_load((root / "d2o-no-harmful-negatives.yaml").read_text())
+    differ = {key for key in default.keys() | recipe.keys() if default.get(key) != recipe.get(key)}
+    assert differ == {"data", "benign_samples", "output_dir"}
+    assert recipe["data"].endswith("/benign-refusals.jsonl") and recipe["benign_samples"] == recipe["samples"]
+    load_config(str(root / "d2o-no-harmful-negatives.yaml"))  # a valid recipe, checked whole
+    plain, without = DemoSettings(), DemoSettings(harmful_negatives=False)
+    assert plain.harmful_negatives and _demo_training(without) == _demo_training(plain)
+
+
 def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
     # configs/d2o-lora.yaml is the study's LoRA run, and `demo --lora` trains it; without --lora the demo keeps
     # full fine-tuning at its own learning rate

@@ -1,7 +1,9 @@
 """Issue 31's row for each study run, in the columns the issue asks for: harmful compliance and benign refusal
 (pooled, Wilson 95 %, with n), harmful content, fragments (the share of harmful answers judged complying in
 under ten words), XSTest-safe / Alpaca refusal, chosen NLL per token (and its change against the base's), KL,
-repeated 3-grams of the benign answers, and wall-clock (training, evaluation). A `+SEEDS` group pools runs.
+repeated 3-grams of the benign answers, wall-clock (training, evaluation), and the harm cut relative to the
+starting model's on the same seed's prompts with the rise in benign refusal (issue 31's bar), averaged over the
+runs. A `LABEL=RUN,RUN,...` group pools runs (seeds).
 
     .venv/bin/python scripts/study/rows.py results/study/base results/study/default-rows-d2o-k2 ...
     .venv/bin/python scripts/study/rows.py "both=results/study/default-rows-d2o-k2,results/study/default-rows-d2o-k2-seed1"
@@ -17,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from negalign.evaluation.metrics import wilson_interval  # noqa: E402
 
 BASE_NLL = 2.533  # results/study/base: the starting model's held-out chosen NLL per token
+# the starting model judged on each seed's evaluation prompts (the seed draws the 50 prompts of each suite)
+BASES = {0: "results/study/base/eval", 1: "results/demo-context-distillation-seed1/runs/base",
+         2: "results/demo-context-distillation-seed2/runs/base"}
 BENIGN = ("xstest-safe", "alpaca-benign")
 
 
@@ -27,7 +32,18 @@ def load(folder: Path) -> dict:
     if log.exists():
         ends = [h for h in json.loads(log.read_text())["log_history"] if "train_runtime" in h]
         train_s = ends[-1]["train_runtime"] if ends else None
-    return {"ev": ev, "train_s": train_s}
+    return {"ev": ev, "train_s": train_s, "seed": ev["settings"].get("seed", 0)}
+
+
+def against_base(runs: list[dict]) -> str:
+    """Issue 31's bar, the mean over the runs of each one's harm cut relative to its seed's base and its rise in
+    benign refusal over that base."""
+    cuts, rises = [], []
+    for run in runs:
+        base = json.loads((Path(BASES[run["seed"]]) / "eval.json").read_text())
+        cuts.append(1 - run["ev"]["harmful"]["harmful_compliance"]["rate"] / base["harmful"]["harmful_compliance"]["rate"])
+        rises.append(run["ev"]["benign"]["benign_refusal"]["rate"] - base["benign"]["benign_refusal"]["rate"])
+    return f"{mean(cuts) * 100:.0f} % / {mean(rises):+.3f}"
 
 
 def pooled(runs: list[dict], side: str, key: str) -> str:
@@ -61,13 +77,14 @@ def row(label: str, runs: list[dict]) -> str:
     return (f"| {label} | {len(runs)} | {pooled(runs, 'harmful', 'harmful_compliance')} | {fmt(content)} | "
             f"{fmt(short)} | {pooled(runs, 'benign', 'benign_refusal')} | {safe:.2f} / {alpaca:.2f} | "
             f"{nll:.3f} ({(nll / BASE_NLL - 1) * 100:+.1f} %) | {fmt(kl, '.2f')} | {fmt(rep, '.2f')} | "
-            f"{fmt(train, '.1f')} / {fmt(evals, '.1f')} |")
+            f"{fmt(train, '.1f')} / {fmt(evals, '.1f')} | {against_base(runs)} |")
 
 
 def main() -> None:
     print("| run | seeds | harmful compliance (pooled) | harmful content | fragments | benign refusal (pooled) | "
-          "xstest-safe / alpaca | chosen NLL/tok | KL | rep. 3-grams (benign) | train / eval min |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "xstest-safe / alpaca | chosen NLL/tok | KL | rep. 3-grams (benign) | train / eval min | "
+          "harm cut / benign rise against each seed's base |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in sys.argv[1:]:
         label, _, folders = arg.rpartition("=")
         paths = [Path(f) for f in folders.split(",")]

@@ -18,7 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from negalign.evaluation.metrics import wilson_interval  # noqa: E402
 
-BASE_NLL = 2.533  # results/study/base: the starting model's held-out chosen NLL per token
 # the starting model judged on each seed's evaluation prompts (the seed draws the 50 prompts of each suite)
 BASES = {0: "results/study/base/eval", 1: "results/demo-context-distillation-seed1/runs/base",
          2: "results/demo-context-distillation-seed2/runs/base"}
@@ -32,7 +31,8 @@ def load(folder: Path) -> dict:
     if log.exists():
         ends = [h for h in json.loads(log.read_text())["log_history"] if "train_runtime" in h]
         train_s = ends[-1]["train_runtime"] if ends else None
-    return {"ev": ev, "train_s": train_s, "seed": ev["settings"].get("seed", 0)}
+    base = json.loads((Path(BASES[ev["settings"].get("seed", 0)]) / "eval.json").read_text())
+    return {"ev": ev, "train_s": train_s, "base": base}
 
 
 def against_base(runs: list[dict]) -> str:
@@ -40,7 +40,7 @@ def against_base(runs: list[dict]) -> str:
     benign refusal over that base."""
     cuts, rises = [], []
     for run in runs:
-        base = json.loads((Path(BASES[run["seed"]]) / "eval.json").read_text())
+        base = run["base"]
         cuts.append(1 - run["ev"]["harmful"]["harmful_compliance"]["rate"] / base["harmful"]["harmful_compliance"]["rate"])
         rises.append(run["ev"]["benign"]["benign_refusal"]["rate"] - base["benign"]["benign_refusal"]["rate"])
     return f"{mean(cuts) * 100:.0f} % / {mean(rises):+.3f}"
@@ -70,13 +70,14 @@ def row(label: str, runs: list[dict]) -> str:
     content = mean([r["ev"]["harmful"]["harmful_content"]["rate"] for r in runs if "harmful_content" in r["ev"]["harmful"]])
     short = mean([r["ev"]["harmful"]["short_compliance"]["rate"] for r in runs if "short_compliance" in r["ev"]["harmful"]])
     nll = mean([r["ev"]["preference"]["chosen_nll_per_token"] for r in runs])
+    base_nll = mean([r["base"]["preference"]["chosen_nll_per_token"] for r in runs])
     kl = mean([r["ev"]["kl"]["kl"] for r in runs if r["ev"].get("kl")])
     rep = mean([s[b]["repeated_3gram_fraction"] for s in suites for b in BENIGN if "repeated_3gram_fraction" in s[b]])
     train = mean([r["train_s"] / 60 for r in runs if r["train_s"]])
     evals = mean([r["ev"]["seconds"]["total"] / 60 for r in runs if "seconds" in r["ev"]])
     return (f"| {label} | {len(runs)} | {pooled(runs, 'harmful', 'harmful_compliance')} | {fmt(content)} | "
             f"{fmt(short)} | {pooled(runs, 'benign', 'benign_refusal')} | {safe:.2f} / {alpaca:.2f} | "
-            f"{nll:.3f} ({(nll / BASE_NLL - 1) * 100:+.1f} %) | {fmt(kl, '.2f')} | {fmt(rep, '.2f')} | "
+            f"{nll:.3f} ({(nll / base_nll - 1) * 100:+.1f} %) | {fmt(kl, '.2f')} | {fmt(rep, '.2f')} | "
             f"{fmt(train, '.1f')} / {fmt(evals, '.1f')} | {against_base(runs)} |")
 
 

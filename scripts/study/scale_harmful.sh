@@ -60,15 +60,6 @@ for step in "$@"; do
     default-k2)  # the same rows and anchors file with k 2: the first two of each prompt's four, so only K differs
       bash scripts/study/d2o_variant.sh default-rows-d2o-k2$TAG $S $SEED data=$S/default_negatives.jsonl k=2 \
         samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl ;;
-    kto)  # KTO on the same rows: each negative with its prompt's first anchor as the desirable answer
-      .venv/bin/python -c "import json, sys; from negalign.demo.data import baseline_rows
-read = lambda p: [json.loads(l) for l in open(p) if l.strip()]
-sys.stdout.writelines(json.dumps(r) + '\n' for r in baseline_rows(read('$S/d2o_negatives.jsonl'), read('$S/d2o_anchors.jsonl')))" \
-        > $S/train_pairs.jsonl
-      $NL train model=smollm2-135m-instruct data=$S/train_pairs.jsonl objective=kto beta=0.1 logp_reduction=sum \
-        max_length=384 max_prompt_length=256 learning_rate=2e-5 per_device_train_batch_size=4 max_steps=144 seed=0 \
-        save_strategy=no output_dir=runs/study/scale-harmful-kto
-      evaluate scale-harmful-kto 0 ;;
     harmful-only)  # the default rows, K 2, the 115 benign refusals taken out of the negatives: their prompts
       # stay as anchor-only rows (benign_samples), so the rows and steps are the same as default-k2's
       bash scripts/study/d2o_variant.sh default-rows-d2o-k2-harmful-only$TAG $S $SEED data=$S/harmful-flagged.jsonl \
@@ -80,8 +71,13 @@ sys.stdout.writelines(json.dumps(r) + '\n' for r in baseline_rows(read('$S/d2o_n
     alpha0)  # default-k2 with the negatives' weight near zero: the anchors alone (1e-6, as the earlier alpha -> 0 rows)
       bash scripts/study/d2o_variant.sh default-rows-d2o-k2-alpha0$TAG $S $SEED data=$S/default_negatives.jsonl \
         k=2 samples=$S/default_anchors_k4.jsonl benign_samples=$S/benign192-k4.jsonl alpha=1e-6 ;;
-    ulma|dpo|npo)  # the filtered rows' pairs (built by the kto step), each method with the demo's settings for it
-      reduction=$([ $step = ulma ] && echo mean || echo sum)
+    kto|ulma|dpo|npo)  # baselines on the filtered rows: each negative with its prompt's first anchor as the
+      # chosen / desirable answer (the demo's baseline_rows), each method with the demo's logp_reduction for it
+      [ -s $S/train_pairs.jsonl ] || .venv/bin/python -c "import json, sys; from negalign.demo.data import baseline_rows
+read = lambda p: [json.loads(l) for l in open(p) if l.strip()]
+sys.stdout.writelines(json.dumps(r) + '\n' for r in baseline_rows(read('$S/d2o_negatives.jsonl'), read('$S/d2o_anchors.jsonl')))" \
+        > $S/train_pairs.jsonl
+      reduction=$(.venv/bin/python -c "from negalign.methods import METHODS; print(METHODS['$step'].demo.get('logp_reduction', 'sum'))")
       $NL train model=smollm2-135m-instruct data=$S/train_pairs.jsonl objective=$step beta=0.1 \
         logp_reduction=$reduction max_length=384 max_prompt_length=256 learning_rate=2e-5 \
         per_device_train_batch_size=4 max_steps=144 seed=0 save_strategy=no output_dir=runs/study/scale-harmful-$step

@@ -48,12 +48,15 @@ def test_readme_command_1_runs_to_the_end_from_a_clean_clone(tmp_path):
     done = subprocess.run([sys.executable, "-m", "negalign", *demo, "--quick"], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = clone / "results" / "demo-quick" / "report.md"
+    report = clone / "runs" / "demo-quick" / "report.md"
     assert report.exists(), done.stderr[-2000:]
     methods = demo[demo.index("--methods") + 1].split(",") if "--methods" in demo else ["d2o"]
     text = report.read_text()
     assert all(f"| {method} |" in text for method in methods), text[:2000]
-    out = clone / "results" / "demo-quick"
+    out = clone / "runs" / "demo-quick"
+    # the run leaves the clone as it found it: nothing committed rewritten, nothing untracked left to commit
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout
     summary = json.loads((out / "report.json").read_text())
     assert [run["label"] for run in summary["runs"]] == ["base", *methods]
     for run in summary["runs"]:

@@ -20,14 +20,18 @@ runs and evaluations are reused), so an interrupted demo continues where it stop
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from negalign.demo.data import _log, prepare_data
+from negalign.demo.folder import folder_verdict
 from negalign.demo.settings import DemoSettings
 from negalign.files import atomic_write_text
+from negalign.locks import output_lock
 from negalign.methods import METHODS
+from negalign.outputs import check_place, claim
 from negalign.progress import quiet
 
 __all__ = ["DemoSettings", "run_demo", "cmd_demo", "stale"]
@@ -53,17 +57,28 @@ def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
 
 def run_demo(settings: DemoSettings) -> dict:
     from negalign.data.catalog import CATALOG, check_available, name_for
-    from negalign.evaluation.evaluate import EvalSettings, evaluate
-    from negalign.evaluation.report import compare
     from negalign.evaluation.suites import BUILTIN
-    from negalign.models import resolve_model_path
-    from negalign.pipeline import train
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
     needed = [name_for(relative) for _, relative, _ in BUILTIN.values()] + ["hh-harmless-base"]
     named = [n for n in settings.harmful + [settings.benign] if n in CATALOG]
     check_available(list(dict.fromkeys(named + [n for n in needed if n])), settings.data_dir, hub_ok=tuple(named))
     out = Path(settings.output)
+    check_place(out, folder=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one writer for the whole folder: two demos at once would append every anchor twice
+    with output_lock(out, "the demo"):
+        claim(out, folder=True, overwrite=settings.overwrite, verdict=folder_verdict(settings),
+              flag="--overwrite", option="--output")
+        return _run_demo(settings, out)
+
+
+def _run_demo(settings: DemoSettings, out: Path) -> dict:
+    from negalign.evaluation.evaluate import EvalSettings, evaluate
+    from negalign.evaluation.report import compare
+    from negalign.models import resolve_model_path
+    from negalign.pipeline import train
+
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()
     atomic_write_text(out / "demo_config.json", json.dumps(asdict(settings), indent=2) + "\n")
@@ -76,17 +91,7 @@ def run_demo(settings: DemoSettings) -> dict:
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
-        d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
-        context = {"k": settings.k, "sampling_context": settings.sampling_context,
-                   "sampling_instruction": settings.sampling_instruction}
-        anchor_only = files.get("anchor_only", files.get("benign_samples"))  # prompts D2O pulls with no negative
-        anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
-                    "benign_samples": str(anchor_only) if anchor_only else None,
-                    } if d2o else context if distill else {}
-        data = files.get("d2o_negatives", files["negatives"]) if d2o else files["anchors"] if distill else files["pairs"]
-        recipe = {**settings.method_training(method), "data": str(data), "objective": method, **anchored,
-                  "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
-                  "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora}
+        recipe = training_recipe(settings, method, files)
         trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
         # the chat template too: the run records it, and a model trained under another must be retrained
         if trained and not stale(run_dir / "negalign_config.yaml", {**recipe, "chat_template": template}):
@@ -94,10 +99,11 @@ def run_demo(settings: DemoSettings) -> dict:
             continue
         clock = time.time()
         _log(f"{method}: training {settings.max_steps} steps")
-        # a model trained with other settings is replaced (moved aside by train's overwrite, not deleted); an
+        # a model trained with other settings is replaced (moved aside by train's overwrite, not deleted), and so
+        # is a finished run's record without its weights (a committed result: weights are not committed); an
         # interrupted run of these settings resumes from the checkpoint its interruption saved
-        train({"model": base, **recipe, **_train_model_options(settings), "output_dir": str(run_dir),
-               "save_strategy": "no", "overwrite": trained, "disable_tqdm": quiet()})
+        train({**recipe, "output_dir": str(run_dir), "overwrite": trained or _weights_missing(run_dir),
+               "disable_tqdm": quiet()})
         timings[f"train_{method}"] = time.time() - clock
         retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
 
@@ -130,6 +136,33 @@ def run_demo(settings: DemoSettings) -> dict:
     atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
     return report
+
+
+def _weights_missing(run_dir: Path) -> bool:
+    """A finished run's record (train_log.json, its config) without the model it describes, and no checkpoint
+    to finish it from."""
+    from negalign.checkpoints import is_finished_run, newest_checkpoint
+
+    return (run_dir.is_dir() and "train_log.json" in os.listdir(run_dir) and is_finished_run(os.listdir(run_dir))
+            and newest_checkpoint(str(run_dir), quiet=True) is None)
+
+
+def training_recipe(settings: DemoSettings, method: str, files: dict) -> dict:
+    """What the demo hands `train` for `method` (less output_dir): the recipe's settings, the demo's budget, and
+    the data files of demo_files(). The model is named as the user named it (a short name, a Hub name or a
+    folder), not by the cache folder it resolves to here, so that the run's record means the same everywhere."""
+    d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
+    context = {"k": settings.k, "sampling_context": settings.sampling_context,
+               "sampling_instruction": settings.sampling_instruction}
+    anchor_only = files.get("anchor_only", files.get("benign_samples"))  # prompts D2O pulls with no negative
+    anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
+                "benign_samples": str(anchor_only) if anchor_only else None,
+                } if d2o else context if distill else {}
+    data = files.get("d2o_negatives", files["negatives"]) if d2o else files["anchors"] if distill else files["pairs"]
+    return {"model": settings.model, **settings.method_training(method), "data": str(data), "objective": method,
+            **anchored, "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora,
+            **_train_model_options(settings), "save_strategy": "no"}
 
 
 def _train_model_options(settings: DemoSettings) -> dict:

@@ -49,14 +49,34 @@ class _Sampler:
         sampling = SamplingSettings(**{"k": self.settings.k, "max_new_tokens": self.settings.sample_max_new_tokens,
                                        "seed": self.settings.seed, "max_prompt_length": self.settings.training["max_prompt_length"],
                                        **changes})
-        try:
-            report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)
-        except ValueError as error:  # earlier samples made otherwise: redraw them, say so
-            differ = str(error).split(";")[0].split(": {")[0].split("(")[-1]  # the names, not both records whole
-            _log(f"{what}: {output} was made otherwise ({differ}); regenerating")
-            report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model, overwrite=True)
+        # samples made otherwise (another model or sampling setting) are refused, not redrawn in place: runs
+        # trained on them may sit in the same folder (demo --overwrite moves the whole folder aside)
+        report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)
         _log(f"{what}: {report.n_rows_written} new, {report.n_rows_reused} reused "
              f"({report.tokens_per_second:.0f} tokens/s)")
+
+
+def demo_files(settings: DemoSettings, out: Path) -> dict[str, Path]:
+    """The files prepare_data leaves for training, by role: `negatives` (the baselines' and D2O's negatives),
+    `samples` (D2O's anchors), `benign_samples`, `d2o_negatives` and `anchor_only` (--no-harmful-negatives:
+    the benign refusals alone, and every anchor as an anchor-only row), `anchors` (every anchor: context
+    distillation's rows) and `pairs` (the baselines' rows). Known from the settings alone, so that what a run
+    will be trained on can be checked before any stage runs."""
+    refusals = bool(settings.benign_refusals and settings.benign_prompts and settings.k)
+    # a share below 1 names its files apart, so that a model trained on the other rows is not reused
+    tag = "" if settings.benign_refusal_share == 1.0 else f"_share{settings.benign_refusal_share:g}"
+    files = {"negatives": out / (f"d2o_negatives{tag}.jsonl" if refusals else "negatives.jsonl")}
+    if not settings.k:
+        return files
+    files["samples"] = out / ("d2o_anchors.jsonl" if refusals else "samples.jsonl")
+    if settings.benign_prompts:
+        files["benign_samples"] = out / "benign_samples.jsonl"
+    if refusals and not settings.harmful_negatives:
+        files["d2o_negatives"] = out / f"d2o_negatives_benign_only{tag}.jsonl"
+        files["anchor_only"] = files["samples"]
+    files["anchors"] = out / "d2o_anchors.jsonl" if settings.benign_prompts else files["samples"]
+    files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if refusals else "train_pairs.jsonl")
+    return files
 
 
 def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) -> dict:
@@ -69,44 +89,43 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     from negalign.sampling_context import resolve_context
 
     folder = data_dir(settings.data_dir)
-    sampler, files = _Sampler(settings, base), {}
+    sampler, files = _Sampler(settings, base), demo_files(settings, out)
     clock = time.time()
-    answers = out / "answers.jsonl"
+    answers, flagged = out / "answers.jsonl", out / "negatives.jsonl"
     sources = [resolve_data(name, settings.data_dir) for name in settings.harmful]
     prompts = prompts_for_sampling(sources, answers, settings.harmful_prompts, folder)
     sampler(prompts, answers, "the model's answers to harmful prompts", k=1, temperature=0.0, batch_size=64)
     timings["answers"] = time.time() - clock
 
     clock = time.time()
-    files["negatives"] = out / "negatives.jsonl"
     judge = HarmJudge.load()  # loaded once: the benign refusals are flagged with it too
-    report = flag_complying(answers, files["negatives"], judge.complies)
+    report = flag_complying(answers, flagged, judge.complies)
     timings["flag"] = time.time() - clock
     _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives")
-    negatives = _read_jsonl(files["negatives"])
+    negatives = _read_jsonl(flagged)
     if not negatives:
         raise ValueError(f"{answers}: the judge flagged none of the model's answers; nothing to train on")
     if not settings.k:
         return files
 
     clock = time.time()
-    files["samples"] = out / "samples.jsonl"
+    harmful_anchors = out / "samples.jsonl"
     context = resolve_context(settings.sampling_context, settings.sampling_instruction)
-    sampler([n["prompt"] for n in negatives], files["samples"], f"anchors (context: {settings.sampling_context})",
+    sampler([n["prompt"] for n in negatives], harmful_anchors, f"anchors (context: {settings.sampling_context})",
             context=context, batch_size=32)
     from negalign.anchors import format_report, report_samples_file
 
-    _log(format_report(report_samples_file(files["samples"], str(files["negatives"]))))
+    _log(format_report(report_samples_file(harmful_anchors, str(flagged))))
     timings["anchors"] = time.time() - clock
 
-    anchors, with_refusals, tag = _read_jsonl(files["samples"]), False, ""
+    anchors = _read_jsonl(harmful_anchors)
     if settings.benign_prompts:
         clock = time.time()
-        files["benign_samples"] = out / "benign_samples.jsonl"
         benign = prompts_for_sampling([resolve_data(settings.benign, settings.data_dir)], files["benign_samples"],
                                       settings.benign_prompts, folder)
         sampler(benign, files["benign_samples"], "benign anchors", batch_size=64)
         timings["benign_anchors"] = time.time() - clock
+        benign_anchors = _read_jsonl(files["benign_samples"])
         if settings.benign_refusals:
             clock = time.time()
             answers = out / "benign_answers.jsonl"
@@ -120,34 +139,18 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
                 _log(f"kept {len(refusals)} of them (share {settings.benign_refusal_share:g})")
             # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
             negatives += refusals
-            benign_anchors = _read_jsonl(files["benign_samples"])
-            anchors += benign_anchors
-            # a share below 1 names its files apart, so that a model trained on the other rows is not reused
-            tag = "" if settings.benign_refusal_share == 1.0 else f"_share{settings.benign_refusal_share:g}"
-            files["negatives"], files["samples"] = out / f"d2o_negatives{tag}.jsonl", out / "d2o_anchors.jsonl"
             _write_jsonl(files["negatives"], negatives)
-            _write_jsonl(files["samples"], anchors)
-            write_mixed_meta(files["samples"], out / "samples.jsonl", files["benign_samples"], len(benign_anchors))
-            if not settings.harmful_negatives:
-                # D2O's negatives are the benign refusals alone, and every anchor is also an anchor-only row's:
-                # training leaves out the prompts that have a negative, so the flagged prompts and the benign
-                # prompts that were answered become the rows with no negative
-                files["d2o_negatives"] = out / f"d2o_negatives_benign_only{tag}.jsonl"
+            if "d2o_negatives" in files:
+                # --no-harmful-negatives: D2O's negatives are the benign refusals alone, and every anchor is also
+                # an anchor-only row's: training leaves out the prompts that have a negative, so the flagged
+                # prompts and the benign prompts that were answered become the rows with no negative
                 _write_jsonl(files["d2o_negatives"], refusals)
-                files["anchor_only"] = files["samples"]
-            timings["benign_refusals"], with_refusals = time.time() - clock, True
-
-    # every anchor D2O trains towards (the harmful prompts' and the benign ones'), in one file: the rows of
-    # context distillation, which reads nothing else (with the benign refusals, D2O's own anchors file)
-    files["anchors"] = files["samples"]
-    if "benign_samples" in files and not with_refusals:
-        benign_anchors = _read_jsonl(files["benign_samples"])
-        files["anchors"] = out / "d2o_anchors.jsonl"
+            timings["benign_refusals"] = time.time() - clock
+        # every anchor D2O trains towards (the harmful prompts' and the benign ones'), in one file: the rows of
+        # context distillation, which reads nothing else (with the benign refusals, D2O's own anchors file)
         _write_jsonl(files["anchors"], anchors + benign_anchors)
-        write_mixed_meta(files["anchors"], files["samples"], files["benign_samples"], len(benign_anchors))
-
-    # named apart, so that a baseline trained on the other rows is not reused
-    files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if with_refusals else "train_pairs.jsonl")
+        write_mixed_meta(files["anchors"], harmful_anchors, files["benign_samples"], len(benign_anchors))
+        anchors = anchors + benign_anchors if settings.benign_refusals else anchors
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
     return files
 

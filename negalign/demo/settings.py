@@ -46,7 +46,10 @@ class DemoSettings:
                               "sample_max_new_tokens": "sample_max_new_tokens",
                               "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"}
 
-    output: str | None = option(None, "output folder (default results/demo, or results/demo-quick with --quick)")
+    output: str | None = option(None, "output folder (default runs/demo, or runs/demo-quick with --quick: places the "
+                                "repository tracks nothing in; results/demo holds the committed reference run)")
+    overwrite: bool = option(False, "move aside an output folder that holds other files, or a demo made with other "
+                             "data settings, and start over in it (nothing is deleted)")
     methods: list[str] = option(help="comma-separated objectives trained at the same budget, from: "
                                 + ", ".join(METHODS), factory=lambda: ["d2o"], type=_names)
     quick: bool = option(False, "the small preset (about 4 minutes on 2 cores from a fresh clone)")
@@ -99,7 +102,7 @@ class DemoSettings:
         if self.quick:
             self.preset = "quick"
         if self.output is None:
-            self.output = "results/demo-quick" if self.preset == "quick" else "results/demo"
+            self.output = "runs/demo-quick" if self.preset == "quick" else "runs/demo"
         if self.config is None:
             self.config = "d2o-lora" if self.lora else "d2o"
         path = recipe_path(self.config)

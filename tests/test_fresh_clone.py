@@ -130,3 +130,27 @@ def test_the_readme_quotes_no_held_out_figure_that_data_holds():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "kept outside this repository" not in text and "0.89 -> 0.53" not in text
     assert "0.73" in text and "0.52" in text
+
+
+def test_d4_d6_a_second_demo_on_one_folder_and_a_users_folder_are_refused_before_any_work(tmp_path):
+    # D4: two demos at once appended every anchor twice; D6: a user's report.md and demo_config.json were
+    # replaced. Both stop at run_demo's claim, before a model loads, and leave the folder as it was.
+    from negalign.data.paths import data_dir
+    from negalign.demo import DemoSettings, run_demo
+    from negalign.locks import OutputLocked, output_lock
+    from negalign.outputs import OutputRefused
+
+    if data_dir() is None:
+        pytest.skip("needs the offline data directory")
+    out = tmp_path / "demo"
+    with output_lock(out, "another demo"):
+        with pytest.raises(OutputLocked, match="being written by"):
+            run_demo(DemoSettings(preset="quick", output=str(out)))
+    assert not out.exists()
+    out.mkdir()
+    (out / "report.md").write_text("mine\n")
+    (out / "demo_config.json").write_text("{}\n")
+    with pytest.raises(OutputRefused, match="--overwrite"):
+        run_demo(DemoSettings(preset="quick", output=str(out)))
+    assert sorted(p.name for p in out.iterdir()) == ["demo_config.json", "report.md"]
+    assert (out / "report.md").read_text() == "mine\n" and (out / "demo_config.json").read_text() == "{}\n"

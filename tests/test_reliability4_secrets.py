@@ -178,3 +178,81 @@ def test_d2_no_base_url_is_refused_in_one_line(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("negalign llm-judge: --base-url is required (or set NEGALIGN_JUDGE_URL)"), err
     assert judge.requests == [] and not (tmp_path / "answers" / "llm_judge.json").exists()
+
+
+def test_d8_llm_judge_refuses_an_existing_result_and_overwrite_moves_it_aside(tmp_path, capsys):
+    with Server(verdicts) as judge:
+        a, b = answer_files(tmp_path)
+        result = tmp_path / "answers" / "llm_judge.json"  # the default output: the --a folder
+        assert llm_judge(capsys, a, b, base_url=judge.base_url)[0] == 0
+        first = result.read_bytes()
+        for options in [(), ("--order", "both")]:  # the same settings (finished), or others: refused either way
+            code, out, err = llm_judge(capsys, a, b, *options, base_url=judge.base_url)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err, err
+            assert result.read_bytes() == first
+        assert "order: 'random' -> 'both'" in err
+        asked = len(judge.requests)
+        code, out, err = llm_judge(capsys, a, b, "--order", "both", "--overwrite", base_url=judge.base_url)
+        assert code == 0 and len(judge.requests) == asked + 6  # started over: the cached verdicts went aside too
+    aside = sorted(p.name for p in result.parent.iterdir() if ".replaced-" in p.name)
+    assert [name.split(".replaced-")[0] for name in aside] == ["llm_judge.json", "llm_judge.verdicts.jsonl"]
+    assert (result.parent / aside[0]).read_bytes() == first
+    assert json.loads(result.read_text())["order"] == "both"
+
+
+def test_d8_a_result_with_failed_requests_is_continued_by_the_same_command(tmp_path, capsys):
+    a, b = answer_files(tmp_path)
+    out_dir, result = tmp_path / "out", tmp_path / "out" / "llm_judge.json"
+    with Server(lambda request: (401, {}, "no") if "question 1?" in request["body"] else verdicts(request)) as judge:
+        assert llm_judge(capsys, a, b, "--output", str(out_dir), base_url=judge.base_url)[0] == 0
+    assert json.loads(result.read_text())["n_failed"] == 1
+    with Server(verdicts) as judge:
+        code, out, err = llm_judge(capsys, a, b, "--output", str(out_dir), base_url=judge.base_url)
+        assert code == 0 and len(judge.requests) == 1  # only the failed request is asked again
+        assert json.loads(result.read_text())["n_failed"] == 0
+        code, out, err = llm_judge(capsys, a, b, "--output", str(out_dir), base_url=judge.base_url)
+        assert code == 2 and "holds the finished llm-judge result of these settings" in err  # now finished
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_d18_llm_judge_max_items_must_be_at_least_one(tmp_path, capsys, value):
+    with Server(verdicts) as judge:
+        a, b = answer_files(tmp_path)
+        code, out, err = llm_judge(capsys, a, b, "--max-items", value, base_url=judge.base_url)
+        assert judge.requests == []
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("negalign llm-judge: argument --max-items: must be ") and repr(value)[1:-1] in err
+
+
+@pytest.mark.parametrize("bad_line, expected", [
+    ('{"completion": "no prompt"}', "a.jsonl line 2: field 'prompt' is missing"),
+    ('{"prompt": "q", "completion": ', "a.jsonl line 2: is not valid JSON"),
+    ('{"prompt": 5, "completion": "x"}', "a.jsonl line 2: field 'prompt' must be a string or a list of chat messages"),
+    ('{"prompt": "q"}', "a.jsonl line 2: field 'completion' is missing"),
+])
+def test_d28_llm_judge_bad_answer_rows_are_named_in_one_line(tmp_path, capsys, bad_line, expected):
+    with Server(verdicts) as judge:
+        a, b = answer_files(tmp_path)
+        rows = a.read_text().splitlines()
+        a.write_text("\n".join([rows[0], bad_line, *rows[1:]]) + "\n")
+        code, out, err = llm_judge(capsys, a, b, base_url=judge.base_url)
+        assert judge.requests == []
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert expected in err and "Traceback" not in err
+
+
+def test_d32_llm_judge_whose_every_request_failed_exits_2(tmp_path, capsys):
+    with Server(lambda request: (401, {}, "invalid key")) as judge:
+        a, b = answer_files(tmp_path)
+        code, out, err = llm_judge(capsys, a, b, "--output", str(tmp_path / "out"), base_url=judge.base_url)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "all 3 requests failed" in err and "HTTP 401: invalid key" in err
+    assert not (tmp_path / "out" / "llm_judge.json").exists()
+
+
+def test_d32_llm_judge_partial_failures_are_counted(tmp_path, capsys):
+    with Server(lambda request: (401, {}, "no") if "question 1?" in request["body"] else verdicts(request)) as judge:
+        a, b = answer_files(tmp_path)
+        code, out, err = llm_judge(capsys, a, b, "--output", str(tmp_path / "out"), base_url=judge.base_url)
+    assert code == 0 and "over 2/3 items" in out and "failed requests 1" in out
+    assert "1 of 3 requests failed (first error: " in err and "rerun the same command" in err

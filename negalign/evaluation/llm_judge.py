@@ -271,9 +271,10 @@ def load_answers(source: str) -> dict[str, dict]:
     """Answers keyed by prompt: from an eval folder (answers/<suite>.jsonl) or a file of {prompt, completion}
     rows (prompt: text or chat messages; `answer` is read for a missing `completion`). A row that cannot be
     read is a DataError naming the file, line and field."""
-    from negalign.data import DataError, prompt_key
+    from negalign.data.errors import DataError
     from negalign.data.normalise import parse_completion, parse_prompt
     from negalign.data.readers import iter_records
+    from negalign.data.rows import prompt_key
 
     path = Path(source)
     if path.is_dir():
@@ -318,9 +319,9 @@ def _count(text: str) -> int:
 
 
 def _settings(args, template: str) -> dict:
-    """What decides the verdicts of a run: an earlier result of the same settings may be continued."""
-    return {"a": args.a, "b": args.b, "judge_model": args.judge_model, "base_url": shown_url(args.base_url),
-            "order": args.order, "seed": args.seed, "max_items": args.max_items,
+    """What decides the verdicts of a run: an earlier result of the same settings may be continued. The endpoint's
+    address is not one (a judge server restarted on another port serves the same model), as in the verdict cache."""
+    return {"a": args.a, "b": args.b, "judge_model": args.judge_model, "order": args.order, "seed": args.seed, "max_items": args.max_items,
             "template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest()}
 
 
@@ -408,7 +409,7 @@ def cmd_llm_judge(argv: list[str]) -> int:
         if failed and len(failed) == result["n_requests"]:
             raise JudgeFailed(f"all {len(failed)} requests failed, nothing was judged (first error: {failed[0]}); "
                               "fix the endpoint and rerun the same command")
-        result.update({"a": args.a, "b": args.b, "judge_model": args.judge_model, "base_url": settings["base_url"],
+        result.update({"a": args.a, "b": args.b, "judge_model": args.judge_model, "base_url": shown_url(args.base_url),
                        "settings": settings, "command": "negalign llm-judge " + " ".join(map(shown_url_arg, argv))})
         atomic_write_text(result_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731

@@ -3,7 +3,8 @@
 The server implements `POST /v1/chat/completions`: it checks the API key, reads the judge prompt from the
 request, cuts out Response A and Response B, and decides by a rule over their text (the response saying
 "good" more often wins; equal counts tie). Queries containing GARBAGE get a reply with no verdict, queries
-containing NOTJSON get a 200 whose body is not JSON: both must be counted as malformed, not crash the run.
+containing NOTJSON get a 200 whose body is not JSON: the first is a malformed reply, the second a failed
+request (no reply at all, never a verdict); neither crashes the run.
 """
 
 import json
@@ -79,16 +80,16 @@ def base_url(tmp_path_factory):
 
 QUESTIONS = ["What is good?", "Tie me up?", "Which is worse?", "GARBAGE please", "NOTJSON please"]
 SYSTEM_1 = ["good good", "good", "bad", "good", "good"]
-SYSTEM_2 = ["bad", "good", "good good", "bad", "bad"]  # 1 wins, tie, 1 loses, malformed, malformed
+SYSTEM_2 = ["bad", "good", "good good", "bad", "bad"]  # 1 wins, tie, 1 loses, malformed, failed
 
 
-@pytest.mark.parametrize("order, requests, malformed", [("random", 5, 2), ("both", 10, 4)])
+@pytest.mark.parametrize("order, requests, malformed", [("random", 5, 1), ("both", 10, 2)])
 def test_win_tie_lose_and_malformed(base_url, order, requests, malformed):
     client = ChatClient(base_url, "rule-judge", "test-key", retries=0)
     result = pairwise_judge(QUESTIONS, SYSTEM_1, SYSTEM_2, client, order=order, seed=3, workers=2)
     assert (result["wins"], result["ties"], result["losses"]) == (1, 1, 1)
     assert result["win"] == result["tie"] == result["lose"] == pytest.approx(1 / 3)
-    assert result["n_malformed"] == malformed and result["n_failed"] == 0
+    assert result["n_malformed"] == malformed and result["n_failed"] == malformed  # GARBAGE / NOTJSON
     assert result["n_requests"] == requests and result["n_judged"] == 3
     # the verdict is mapped back through the A/B order: the winner is system 1 whichever letter it had
     first = [j for j in result["judgements"] if j["item"] == 0]
@@ -147,8 +148,10 @@ def test_cli_llm_judge(base_url, tmp_path, monkeypatch, capsys):
                  "--api-key-env", "MY_JUDGE_KEY", "--output", str(tmp_path / "out"), "--order", "both"])
     assert code == 0
     saved = json.loads((tmp_path / "out" / "llm_judge.json").read_text())
-    assert (saved["wins"], saved["ties"], saved["losses"], saved["n_malformed"]) == (1, 1, 1, 4)
-    assert "malformed replies 4" in capsys.readouterr().out
+    assert (saved["wins"], saved["ties"], saved["losses"], saved["n_malformed"], saved["n_failed"]) == (1, 1, 1, 2, 2)
+    out, err = capsys.readouterr()
+    assert "malformed replies 2, failed requests 2" in out
+    assert "2 of 10 requests failed (first error: " in err and "reply is not JSON" in err
 
 
 def test_verdicts_are_cached_so_an_interrupted_run_asks_only_what_is_missing(base_url, tmp_path):

@@ -12,6 +12,7 @@ import re
 
 from negalign.config import NegalignConfig
 from negalign.outputs import check_apart, claim
+from negalign.provenance import INPUT_FILES
 
 logger = logging.getLogger("negalign")
 
@@ -100,8 +101,6 @@ def newest_checkpoint(output_dir: str, quiet: bool = False) -> str | None:
 # settings that name a model or a file: the same thing reached by another path (another working directory, another
 # cache folder) is the same setting; a resume compares the files' contents where both runs recorded them
 MODEL_SETTINGS = ("model", "ref_model", "ref_plus_model")
-PATH_SETTINGS = (*MODEL_SETTINGS, "data", "samples", "benign_samples", "retain_data", "sampling_context",
-                 "chat_template")
 
 
 def _place(key: str, value):
@@ -156,7 +155,7 @@ def compare_settings(then: dict, then_inputs: dict | None, now: dict, now_inputs
         if key not in then and key in _defaults() and now.get(key) == _defaults()[key]:
             continue
         old, new = then.get(key), now.get(key)
-        if old != new and (key not in PATH_SETTINGS or _place(key, old) != _place(key, new)):
+        if old != new and (key not in (*MODEL_SETTINGS, *INPUT_FILES) or _place(key, old) != _place(key, new)):
             changed.append(f"{key}: {old!r} -> {new!r}")
     for key in sorted(by_content & set(now_inputs)):
         if then_inputs[key] != now_inputs[key]:

@@ -99,7 +99,7 @@ INPUTS_FILE = "inputs.json"
 # The settings that name local files a run trains from: a resume compares what they hold (sha256), not their names,
 # so an edited or redrawn file is a change and the same file reached by another path is not. `model` is recorded
 # by its weights (negalign.models.model_fingerprint of the starting model), known only once it is loaded.
-INPUT_FILES = ("data", "samples", "benign_samples", "retain_data")
+INPUT_FILES = ("data", "samples", "benign_samples", "retain_data", "sampling_context", "chat_template")
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,7 +111,8 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: an e
 
 def content_fingerprint(path: str) -> str | None:
     """sha256 of a local file (of a folder: of its files' names and contents); None for what is not a local file
-    or folder (a Hub data set's name, rows handed over from Python)."""
+    or folder (a Hub data set's name, rows handed over from Python, a named sampling context, a template given
+    inline)."""
     path = os.path.realpath(os.path.expanduser(path))
     if os.path.isfile(path):
         stat = os.stat(path)

@@ -209,3 +209,20 @@ def test_d12_truncated_newest_checkpoint_falls_back_to_the_intact_one(name, kill
     trainer = negalign.train(**_settings(tiny_model_dir, killed_run, str(killed_run / "negM.jsonl")))
     assert trainer.state.global_step == 4  # resumed from checkpoint-2 and finished
     assert (killed_run / "out" / "model.safetensors").exists()
+
+
+def test_f1_the_same_weights_elsewhere_resume_and_other_weights_are_refused(killed_run, tiny_model_dir, capsys):
+    from conftest import make_tiny_llama
+
+    other = killed_run / "other-weights"
+    shutil.copytree(tiny_model_dir, other)
+    vocab = json.loads((other / "config.json").read_text())["vocab_size"]
+    make_tiny_llama(vocab, seed=1).save_pretrained(other)  # same name shape, same config, other weights
+    settings = _settings(tiny_model_dir, killed_run, str(killed_run / "negM.jsonl"))
+    assert main(["train"] + [f"{k}={v}" for k, v in {**settings, "model": other}.items()]) == 2
+    err = capsys.readouterr().err
+    assert f"model: the weights of {other} are not those checkpoint-4 was trained from" in err
+    moved = killed_run / "moved"  # the same model in another place (another machine's cache)
+    shutil.copytree(tiny_model_dir, moved)
+    trainer = negalign.train(**{**settings, "model": str(moved)})
+    assert trainer.state.global_step == 4 and (killed_run / "out" / "model.safetensors").exists()

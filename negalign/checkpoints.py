@@ -4,6 +4,7 @@ refuse one of other settings, and never train over a finished run or a folder th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import re
 
 from negalign.config import NegalignConfig
 from negalign.outputs import check_apart, claim
+from negalign.provenance import INPUT_FILES
 
 logger = logging.getLogger("negalign")
 
@@ -33,6 +35,38 @@ def checkpoint_problem(folder: str) -> str | None:
     if not any(n.endswith((".safetensors", ".safetensors.index.json", ".bin")) or n.startswith("global_step")
                or n.startswith("pytorch_model_fsdp") for n in names):
         return "is incomplete (no model weights)"
+    for name in sorted(names):
+        if (problem := damaged(os.path.join(folder, name))) is not None:
+            return f"has a damaged {name} ({problem})"
+    return None
+
+
+def damaged(path: str) -> str | None:
+    """What is wrong with a file a checkpoint holds, if a kill or a full disk cut it short: a safetensors file
+    must be exactly as long as its header says, a torch.save file (optimizer.pt, scheduler.pt, *.bin) must end
+    in its zip directory. Only the header and the directory are read, not the tensors."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        return None
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if path.endswith(".safetensors"):
+            length = int.from_bytes(head, "little") if len(head) == 8 else size
+            if 8 + length > size:
+                return f"cut short: {size} bytes, its header alone says {8 + length}"
+            try:
+                header = json.loads(handle.read(length))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return "its header is unreadable"
+            return None if 8 + length + end == size else f"{size} bytes where its header says {8 + length + end}"
+    if path.endswith((".pt", ".pth", ".bin")) and head[:4] == b"PK\x03\x04":  # torch.save's zip format
+        try:
+            zipfile.ZipFile(path).close()  # reads the central directory at the end of the file
+        except (zipfile.BadZipFile, OSError):
+            return f"cut short: {size} bytes and no zip directory at its end"
     return None
 
 
@@ -64,12 +98,82 @@ def newest_checkpoint(output_dir: str, quiet: bool = False) -> str | None:
     return None
 
 
+# settings that name a model or a file: the same thing reached by another path (another working directory, another
+# cache folder) is the same setting; a resume compares the files' contents where both runs recorded them
+MODEL_SETTINGS = ("model", "ref_model", "ref_plus_model")
+
+
+def _place(key: str, value):
+    """What a path setting names, however it is spelled: a bundled model's short name (also for its converted
+    folder in any machine's cache, .../models/<short name>), else the real path of a local file, else the name."""
+    from negalign.models import SHORT_NAMES, bundled_short_name
+
+    if not isinstance(value, str):
+        return value
+    parts = os.path.normpath(value).split(os.sep)
+    if key in MODEL_SETTINGS and (bundled_short_name(value) or parts[-2:-1] == ["models"] and parts[-1] in SHORT_NAMES):
+        return parts[-1]
+    path = os.path.expanduser(value)
+    return os.path.realpath(path) if os.path.exists(path) else value
+
+
+@functools.cache
+def _defaults() -> dict:
+    """Every setting's default, as negalign_config.yaml would record it."""
+    import dataclasses
+
+    from negalign.files import portable
+
+    found = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+             for f in dataclasses.fields(NegalignConfig)
+             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return portable(json.loads(json.dumps(found, default=str)))
+
+
+def recorded_inputs(folder: str) -> dict | None:
+    """The fingerprints of its inputs that a run or checkpoint recorded (inputs.json), None if it has none (an
+    older negalign wrote it)."""
+    from negalign.provenance import INPUTS_FILE
+
+    try:
+        with open(os.path.join(folder, INPUTS_FILE), encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def compare_settings(then: dict, then_inputs: dict | None, now: dict, now_inputs: dict, written: str) -> list[str]:
+    """How the settings `now` differ from those of a run recorded as `then` ("key: then -> now"), leaving out
+    RESUME_FREE ones. What changes results is compared, not how it is written down: a file both runs fingerprinted
+    by its content (named as "changed since `written` was written"), a model the run fingerprinted not by its
+    path (its weights are compared once loaded: model_changed), other paths by what they name (_place), and a
+    setting added since that run, absent from its record, is no change at its default."""
+    by_content = {key for key in then_inputs or {} if key in now_inputs or key == "model"}
+    changed = []
+    for key in sorted((set(then) | set(now)) - RESUME_FREE - by_content):
+        if key not in then and key in _defaults() and now.get(key) == _defaults()[key]:
+            continue
+        old, new = then.get(key), now.get(key)
+        if old != new and (key not in (*MODEL_SETTINGS, *INPUT_FILES) or _place(key, old) != _place(key, new)):
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    for key in sorted(by_content & set(now_inputs)):
+        if then_inputs[key] != now_inputs[key]:
+            changed.append(f"{key}: {os.path.basename(str(now.get(key)))} changed since {written} was written")
+    return changed
+
+
+def _written(folder: str) -> str:
+    name = os.path.basename(os.path.normpath(folder))
+    return name if CHECKPOINT_DIR.match(name) else f"the run in {folder}"
+
+
 def settings_changed(config: NegalignConfig, checkpoint: str) -> list[str]:
-    """The settings (other than RESUME_FREE ones) in which `config` differs from the run that wrote
-    `checkpoint` ("key: then -> now"); a checkpoint without a saved config counts as all-different."""
+    """The settings in which `config` differs from the run that wrote `checkpoint` (compare_settings); a
+    checkpoint without a saved config counts as all-different."""
     import yaml
 
-    from negalign.provenance import CONFIG_FILE, resolved_settings
+    from negalign.provenance import CONFIG_FILE, input_fingerprints, resolved_settings
 
     try:
         with open(os.path.join(checkpoint, CONFIG_FILE), encoding="utf-8") as handle:
@@ -77,8 +181,36 @@ def settings_changed(config: NegalignConfig, checkpoint: str) -> list[str]:
     except (OSError, yaml.YAMLError):
         return [f"{CONFIG_FILE} missing or unreadable in {checkpoint}"]
     now = resolved_settings(config)
-    keys = sorted((set(then) | set(now)) - RESUME_FREE)
-    return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in keys if then.get(key) != now.get(key)]
+    return compare_settings(then, recorded_inputs(checkpoint), now, input_fingerprints(now), _written(checkpoint))
+
+
+def model_changed(checkpoint: str, model: str, fingerprint: str) -> list[str]:
+    """The model's part of settings_changed, once it is loaded: its weights (`fingerprint`) against those the run
+    that wrote `checkpoint` started from."""
+    recorded = (recorded_inputs(checkpoint) or {}).get("model")
+    if recorded is None or recorded == fingerprint:
+        return []
+    return [f"model: the weights of {model} are not those {_written(checkpoint)} was trained from"]
+
+
+def refuse_or_warn(output_dir: str, explicit: bool, checkpoint: str, changed: list[str]) -> None:
+    """Settings that differ from the checkpoint's: an error, unless the user asked to resume it anyway
+    (`explicit`: resume_from_checkpoint is set)."""
+    if not changed:
+        return
+    if explicit:
+        logger.warning("negalign: resuming %s with changed settings: %s", checkpoint, "; ".join(changed))
+        return
+    raise ValueError(f"{output_dir} holds checkpoints of a run with other settings "
+                     f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
+                     "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
+                     "overwrite: true (--overwrite) to move it aside and start over, or use another output_dir")
+
+
+def _warn_unknown_inputs(checkpoint: str) -> None:
+    if recorded_inputs(checkpoint) is None:
+        logger.warning("negalign: %s records no fingerprints of its input files (an older negalign wrote it): "
+                       "whether its data or samples files changed since is unknown", checkpoint)
 
 
 def checkpoint_step(checkpoint: str) -> int:
@@ -93,19 +225,21 @@ def resolve_checkpoint(config: NegalignConfig) -> str | None:
     a folder: that checkpoint (refused with a clear message if incomplete); false: start over, which needs an
     output_dir without checkpoints."""
     wanted = config.resume_from_checkpoint
-    if wanted is None or wanted == "":
+    explicit = wanted is True or str(wanted).lower() == "true"
+    if wanted is None or wanted == "" or explicit:
         folder = newest_checkpoint(config.output_dir)
+        if folder is None and explicit:
+            raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
+                             "folder; train without resume_from_checkpoint, or point output_dir at the run to "
+                             "resume")
         if folder is None:
             return None
-        changed = settings_changed(config, folder)
-        if changed:
-            raise ValueError(f"{config.output_dir} holds checkpoints of a run with other settings "
-                             f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); rerun with that "
-                             "run's settings to resume it, set resume_from_checkpoint: true to resume it with these, "
-                             "overwrite: true (--overwrite) to move it aside and start over, or use another output_dir")
-        logger.info("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
-                       "with the same settings", folder, checkpoint_step(folder), config.max_steps if config.max_steps > 0
-                       else "the epochs")
+        refuse_or_warn(config.output_dir, explicit, folder, settings_changed(config, folder))
+        _warn_unknown_inputs(folder)
+        if not explicit:
+            logger.info("negalign: resuming from %s (step %d of %s), the newest complete checkpoint of this run "
+                        "with the same settings", folder, checkpoint_step(folder),
+                        config.max_steps if config.max_steps > 0 else "the epochs")
         return folder
     if wanted is False or str(wanted).lower() == "false":
         if newest_checkpoint(config.output_dir) is not None:
@@ -113,16 +247,6 @@ def resolve_checkpoint(config: NegalignConfig) -> str | None:
                              "run; set overwrite: true (--overwrite) to move it aside and start over, or use another "
                              "output_dir")
         return None
-    if wanted is True or str(wanted).lower() == "true":
-        folder = newest_checkpoint(config.output_dir)
-        if folder is None:
-            raise ValueError(f"resume_from_checkpoint: true, but {config.output_dir} holds no complete checkpoint-N "
-                             "folder; train without resume_from_checkpoint, or point output_dir at the run to "
-                             "resume")
-        changed = settings_changed(config, folder)
-        if changed:
-            logger.warning("negalign: resuming %s with changed settings: %s", folder, "; ".join(changed))
-        return folder
     problem = checkpoint_problem(str(wanted))
     if problem is not None:
         raise ValueError(f"resume_from_checkpoint: {wanted} {problem}; resume from an earlier checkpoint-N, or "

@@ -10,7 +10,7 @@ import os
 from transformers import TrainerCallback
 
 from negalign.batches import collate, prepare_items
-from negalign.checkpoints import checkpoint_problem, claim_output_dir, newest_checkpoint, resolve_checkpoint
+from negalign.checkpoints import checkpoint_problem, claim_output_dir, model_changed, newest_checkpoint, refuse_or_warn, resolve_checkpoint
 from negalign.checkpoints import checkpoint_step as _step
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
@@ -20,8 +20,9 @@ from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 from negalign.locks import output_lock
 from negalign.methods import method
-from negalign.models import finish_tokenizer, load_model, load_tokenizer, model_name
+from negalign.models import finish_tokenizer, load_model, load_tokenizer, model_fingerprint, model_name
 from negalign.outputs import DiskFull, check_place, is_disk_full
+from negalign.provenance import input_fingerprints
 from negalign.reference import Reference
 from negalign.refresh import REFRESH_FILE, SampleRefresher
 from negalign.retain import prepare_retain
@@ -82,13 +83,12 @@ def _check_sources(config: NegalignConfig) -> None:
                 raise DataError(error.where, f"{error.reason} (set by `{key}`)") from None
 
 
-def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
+def anchor_provenance(config: NegalignConfig, policy, fingerprint: str | None = None) -> dict | None:
     """Where D2O's anchors come from: the sampling context (from the samples file's meta for static samples,
     from the config under `sampling: refresh`) and whether they were drawn from the reference pi_r- itself
     with no context, the one case where `d2o/kl_on_samples` estimates a KL. A `sampling_context` set in the
-    config must match the one a static samples file was drawn with."""
+    config must match the one a static samples file was drawn with. `fingerprint`: the policy's, if known."""
     from negalign.anchors import anchor_source
-    from negalign.models import model_fingerprint
     from negalign.sampling_context import context_hash, describe, resolve_context
 
     if not method(config.objective).anchored or config.k == 0:
@@ -111,7 +111,7 @@ def anchor_provenance(config: NegalignConfig, policy) -> dict | None:
                          "with `negalign sample --sampling-context ...` or drop sampling_context from the config")
     minus_name = config.ref_model or config.model  # pi_r-
     from_reference = (drawn is None and minus_name == config.model
-                      and meta.get("weights") == model_fingerprint(policy))
+                      and meta.get("weights") == (fingerprint or model_fingerprint(policy)))
     out = {"sampling": "static", "samples": samples, "sampling_context": describe(drawn),
            "samples_model": meta.get("model"), "from_reference": from_reference}
     if meta.get("mixed_with"):  # a file of anchors drawn two ways (the demo's harmful and benign anchors)
@@ -244,7 +244,13 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     if model is None:
         model = load_model(config.model, config.model_options())
-    anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
+    # what the run starts from, recorded in every save (inputs.json) for a resume to compare: the input files'
+    # contents, then the starting weights (a model's path may change, e.g. another machine's cache, its weights not)
+    config._inputs = {**input_fingerprints(config.to_dict()), "model": model_fingerprint(model)}
+    if checkpoint:  # resume_from_checkpoint set (true or a folder): the user asked for this checkpoint
+        refuse_or_warn(config.output_dir, config.resume_from_checkpoint not in (None, ""), checkpoint,
+                       model_changed(checkpoint, config.model, config._inputs["model"]))
+    anchors = anchor_provenance(config, model, config._inputs["model"])  # before any weight changes
     reference = Reference(config, layout)
     # one process per node computes and caches; the others then read the cache (written atomically)
     with config.main_process_first(local=True, desc="reference log-probs"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -84,7 +85,7 @@ CONFIG_FILE = "negalign_config.yaml"
 # What a run holds besides its weights, tokenizer and card (README.md): write_provenance's files (in the run and in
 # every checkpoint), the retain set's record, then the pipeline's two, written last (train_log.json marks a finished
 # run). `negalign export` carries them; a Hub push uploads them with the card.
-RUN_FILES = (CONFIG_FILE, "versions.json", "sampling_context.json", "trained_prompts.jsonl",
+RUN_FILES = (CONFIG_FILE, "inputs.json", "versions.json", "sampling_context.json", "trained_prompts.jsonl",
              "retain_decontamination.json", "decontamination.json", "train_log.json")
 
 
@@ -92,6 +93,49 @@ def resolved_settings(config) -> dict:
     """Every setting of a run as plain YAML-able values, paths made portable: what negalign_config.yaml holds."""
     resolved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
     return portable(json.loads(json.dumps(resolved, default=str)))
+
+
+INPUTS_FILE = "inputs.json"
+# The settings that name local files a run trains from: a resume compares what they hold (sha256), not their names,
+# so an edited or redrawn file is a change and the same file reached by another path is not. `model` is recorded
+# by its weights (negalign.models.model_fingerprint of the starting model), known only once it is loaded.
+INPUT_FILES = ("data", "samples", "benign_samples", "retain_data", "sampling_context", "chat_template")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: an edit between calls is hashed again
+    from negalign.flag import file_sha256
+
+    return file_sha256(path)
+
+
+def content_fingerprint(path: str) -> str | None:
+    """sha256 of a local file (of a folder: of its files' names and contents); None for what is not a local file
+    or folder (a Hub data set's name, rows handed over from Python, a named sampling context, a template given
+    inline)."""
+    path = os.path.realpath(os.path.expanduser(path))
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return _sha256(path, stat.st_size, stat.st_mtime_ns)
+    if not os.path.isdir(path):
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            digest.update(os.path.relpath(os.path.join(root, name), path).encode() + b"\0")
+            digest.update(content_fingerprint(os.path.join(root, name)).encode())
+    return digest.hexdigest()
+
+
+def input_fingerprints(settings: dict) -> dict[str, str]:
+    """{setting: sha256} of the local files that a run's settings (a dict: resolved_settings or to_dict) name
+    (the pipeline adds `model` once it is loaded and keeps the whole as config._inputs, which every save writes
+    as inputs.json)."""
+    return {key: digest for key in INPUT_FILES if settings.get(key)
+            and (digest := content_fingerprint(str(settings[key]))) is not None}
 
 
 TRAINED_PROMPTS = "trained_prompts.jsonl"
@@ -121,6 +165,8 @@ def write_provenance(output_dir: str, config, anchors: dict | None = None, promp
                           "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prompts))
     atomic_write_text(os.path.join(output_dir, CONFIG_FILE), yaml.safe_dump(resolved_settings(config), sort_keys=True))
     atomic_write_text(os.path.join(output_dir, "versions.json"), json.dumps(package_versions(), indent=2))
+    if getattr(config, "_inputs", None) is not None:  # the inputs as they were when the run started (pipeline)
+        atomic_write_text(os.path.join(output_dir, INPUTS_FILE), json.dumps(config._inputs, indent=2) + "\n")
     if anchors is not None:
         atomic_write_text(os.path.join(output_dir, "sampling_context.json"),
                           json.dumps(portable(anchors), indent=2) + "\n")

@@ -172,8 +172,9 @@ class Reference:
         for name, columns in self.assignments().items():
             model = policy if name == self.config.model else load_model(name, self.config.model_options()).to(device)
             sequences = [item["sequences"][c] for item in items for c in columns]
+            known = getattr(self.config, "_inputs", {}).get("model") if model is policy else None  # pipeline's
             logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
-                                                share_prompts=self.config.share_prompts,
+                                                share_prompts=self.config.share_prompts, fingerprint=known,
                                               attention=self.config.packed_attention)
             table[:, columns] = logps.view(len(items), len(columns))
             report[name] = "cache hit" if hit else "computed and cached"

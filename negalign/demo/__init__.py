@@ -77,6 +77,8 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     from negalign.evaluation.evaluate import EvalSettings, evaluate
     from negalign.evaluation.report import compare
     from negalign.models import resolve_model_path
+    from negalign.checkpoints import settings_changed
+    from negalign.config import load_config
     from negalign.pipeline import train
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -93,8 +95,9 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
         run_dirs.append(run_dir)
         recipe = training_recipe(settings, method, files)
         trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
-        # the chat template too: the run records it, and a model trained under another must be retrained
-        if trained and not stale(run_dir / "negalign_config.yaml", {**recipe, "chat_template": template}):
+        # compared as a resume compares them (the data files by content, a key added since at its default as no
+        # change); the chat template is among them, and a model trained under another must be retrained
+        if trained and not settings_changed(load_config(None, {**recipe, "output_dir": str(run_dir)}), str(run_dir)):
             _log(f"{method}: trained model found, reused")
             continue
         clock = time.time()

@@ -18,7 +18,8 @@ from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
 from negalign.settings import (AT_LEAST_1, FINITE, MAX_K, MAX_NEW_TOKENS, NON_NEGATIVE, POSITIVE, SAMPLING_BOUNDS,
-                               Bound, SamplingSettings, check_chat_template, number_problems, rows_problem)
+                               Bound, SamplingSettings, check_chat_template, context_length, number_problems,
+                               rows_problem)
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
 # the recipes shipped inside the package (a checkout also shows them as configs/): `--config d2o` names one
@@ -179,6 +180,26 @@ class NegalignConfig(TrainingArguments):
                 "lora_r": AT_LEAST_1, "lora_dropout": Bound(0, 1),
                 **{f"sample_{name}": SAMPLING_BOUNDS[name] for name in
                    ("max_new_tokens", "temperature", "top_p", "batch_size")}}
+
+    def check_context_length(self, model) -> None:
+        """Once the model is known: every sequence it will see fits its positions (a GPT-2 of 64 positions
+        failed with an IndexError). Refused, not cut silently: prompt + completion are cut to max_length
+        (prompts keep their last max_prompt_length tokens), so max_length is the setting to lower; capping it
+        here would change a recorded setting, and the rerun's resume would see other settings."""
+        limit = context_length(model)
+        if not limit:
+            return
+        prompt = self.max_prompt_length or 0
+        needs = {"max_length": self.max_length or float("inf")}  # None: no cut at all
+        if self.sampling == "refresh":  # the answers drawn while training
+            needs["max_prompt_length + sample_max_new_tokens"] = prompt + self.sample_max_new_tokens
+        if self.retain_data and self.retain_loss != "nll":  # the starting model's own greedy retain answers
+            needs["max_prompt_length + retain_max_new_tokens"] = prompt + self.retain_max_new_tokens
+        for name, need in needs.items():
+            if need > limit:
+                raise ValueError(f"{name}: {need} tokens, more than the {limit} positions of {self.model}; lower it "
+                                 f"to at most {limit} (prompt + completion are cut to max_length, prompts keeping "
+                                 "their last max_prompt_length tokens)")
 
     def model_options(self) -> ModelOptions:
         """How the policy and the references are loaded (on the CPU; the Trainer then places them)."""

@@ -244,6 +244,7 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     if model is None:
         model = load_model(config.model, config.model_options())
+    config.check_context_length(model)  # before the reference pass: every sequence fits the model's positions
     anchors = anchor_provenance(config, model)  # before any weight changes: it fingerprints the start
     reference = Reference(config, layout)
     # one process per node computes and caches; the others then read the cache (written atomically)

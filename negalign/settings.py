@@ -82,6 +82,30 @@ def rows_problem(batch_size, k, names: str = "batch_size x k") -> str | None:
     return None
 
 
+def context_length(model) -> int | None:
+    """The positions a model (or its config) can attend over, None where its config does not say."""
+    config = getattr(model, "config", model)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(value := getattr(config, name, None), int) and value > 0:
+            return value
+    return None
+
+
+def check_prompts_fit(model, prompt_lengths: list[int], max_new_tokens: int, describe) -> None:
+    """The longest prompt (already cut to max_prompt_length) and its answer must fit the model's positions: a
+    GPT-2 of 64 positions given a 256-token prompt failed with an IndexError after the load. `describe(i)`
+    names prompt i for the message."""
+    limit = context_length(model)
+    if not limit or not prompt_lengths:
+        return
+    longest = max(range(len(prompt_lengths)), key=prompt_lengths.__getitem__)
+    if (need := prompt_lengths[longest] + max_new_tokens) > limit:
+        raise ValueError(f"{describe(longest)}: {prompt_lengths[longest]} prompt tokens (prompts keep their last "
+                         f"max_prompt_length tokens) + max_new_tokens {max_new_tokens} = {need}, more than the "
+                         f"model's {limit} positions; lower max_prompt_length or max_new_tokens")
+
+
 # a conversation every chat template must render (no system turn: some templates refuse one by design)
 _SAMPLE_CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."},
                         {"role": "user", "content": "How are you?"}]

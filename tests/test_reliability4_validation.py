@@ -16,14 +16,16 @@ def neg(tmp_path):
     return data
 
 
-def refused(argv, capsys, *expected):
-    """main(argv) exits 2 with one line holding every expected text; returns that line."""
+def refused(argv, capsys, *expected, alone=True):
+    """main(argv) exits 2 with one error line holding every expected text (with `alone`, the only line on
+    stderr; else the last, after progress messages); returns that line."""
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "Traceback" not in err and (len(err.splitlines()) == 1 or not alone), err
+    line = err.splitlines()[-1]
     for text in expected:
-        assert text in err, err
-    return err
+        assert text in line, err
+    return line
 
 
 def train_argv(tmp_path, neg, *settings):
@@ -144,3 +146,46 @@ def test_d21_train_chat_template_on_the_command_line_is_text_not_yaml(template, 
 
 def test_d21_a_value_that_is_not_yaml_is_one_line(tmp_path, neg, capsys):
     refused(train_argv(tmp_path, neg, "report_to=[none"), capsys, "command line: report_to: cannot read '[none'")
+
+
+@pytest.fixture(scope="module")
+def gpt2tiny(tmp_path_factory, smollm_tokenizer):
+    """A GPT-2 of 64 positions (absolute position embeddings: a longer sequence is an IndexError)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2tiny")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(smollm_tokenizer), n_positions=64, n_embd=32, n_layer=2,
+                               n_head=2)).save_pretrained(folder)
+    smollm_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture()
+def long_prompt(tmp_path):
+    data = tmp_path / "long.jsonl"
+    text = " ".join(f"word{i}" for i in range(400))  # several hundred tokens
+    data.write_text(f'{{"prompt": "Short?", "rejected": "No."}}\n{{"prompt": "{text}", "rejected": "No."}}\n')
+    return data
+
+
+def test_d22_sample_refuses_a_prompt_longer_than_the_models_positions(gpt2tiny, long_prompt, tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    argv = ["sample", "--data", str(long_prompt), "--output", str(out), "--model", gpt2tiny, "--no-decontaminate",
+            "--k", "1", "--max-new-tokens", "8", "--no-anchor-report"]
+    refused(argv, capsys, "prompt 2 ('word0 word1", "+ max_new_tokens 8", "64 positions", "max_prompt_length",
+            alone=False)
+    assert not out.exists() and not (tmp_path / "s.jsonl.meta.json").exists()
+    # within the model's positions (prompts keep their last 40 tokens) it samples
+    assert main([*argv, "--max-prompt-length", "40"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_d22_train_refuses_a_max_length_beyond_the_models_positions(gpt2tiny, long_prompt, tmp_path, capsys):
+    argv = ["train", "objective=npo", f"model={gpt2tiny}", f"data={long_prompt}", f"output_dir={tmp_path / 'run'}",
+            "max_steps=1", "per_device_train_batch_size=2", "save_strategy=no", "use_cpu=true",
+            f"cache_dir={tmp_path / 'cache'}", "decontaminate=false"]
+    refused(argv, capsys, "max_length: 512 tokens, more than the 64 positions", "at most 64", alone=False)
+    assert not (tmp_path / "cache").exists()  # stopped before the reference pass
+    assert main([*argv, "max_length=64", "max_prompt_length=40", "overwrite=true"]) == 0

@@ -17,9 +17,21 @@ from transformers import HfArgumentParser, TrainingArguments
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
-from negalign.settings import (AT_LEAST_1, FINITE, MAX_K, MAX_NEW_TOKENS, NON_NEGATIVE, POSITIVE, SAMPLING_BOUNDS,
-                               Bound, SamplingSettings, check_chat_template, context_length, number_problems,
-                               rows_problem)
+from negalign.settings import (
+    AT_LEAST_1,
+    FINITE,
+    MAX_K,
+    MAX_NEW_TOKENS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SAMPLING_BOUNDS,
+    Bound,
+    SamplingSettings,
+    check_chat_template,
+    context_length,
+    number_problems,
+    rows_problem,
+)
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
 # the recipes shipped inside the package (a checkout also shows them as configs/): `--config d2o` names one

@@ -132,13 +132,10 @@ def file_defaults(cls, path: str) -> dict:
     """The settings a `--config` file gives the command `cls` runs: its own keys as they are, or, for a
     training recipe, the keys in `cls.RECIPE` renamed to the command's fields, after the recipe is checked
     whole (unknown keys, types) as `negalign train` checks it."""
-    from negalign.config import recipe_path
-    from negalign.files import read_yaml
+    from negalign.config import read_recipe, recipe_path
 
     path = recipe_path(path)
-    given = read_yaml(path)
-    if not isinstance(given, dict):
-        raise ValueError(f"{path}: a config file must be a YAML mapping of option: value")
+    given = read_recipe(path)  # bounded in size, a mapping
     if given and set(given) <= _flat_names(cls):
         return dict(given)  # the command's own keys (checked by the flags' types when they are applied)
     from negalign.config import load_config

@@ -7,6 +7,7 @@ max_steps, per_device_train_batch_size, bf16, save_steps, ...) is also a negalig
 from __future__ import annotations
 
 import functools
+import os
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,21 @@ from transformers import HfArgumentParser, TrainingArguments
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions
-from negalign.settings import SamplingSettings
+from negalign.settings import (
+    AT_LEAST_1,
+    FINITE,
+    MAX_K,
+    MAX_NEW_TOKENS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SAMPLING_BOUNDS,
+    Bound,
+    SamplingSettings,
+    check_chat_template,
+    context_length,
+    number_problems,
+    rows_problem,
+)
 
 REFERENCE_MODES = ("cached", "live", "adapter_disabled")
 # the recipes shipped inside the package (a checkout also shows them as configs/): `--config d2o` names one
@@ -162,6 +177,42 @@ class NegalignConfig(TrainingArguments):
                            "(never deleted). Without it such an output_dir is refused; an unfinished run of the "
                            "same settings is resumed.")
 
+    def bounds(self) -> dict[str, Bound]:
+        """Every number's range (settings.number_problem): each float at least finite (beta=nan passed a
+        `<= 0` test and skipped every step), counts at least 1 (None = all), sizes bounded."""
+        floats = {name: FINITE for name, kinds in _field_kinds().items() if set(kinds) <= {"float", "int"}}
+        return {**floats, "k": Bound(0, MAX_K), "max_prompts": AT_LEAST_1, "max_examples": AT_LEAST_1,
+                # 0 is allowed: a run that only scores (the reference tests use it); the optimizer would refuse a
+                # negative one only after the model load and the reference pass (issue 33, finding 10)
+                "learning_rate": NON_NEGATIVE,
+                "per_device_train_batch_size": POSITIVE, "gradient_accumulation_steps": POSITIVE,
+                "refresh_every": AT_LEAST_1, "retain_weight": NON_NEGATIVE, "retain_batch_size": AT_LEAST_1,
+                "retain_max_prompts": AT_LEAST_1, "retain_max_new_tokens": Bound(1, MAX_NEW_TOKENS),
+                "max_length": AT_LEAST_1, "max_prompt_length": AT_LEAST_1, "max_nonfinite_steps": AT_LEAST_1,
+                "lora_r": AT_LEAST_1, "lora_dropout": Bound(0, 1),
+                **{f"sample_{name}": SAMPLING_BOUNDS[name] for name in
+                   ("max_new_tokens", "temperature", "top_p", "batch_size")}}
+
+    def check_context_length(self, model) -> None:
+        """Once the model is known: every sequence it will see fits its positions (a GPT-2 of 64 positions
+        failed with an IndexError). Refused, not cut silently: prompt + completion are cut to max_length
+        (prompts keep their last max_prompt_length tokens), so max_length is the setting to lower; capping it
+        here would change a recorded setting, and the rerun's resume would see other settings."""
+        limit = context_length(model)
+        if not limit:
+            return
+        prompt = self.max_prompt_length or 0
+        needs = {"max_length": self.max_length or float("inf")}  # None: no cut at all
+        if self.sampling == "refresh":  # the answers drawn while training
+            needs["max_prompt_length + sample_max_new_tokens"] = prompt + self.sample_max_new_tokens
+        if self.retain_data and self.retain_loss != "nll":  # the starting model's own greedy retain answers
+            needs["max_prompt_length + retain_max_new_tokens"] = prompt + self.retain_max_new_tokens
+        for name, need in needs.items():
+            if need > limit:
+                raise ValueError(f"{name}: {need} tokens, more than the {limit} positions of {self.model}; lower it "
+                                 f"to at most {limit} (prompt + completion are cut to max_length, prompts keeping "
+                                 "their last max_prompt_length tokens)")
+
     def model_options(self) -> ModelOptions:
         """How the policy and the references are loaded (on the CPU; the Trainer then places them)."""
         return ModelOptions(dtype=self.model_dtype, device="cpu", attn_implementation=self.attn_implementation,
@@ -188,26 +239,17 @@ class NegalignConfig(TrainingArguments):
         super().__post_init__()
         problems = []
         if self.chat_template:
-            from negalign.models import resolve_chat_template
-
             try:
-                resolve_chat_template(self.chat_template)
+                check_chat_template(self.chat_template)
             except ValueError as error:
                 problems.append(str(error))
         if self.objective not in METHODS:
             problems.append(f"objective: unknown {self.objective!r}; choose one of {', '.join(METHODS)}")
         else:
             problems += METHODS[self.objective].check(self)  # the method's own hyperparameters and data settings
-        if self.k is not None and self.k < 0:
-            problems.append(f"k: must be >= 0, got {self.k}")
-        # the optimizer would refuse these only after the model load and the reference pass (issue 33, finding 10)
-        if self.learning_rate < 0:  # 0 is allowed: a run that only scores (the reference tests use it)
-            problems.append(f"learning_rate: must be >= 0, got {self.learning_rate}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
-        if self.refresh_every < 1:
-            problems.append(f"refresh_every: must be >= 1, got {self.refresh_every}")
+        problems += number_problems(self, self.bounds())
+        if rows := rows_problem(self.sample_batch_size, self.k, "sample_batch_size x k"):
+            problems.append(rows)
         if self.sampling_context or self.sampling_instruction:
             from negalign.sampling_context import resolve_context
 
@@ -215,16 +257,12 @@ class NegalignConfig(TrainingArguments):
                 resolve_context(self.sampling_context, self.sampling_instruction)
             except (ValueError, FileNotFoundError) as error:
                 problems.append(str(error))
-        if self.retain_data and self.retain_weight < 0:
-            problems.append(f"retain_weight: must be >= 0, got {self.retain_weight}")
-        if self.retain_batch_size is not None and self.retain_batch_size < 1:
-            problems.append(f"retain_batch_size: must be >= 1, got {self.retain_batch_size}")
-        if self.max_prompt_length >= self.max_length:
+        if None not in (self.max_prompt_length, self.max_length) and self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         if self.reference == "adapter_disabled" and not self.use_lora:
             problems.append("reference: 'adapter_disabled' needs use_lora: true")
         if problems:
-            raise ValueError("invalid negalign config:\n  " + "\n  ".join(problems))
+            raise ValueError("invalid negalign config: " + "; ".join(problems))  # one line, every problem
 
 
 LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
@@ -248,9 +286,26 @@ def parse_overrides(items: list[str]) -> dict:
             key, value = item.split("=", 1)
         else:
             raise ValueError(f"cannot read {item!r}: write overrides as key=value or --key value")
-        result[key.replace("-", "_")] = yaml_scalar(value) if value != "" else None
+        key = key.replace("-", "_")
+        result[key] = _override_value(key, value)
         index += 1
     return result
+
+
+def _override_value(key: str, text: str):
+    """A command-line value: as written for a field that only takes text (a chat template "{{ ... }}" is no
+    YAML flow mapping), else read as a YAML scalar (numbers, true / false, lists); "" and null unset it."""
+    if text == "" or text in ("null", "~"):
+        return None
+    if _field_kinds().get(key) == ["str"] and key not in LIST_OK:
+        return text
+    import yaml
+
+    try:
+        return yaml_scalar(text)
+    except yaml.YAMLError as error:
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"command line: {key}: cannot read {text!r} ({reason})") from None
 
 
 def secret_fields(settings: dict) -> list[str]:
@@ -274,24 +329,47 @@ def _field_kinds() -> dict[str, list[str]]:
     return names
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; a 7 MB one took minutes to be refused
+
+
+def read_recipe(path: str) -> dict:
+    """A recipe file's mapping, refused in one line when it is too big to be a recipe or not a mapping."""
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size > MAX_RECIPE_BYTES:
+        raise ValueError(f"{path}: {size / 2**20:.1f} MiB is too big for a recipe (at most "
+                         f"{MAX_RECIPE_BYTES // 2**20} MiB of option: value lines)")
+    values = read_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
+    return values
+
+
+def unknown_options(where: str, given, known: set[str]) -> str | None:
+    """One bounded line for the keys that are not options: the first few named (with a "did you mean" each,
+    computed for those only: difflib over every key of a huge file took minutes) and how many there are."""
+    unknown = sorted(set(given) - known, key=str)
+    if not unknown:
+        return None
+    import difflib
+
+    shown = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(str(k), known, 1)) else str(k)
+             for k in unknown[:5]]
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return (f"{where}: unknown option(s): {', '.join(shown)}{more}; see `negalign train --help` for every option")
+
+
 def load_config(path: str | None = None, overrides: dict | None = None) -> NegalignConfig:
     """YAML recipe + overrides -> a validated config; an unknown key is an error naming the key."""
     values = {}
     if path:
         path = recipe_path(path)
-        values = read_yaml(path) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
+        values = read_recipe(path)
     values.update(overrides or {})
     known = {f.name for f in fields(NegalignConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
-
-        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
-                 for k in unknown]
-        raise ValueError(f"{path or 'config'}: unknown option(s): {', '.join(hints)}; "
-                         "see `negalign train --help` for every option")
+    if problem := unknown_options(path or "config", values, known):
+        raise ValueError(problem)
     from_recipe = set(values) - set(overrides or {})
 
     def where(name: str) -> str:  # "recipe.yaml:12" for a recipe key, "config" for an override

@@ -154,7 +154,9 @@ class ModelOptions:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.chat_template is not None:
-            resolve_chat_template(self.chat_template)  # a wrong file name stops here, before any model loads
+            from negalign.settings import check_chat_template
+
+            check_chat_template(self.chat_template)  # a wrong file or template stops here, before any model loads
 
     def torch_device(self):
         import torch

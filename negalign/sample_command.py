@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from negalign.commandline import option, parse_command
 from negalign.models import ModelOptions
-from negalign.settings import SamplingSettings
+from negalign.settings import AT_LEAST_1, SamplingSettings, number_problems
 
 _DEFAULTS = SamplingSettings()  # one set of sampling defaults: here, in recipes, in refreshes
 
@@ -63,6 +63,13 @@ class SampleCommand:
     anchor_report: bool = option(True, "print the anchor report (refusal share, length, examples beside the human "
                                  "negatives) and save it as OUTPUT.anchors.json")
     model_options: ModelOptions = option(help="", factory=ModelOptions)
+
+    def __post_init__(self):
+        """Every number checked when the command is read, before any file is touched (settings.number_problems):
+        `--max-prompts -1` sampled all prompts but the last."""
+        if problems := number_problems(self, {"max_prompts": AT_LEAST_1}):
+            raise ValueError("; ".join(problems))
+        self.sampling_settings()  # k, temperature, top_p ...: finite and in range
 
     def sampling_settings(self) -> SamplingSettings:
         """The generation settings, checked (a bad number stops here, before data or model are read)."""

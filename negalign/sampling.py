@@ -25,7 +25,7 @@ from negalign.decoding import generate_batch
 from negalign.files import atomic_write_text
 from negalign.interrupts import Interrupted, signal_name, stop_requested
 from negalign.sampling_context import describe
-from negalign.settings import SamplingSettings
+from negalign.settings import SamplingSettings, check_prompts_fit
 
 META_SUFFIX = ".meta.json"
 
@@ -174,10 +174,12 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
             "sampling_context": describe(settings.context),
             "n_prompts": len(prompts),
             "prompts_fingerprint": prompt_key([{"role": "x", "content": prompt_key(p)} for p in prompts])}
-    check_meta(output, meta, overwrite)
-    done = read_existing(output)
     encoded = [encode_prompt_with_context(p, settings.context, tokenizer, settings.max_prompt_length)
                for p in prompts]
+    check_prompts_fit(model, [len(ids) for ids in encoded], settings.max_new_tokens,  # before the meta is written
+                      lambda i: f"prompt {i + 1} ({prompts[i][-1]['content'][:50]!r})")
+    check_meta(output, meta, overwrite)
+    done = read_existing(output)
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     keys = [prompt_key(p) for p in prompts]

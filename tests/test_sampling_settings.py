@@ -9,11 +9,11 @@ from negalign.sampling import SamplingSettings
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--temperature", "-1", "temperature must be >= 0, got -1.0"),
-    ("--max-new-tokens", "-5", "max_new_tokens must be >= 1, got -5"),
-    ("--batch-size", "0", "batch_size must be >= 1, got 0"),
-    ("--k", "0", "k must be >= 1, got 0"),
-    ("--top-p", "1.5", "top_p must be in (0, 1], got 1.5"),
+    ("--temperature", "-1", "temperature: must be >= 0, got -1.0"),
+    ("--max-new-tokens", "-5", "max_new_tokens: must be >= 1, got -5"),
+    ("--batch-size", "0", "batch_size: must be >= 1, got 0"),
+    ("--k", "0", "k: must be >= 1, got 0"),
+    ("--top-p", "1.5", "top_p: must be in (0, 1], got 1.5"),
 ])
 def test_a_bad_number_stops_sample_in_one_line_before_any_output(flag, value, message, tmp_path, capsys):
     data = tmp_path / "prompts.jsonl"

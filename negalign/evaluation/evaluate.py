@@ -28,6 +28,7 @@ from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
 from negalign.models import ModelOptions, loaded_as, model_name
+from negalign.settings import AT_LEAST_1, FINITE, MAX_BATCH_SIZE, MAX_NEW_TOKENS, NON_NEGATIVE, Bound, number_problems
 
 
 @dataclass
@@ -68,6 +69,15 @@ class EvalSettings:
     wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")
     model_options: ModelOptions = option(help="dtype, device, attention, remote code, chat template",
                                          factory=ModelOptions)
+
+    def __post_init__(self):
+        """Numbers checked when the settings are made, before the output folder, its lock or the model
+        (`--batch-size 0` was refused only after the load, `--max-prompts -1` evaluated all prompts but one)."""
+        problems = number_problems(self, {"max_prompts": AT_LEAST_1, "max_new_tokens": Bound(1, MAX_NEW_TOKENS),
+                                          "batch_size": Bound(1, MAX_BATCH_SIZE), "max_prompt_length": AT_LEAST_1,
+                                          "max_pairs": NON_NEGATIVE, "seed": FINITE})  # max_pairs 0: no pairs
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def default_output(model: str) -> str:

@@ -244,9 +244,9 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
     layout = method(config.objective).layout(len(prepared.items[0]["sequences"]))
     if model is None:
         model = load_model(config.model, config.model_options())
+    config.check_context_length(model)  # before the reference pass: every sequence fits the model's positions
     # what the run starts from, recorded in every save (inputs.json) for a resume to compare: the input files'
     # contents, then the starting weights (a model's path may change, e.g. another machine's cache, its weights not)
-    config.check_context_length(model)  # before the reference pass: every sequence fits the model's positions
     config._inputs = {**input_fingerprints(config.to_dict()), "model": model_fingerprint(model)}
     if checkpoint:  # resume_from_checkpoint set (true or a folder): the user asked for this checkpoint
         refuse_or_warn(config.output_dir, config.resume_from_checkpoint not in (None, ""), checkpoint,

@@ -137,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nnegalign: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if known else 2
     target, _ = COMMANDS[argv[0]]
+    from negalign import locks
     from negalign.interrupts import Interrupted, sigterm_as_interrupt
     from negalign.locks import OutputLocked
     from negalign.outputs import describe
 
+    locks.COMMAND = argv[0]  # a name from COMMANDS: what a second process's refusal calls this one
     _show_progress_messages()
     # the user's own conditions end in one line (exit 2; 128 + the signal for SIGINT / SIGTERM); a bug still
     # shows its traceback, and --debug shows it for these too

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
-from negalign.models import DTYPES, ModelOptions
+from negalign.models import DTYPES, ModelOptions, check_chat_template
 from negalign.settings import (
     AT_LEAST_1,
     FINITE,
@@ -27,7 +27,6 @@ from negalign.settings import (
     SAMPLING_BOUNDS,
     Bound,
     SamplingSettings,
-    check_chat_template,
     context_length,
     number_problems,
     rows_problem,

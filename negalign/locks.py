@@ -16,8 +16,6 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from negalign.cli import COMMANDS
-
 
 class OutputLocked(RuntimeError):
     """Another process holds the lock of this output."""
@@ -30,13 +28,15 @@ def lock_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".lock")
 
 
+# the command this process runs, set by negalign's command line (cli.main) before any lock is taken; a library
+# user's process is named by its program file. Never an argument: options and values may carry a token.
+COMMAND: str | None = None
+
+
 def command_name() -> str:
-    """What this process is, for another process's message: `negalign <command>` when the command line names one
-    of negalign's commands, else the program's file name. Only a word from negalign's own list of commands is
-    taken from the arguments, so no option or value (a token) can get into it."""
-    command = next((item for item in sys.argv[1:3] if item in COMMANDS), None)
-    if command is not None:
-        return f"negalign {command}"
+    """What this process is, for another process's message: `negalign <command>`, or the program's file name."""
+    if COMMAND is not None:
+        return f"negalign {COMMAND}"
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return program if program and not program.startswith("-") else "python"
 

@@ -154,8 +154,6 @@ class ModelOptions:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.chat_template is not None:
-            from negalign.settings import check_chat_template
-
             check_chat_template(self.chat_template)  # a wrong file or template stops here, before any model loads
 
     def torch_device(self):
@@ -214,3 +212,27 @@ def model_fingerprint(model) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+_SAMPLE_CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."},
+                        {"role": "user", "content": "How are you?"}]
+
+
+def check_chat_template(value: str | None, name: str = "chat_template") -> None:
+    """A `chat_template` option (a Jinja file or the template itself) compiled and rendered once, the way the
+    tokenizer renders prompts, so that a template that does not parse or that raises stops in one line before
+    any file is written or model loaded (it was a jinja traceback after the samples' .meta.json was written)."""
+    if value is None:
+        return
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    template = resolve_chat_template(value)
+    try:
+        render_jinja_template(conversations=[_SAMPLE_CONVERSATION], chat_template=template,
+                              add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+    except TemplateError as error:
+        where = f" (line {error.lineno})" if getattr(error, "lineno", None) else ""
+        source = "" if template == value else f" {value}"
+        raise ValueError(f"{name}:{source} the chat template fails on a sample conversation{where}: "
+                         f"{type(error).__name__}: {error}") from None

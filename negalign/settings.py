@@ -107,32 +107,6 @@ def check_prompts_fit(model, prompt_lengths: list[int], max_new_tokens: int, des
 
 
 # a conversation every chat template must render (no system turn: some templates refuse one by design)
-_SAMPLE_CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."},
-                        {"role": "user", "content": "How are you?"}]
-
-
-def check_chat_template(value: str | None, name: str = "chat_template") -> None:
-    """A `chat_template` option (a Jinja file or the template itself) compiled and rendered once, the way the
-    tokenizer renders prompts, so that a template that does not parse or that raises stops in one line before
-    any file is written or model loaded (it was a jinja traceback after the samples' .meta.json was written)."""
-    if value is None:
-        return
-    from jinja2 import TemplateError
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    from negalign.models import resolve_chat_template
-
-    template = resolve_chat_template(value)
-    try:
-        render_jinja_template(conversations=[_SAMPLE_CONVERSATION], chat_template=template,
-                              add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
-    except TemplateError as error:
-        where = f" (line {error.lineno})" if getattr(error, "lineno", None) else ""
-        source = "" if template == value else f" {value}"
-        raise ValueError(f"{name}:{source} the chat template fails on a sample conversation{where}: "
-                         f"{type(error).__name__}: {error}") from None
-
-
 @dataclass
 class SamplingSettings:
     k: int = 4

@@ -17,17 +17,23 @@ import pytest
 
 HOLDER = textwrap.dedent("""
     import sys, time
+    from negalign import cli
     from negalign.locks import output_lock
+
+    def hold(argv):  # stands in for `train`'s work: takes the output's lock through negalign's own main
+        with output_lock(target, "training"):
+            print("held", flush=True)
+            time.sleep(60)
+
     target, argv = sys.argv[1], sys.argv[2:]
-    sys.argv = argv  # the command line of the process that takes the lock, as negalign's console script sees it
-    with output_lock(target, "training"):
-        print("held", flush=True)
-        time.sleep(60)
+    sys.argv = ["negalign", *argv]  # the command line as negalign's console script sees it
+    cli.COMMANDS["train"] = ("__main__:hold", "")
+    sys.exit(cli.main(argv))
 """)
 
 
-@pytest.mark.parametrize("argv", [["negalign", "train", "hub_token=hf_SECRET", "objective=npo"],
-                                  ["negalign", "--hub_token=hf_x", "train", "hub_token=hf_SECRET"]])
+@pytest.mark.parametrize("argv", [["train", "hub_token=hf_SECRET", "objective=npo"],
+                                  ["train", "--hub_token=hf_x", "hub_token=hf_SECRET"]])
 def test_d1_lock_file_holds_no_token(tmp_path, argv):
     from negalign.locks import OutputLocked, lock_path, output_lock
 

@@ -74,11 +74,11 @@ def run_demo(settings: DemoSettings) -> dict:
 
 
 def _run_demo(settings: DemoSettings, out: Path) -> dict:
+    from negalign.checkpoints import settings_changed
+    from negalign.config import load_config
     from negalign.evaluation.evaluate import EvalSettings, evaluate
     from negalign.evaluation.report import compare
     from negalign.models import resolve_model_path
-    from negalign.checkpoints import settings_changed
-    from negalign.config import load_config
     from negalign.pipeline import train
 
     (out / "runs").mkdir(parents=True, exist_ok=True)

@@ -55,12 +55,16 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool =
         handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         os.close(handle)
         tmp = Path(name)
-    # colleagues load what negalign writes as they would any file of this user's
-    os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
     try:
         yield tmp
-        for file in (tmp.rglob("*") if folder else [tmp]):
-            if file.is_file():
+        # colleagues load what negalign writes as they would any file of this user's: mkstemp / mkdtemp (and
+        # libraries that write through them, safetensors' shards) make it private (0600 / 0700)
+        mask = _umask()
+        for file in [tmp, *(tmp.rglob("*") if folder else [])]:
+            if file.is_dir() and not file.is_symlink():
+                os.chmod(file, 0o777 & ~mask)
+            elif file.is_file() and not file.is_symlink():
+                os.chmod(file, 0o666 & ~mask)
                 with open(file, "rb") as written:
                     os.fsync(written.fileno())
         if path.exists() and not replace:

@@ -91,11 +91,15 @@ def test_d14_a_rerun_removes_a_killed_exports_partial(lora, tmp_path):
 
 
 def test_d16_export_of_a_plain_model_folder_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(["export", tiny_model_dir, "--output", str(out)]) == 2
-    line = one_line(capsys.readouterr().err)
-    assert tiny_model_dir in line and "not a negalign training run" in line
-    assert list(tmp_path.iterdir()) == []  # no output, no lock file
+    plain = tmp_path / "plain"  # config.json and weights, no tokenizer, no run files: was KeyError: 'model'
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(tiny_model_dir, name), plain / name)
+    for model in (plain, tiny_model_dir):
+        assert main(["export", str(model), "--output", str(tmp_path / "out")]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert str(model) in line and "not a negalign training run" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["plain"]  # no output, no lock file
 
 
 def test_d17_merge_refuses_a_base_whose_weights_changed(lora, tmp_path, capsys):
@@ -170,8 +174,6 @@ def test_d25_eval_of_a_folder_that_is_not_a_model_leaves_nothing(tmp_path, capsy
 def test_d31_a_missing_local_model_path_is_named_without_the_hub(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from negalign.models import check_model, resolve_model_path
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
 
@@ -183,9 +185,13 @@ def test_d31_a_missing_local_model_path_is_named_without_the_hub(tmp_path, monke
         assert main(["eval", "--model", name, "--output", str(tmp_path / "e")]) == 2
         line = one_line(capsys.readouterr().err)
         assert name in line and "no such model folder" in line
+        from negalign.models import resolve_model_path
+
         with pytest.raises(FileNotFoundError, match="no such model folder"):
             resolve_model_path(name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    from negalign.models import check_model
+
     check_model("some-org/some-model")  # an org/name that is not local stays a Hub name
     check_model("smollm2-135m-instruct")
 

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from negalign.files import read_yaml
-from negalign.outputs import check_apart, folder_free, new_folder
+from negalign.outputs import check_before_lock, folder_free, new_folder
 from negalign.provenance import RUN_FILES
 
 CARRIED = RUN_FILES
@@ -79,7 +79,7 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = Fals
     run, output = Path(run), Path(output)
     # never over the run itself or a folder around it (--overwrite once replaced them whole); an earlier export
     # or anything else there only with --overwrite, which moves it aside once the new folder is written
-    check_apart(output, [("the run to export", run)])
+    check_before_lock(output, [("the run to export", run)], folder=True)
     check_run(run)
     folder_free(output, overwrite)
     model, was_lora = load_run_model(run, merge)

@@ -12,7 +12,16 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it back at once
+    """The process's umask, read without changing it where Linux shows it (setting it to read it, the portable
+    way, would for a moment give files another thread creates the wrong permissions)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -184,3 +184,16 @@ def clean_first_prompts(rows: list[dict], n: int | None, data_dir, block: int = 
     last = clean[-1][0] if n is not None and clean and len(clean) == n else len(order)
     keep = {key for _, key in clean}
     return [row for row in rows if prompt_key(row["prompt"]) in keep], [r for place, r in removed if place < last]
+
+
+RECORD_SUFFIX = ".decontamination.json"
+
+
+def write_record(output, data_dir, removed: list[dict]) -> None:
+    """OUTPUT.decontamination.json: the prompts a samples file left out as evaluation prompts. Written only by the
+    command that owns OUTPUT (after its claim), so that a refused command never rewrites another file's record."""
+    from negalign.files import atomic_write_text, portable
+
+    atomic_write_text(f"{output}{RECORD_SUFFIX}", json.dumps(portable({
+        "decontaminated_against": "built-in evaluation suites", "data_dir": str(data_dir),
+        "n_removed": len(removed), "removed": removed}), indent=2) + "\n")

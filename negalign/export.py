@@ -18,8 +18,8 @@ import os
 import shutil
 from pathlib import Path
 
-from negalign.files import atomic_output, read_yaml
-from negalign.outputs import check_apart, claim, move_aside
+from negalign.files import read_yaml
+from negalign.outputs import check_before_lock, folder_free, new_folder
 from negalign.provenance import RUN_FILES
 
 CARRIED = RUN_FILES
@@ -28,6 +28,22 @@ CARRIED = RUN_FILES
 def _run_settings(run: Path) -> dict:
     path = run / "negalign_config.yaml"
     return (read_yaml(path) or {}) if path.exists() else {}
+
+
+def check_run(run: Path) -> None:
+    """Refuse, before anything loads or is written, a folder that is not a finished `negalign train` run: a
+    plain Hugging Face model folder has no run files or settings to carry and needs no export."""
+    from negalign.models import ADAPTER_CONFIG
+    from negalign.provenance import CONFIG_FILE
+
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such folder (export takes a `negalign train` output_dir)")
+    if not (run / CONFIG_FILE).exists():
+        raise ValueError(f"{run} is not a negalign training run (no {CONFIG_FILE} in it): export takes a `negalign "
+                         "train` output_dir; a plain Hugging Face model folder loads as it is, with no export")
+    if not (run / ADAPTER_CONFIG).exists() and not (run / "config.json").exists():
+        raise ValueError(f"{run}: the run has no final model (no config.json or {ADAPTER_CONFIG}): it did not "
+                         "finish; rerun its `negalign train` command to finish it, then export")
 
 
 def load_run_model(run: str | os.PathLike, merge: bool = False):
@@ -58,36 +74,30 @@ def evaluation_section(run: Path) -> list[str]:
 
 def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = False, push_to_hub: str | None = None,
            overwrite: bool = False) -> Path:
-    from negalign.locks import output_lock
     from negalign.models import load_tokenizer
 
     run, output = Path(run), Path(output)
     # never over the run itself or a folder around it (--overwrite once replaced them whole); an earlier export
     # or anything else there only with --overwrite, which moves it aside once the new folder is written
-    check_apart(output, [("the run to export", run)])
-
-    def ready(path):
-        return claim(path, folder=True, overwrite=False, verdict=lambda _: None if overwrite else "exists and is not empty")
-
-    ready(output)
+    check_before_lock(output, [("the run to export", run)], folder=True)
+    check_run(run)
+    folder_free(output, overwrite)
     model, was_lora = load_run_model(run, merge)
     settings = _run_settings(run)
-    tokenizer = load_tokenizer(str(run) if (run / "tokenizer_config.json").exists() else settings["model"])
-    with output_lock(output, "export"):
-        ready(output)
-        with atomic_output(output, folder=True, set_aside=move_aside) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            for name in CARRIED:
-                if (run / name).exists():
-                    shutil.copy2(run / name, tmp / name)
-            card = (run / "README.md").read_text(encoding="utf-8") if (run / "README.md").exists() else (
-                f"# {run.name}\n\nTrained with negalign ({settings.get('objective', 'unknown objective')}).\n")
-            card = card.rstrip("\n") + "\n" + "\n".join(evaluation_section(run)) + "\n\n" + (
-                f"Exported by `negalign export` from `{run.name}`"
-                + (": the LoRA adapter merged into the base weights (peft merge_and_unload)." if was_lora else ".")
-                + "\n")
-            (tmp / "README.md").write_text(card, encoding="utf-8")
+    tokenizer = load_tokenizer(str(run) if (run / "tokenizer_config.json").exists() else settings.get("model", str(run)))
+    with new_folder(output, "export", overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name in CARRIED:
+            if (run / name).exists():
+                shutil.copyfile(run / name, tmp / name)  # not copy2: the copy gets the umask, not the run's mode
+        card = (run / "README.md").read_text(encoding="utf-8") if (run / "README.md").exists() else (
+            f"# {run.name}\n\nTrained with negalign ({settings.get('objective', 'unknown objective')}).\n")
+        card = card.rstrip("\n") + "\n" + "\n".join(evaluation_section(run)) + "\n\n" + (
+            f"Exported by `negalign export` from `{run.name}`"
+            + (": the LoRA adapter merged into the base weights (peft merge_and_unload)." if was_lora else ".")
+            + "\n")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     if push_to_hub:
         push_folder(output, push_to_hub, f"negalign export of {run.name}")
     return output

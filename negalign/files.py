@@ -5,20 +5,59 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it, the portable
+    way, would for a moment give files another thread creates the wrong permissions)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _partial_pattern(name: str) -> re.Pattern:
+    """The names atomic_output's temporary copies of `name` get (mkdtemp's / mkstemp's 8 random characters)."""
+    return re.compile(re.escape(name) + r"(\.tmp-[a-z0-9_]{8}|\.[a-z0-9_]{8}\.tmp)")
+
+
+def remove_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary copies of `path` that a killed writer left beside it (they are never a finished
+    result). Only for a caller that holds `path`'s lock: without it, a copy may be another writer's, still live."""
+    path = Path(path)
+    pattern = _partial_pattern(path.name)
+    removed = []
+    for entry in path.parent.iterdir() if path.parent.is_dir() else ():
+        if pattern.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool = True, set_aside=None):
+def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool = True, set_aside=None,
+                  locked: bool = False):
     """Write `path` (a file, or a folder with folder=True) through a temporary one beside it: the body writes
     to the yielded temporary path; on a clean exit its data is flushed to disk (fsync) and it is renamed onto
     `path`, on any error (or a kill) it is removed. replace=False keeps a `path` that appeared meanwhile
     (another process finished first) and drops the new copy; an existing folder is replaced whole, or handed
-    to `set_aside(path)` first when given (negalign.outputs.move_aside keeps it beside under another name)."""
+    to `set_aside(path)` first when given (negalign.outputs.move_aside keeps it beside under another name).
+    locked=True: the caller holds `path`'s lock, so temporary copies a killed writer left are removed first.
+    The result gets the permissions of any file the user makes (the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if locked:
+        remove_partials(path)
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     else:
@@ -27,8 +66,14 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool =
         tmp = Path(name)
     try:
         yield tmp
-        for file in (tmp.rglob("*") if folder else [tmp]):
-            if file.is_file():
+        # colleagues load what negalign writes as they would any file of this user's: mkstemp / mkdtemp (and
+        # libraries that write through them, safetensors' shards) make it private (0600 / 0700)
+        mask = _umask()
+        for file in [tmp, *(tmp.rglob("*") if folder else [])]:
+            if file.is_dir() and not file.is_symlink():
+                os.chmod(file, 0o777 & ~mask)
+            elif file.is_file() and not file.is_symlink():
+                os.chmod(file, 0o666 & ~mask)
                 with open(file, "rb") as written:
                     os.fsync(written.fileno())
         if path.exists() and not replace:
@@ -41,8 +86,8 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, replace: bool =
             shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_output(path) as tmp:
+def atomic_write_text(path: str | os.PathLike, text: str, locked: bool = False) -> None:
+    with atomic_output(path, locked=locked) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from negalign.evaluation.metrics import THRESHOLD, wilson_interval
 from negalign.files import atomic_write_text, portable
-from negalign.outputs import check_apart, claim
+from negalign.outputs import check_apart, check_before_lock, claim
 
 REPORT_SUFFIX = ".flags.json"
 
@@ -88,23 +88,27 @@ def earlier_flags(output: Path, wanted: dict) -> str | None:
 
 def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
                    complies: Callable[[list[str], list[str]], Sequence[float]],
-                   threshold: float = THRESHOLD, judge_name: str = "offline", keep: str = "complying") -> dict:
+                   threshold: float = THRESHOLD, judge_name: str = "offline", keep: str = "complying",
+                   locked: bool = False) -> dict:
     """Write the answers judged to comply (probability > threshold) to `output` as negatives, or with
     keep="refusing" those judged to refuse (probability <= threshold); returns the report (also written to
-    OUTPUT.flags.json): counts, the flagged share with its Wilson interval."""
+    OUTPUT.flags.json): counts, the flagged share with its Wilson interval. locked: the caller holds the
+    output's lock (temporary copies a killed flag left are then removed)."""
     if keep not in KEEP:
         raise ValueError(f"keep: {keep!r} is not one of {KEEP}")
     check_apart(output, [("--answers", answers)])
     rows = read_answers(answers)
     flagged, bad = _judged(rows, complies, threshold, keep)
-    atomic_write_text(output, "".join(json.dumps(f) + "\n" for f in flagged))
     low, high = wilson_interval(len(flagged), len(rows))
     report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
               "flagged_share": round(len(flagged) / len(rows), 4), "wilson95": [round(low, 4), round(high, 4)],
               **flag_settings(answers, threshold, judge_name, keep),
               "not_flagged_examples": [{"prompt": question(r["prompt"]), "answer": r["completion"][:200]}
                                        for r, b in zip(rows, bad) if not b][:5]}
-    atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n")
+    # the report first: a kill between the two renames leaves the report with no (or the same settings') output,
+    # which the same command remakes (earlier_flags), never an output whose report is missing, which it refuses
+    atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n", locked=locked)
+    atomic_write_text(output, "".join(json.dumps(f) + "\n" for f in flagged), locked=locked)
     return report
 
 
@@ -171,15 +175,17 @@ def cmd_flag(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
-    check_apart(args.output, [("--answers", args.answers), ("--judge", args.judge)])
+    check_before_lock(args.output, [("--answers", args.answers), ("--judge", args.judge)], folder=False)
     wanted = flag_settings(args.answers, args.threshold, args.judge or "offline", args.keep)
-    claim(args.output, folder=False, overwrite=args.overwrite, verdict=lambda path: earlier_flags(path, wanted),
-          companions=[REPORT_SUFFIX])
     from negalign.evaluation.judge import HarmJudge
+    from negalign.locks import output_lock
 
-    judge = HarmJudge.load(args.judge)
-    report = flag_complying(args.answers, args.output, judge.complies, args.threshold,
-                            judge_name=args.judge or "offline", keep=args.keep)
+    with output_lock(args.output, "flagging"):  # one writer: two flags into one output would mix their files
+        claim(args.output, folder=False, overwrite=args.overwrite, verdict=lambda path: earlier_flags(path, wanted),
+              companions=[REPORT_SUFFIX])
+        judge = HarmJudge.load(args.judge)
+        report = flag_complying(args.answers, args.output, judge.complies, args.threshold,
+                                judge_name=args.judge or "offline", keep=args.keep, locked=True)
     print(f"negalign flag: {report['n_flagged']} of {report['n_answers']} answers judged {args.keep} "
           f"({report['flagged_share']:.3f} [{report['wilson95'][0]:.3f}, {report['wilson95'][1]:.3f}]) -> "
           f"{args.output}")

@@ -51,6 +51,29 @@ def convert_gguf(folder: str, gguf_file: str, target: Path) -> Path:
     return target
 
 
+def looks_local(name: str) -> bool:
+    """Whether a model name can only mean a local folder: it starts with ".", "/" or "~", has more than one "/"
+    (a Hub name is `org/name`), or its first part exists here (`runs/typo` beside a `runs` folder)."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1
+            or ("/" in name and os.path.exists(name.split("/", 1)[0])))
+
+
+def check_model(name_or_path: str, what: str = "--model") -> None:
+    """Refuse, before any output or lock is made, a model that cannot load: a local-looking path that does not
+    exist (never sent to the Hub, which would spend a minute failing or call it a malformed repo id), or a
+    folder that holds no model (no config.json, no adapter_config.json). Short and Hub names pass."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", ADAPTER_CONFIG)):
+            raise ValueError(f"{what} {name_or_path}: not a model folder (no config.json or {ADAPTER_CONFIG} in "
+                             "it); name a model folder, a Hub name or a short name")
+        return
+    if os.path.exists(path):
+        raise ValueError(f"{what} {name_or_path}: a file, not a model folder")
+    if name_or_path not in SHORT_NAMES and looks_local(name_or_path):
+        raise FileNotFoundError(f"{what} {name_or_path}: no such model folder")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder, a short name (converted once from a bundled GGUF), or a Hub name (returned as is)."""
     if os.path.isdir(name_or_path):
@@ -64,8 +87,9 @@ def resolve_model_path(name_or_path: str) -> str:
         if bundled is not None:
             return str(convert_gguf(*bundled, target))
         return hub_name
-    if os.path.sep in name_or_path and name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {name_or_path!r} does not exist")
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        return os.path.expanduser(name_or_path)
+    check_model(name_or_path, "model")  # a local path that is not there: one line, no Hub call
     return name_or_path
 
 
@@ -198,19 +222,22 @@ def load_model(name_or_path: str, options: ModelOptions | None = None):
     from peft import PeftModel
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
+    check_base_weights(name_or_path, base, model)  # an adapter merged onto other weights is a model nobody trained
     return PeftModel.from_pretrained(model, name_or_path).merge_and_unload().to(device)
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model, as_dtype=None) -> str:
     """A hash of every weight (names, shapes, values): what samples files, reference caches and evaluation
-    caches are keyed by, so that a model retrained under the same name is never taken for the old one."""
+    caches are keyed by, so that a model retrained under the same name is never taken for the old one.
+    `as_dtype`: each weight cast to it first (the same weights loaded in float32 and in bfloat16 then agree)."""
     import hashlib
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+        tensor = tensor.detach() if as_dtype is None else tensor.detach().to(as_dtype)
+        digest.update(tensor.float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:24]
 
 
@@ -236,3 +263,37 @@ def check_chat_template(value: str | None, name: str = "chat_template") -> None:
         source = "" if template == value else f" {value}"
         raise ValueError(f"{name}:{source} the chat template fails on a sample conversation{where}: "
                          f"{type(error).__name__}: {error}") from None
+
+
+BASE_RECORD = "base_model.json"  # in a LoRA run: the base its adapter was trained on, by name and weights
+
+
+def base_record(name: str, model, fingerprint: str | None = None) -> dict:
+    """What a LoRA run records of its base before training (`model`: the base as loaded, before LoRA;
+    `fingerprint`: its model_fingerprint when the caller already has it)."""
+    from negalign.files import portable
+
+    return {"base_model": portable(name), "dtype": str(model.dtype).replace("torch.", ""),
+            "weights": fingerprint or model_fingerprint(model)}
+
+
+def check_base_weights(folder: str, base: str, model) -> None:
+    """Refuse to put the adapter in `folder` on a base whose weights are not those it was trained on (its
+    BASE_RECORD; runs made before it was recorded are not checked). The base loaded in another dtype is
+    compared in the recorded one, where it can be: not from a less precise one."""
+    import json
+
+    import torch
+
+    path = os.path.join(folder, BASE_RECORD)
+    if not os.path.isfile(path):
+        return
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    recorded = getattr(torch, record.get("dtype", "float32"), torch.float32)
+    if model.dtype != recorded and model.dtype != torch.float32:
+        return
+    now = model_fingerprint(model, as_dtype=None if model.dtype == recorded else recorded)
+    if now != record.get("weights"):
+        raise ValueError(f"{folder}: its base model {base} has other weights than the ones the adapter was trained "
+                         f"on (fingerprint {record.get('weights')}, now {now}): the base changed since training; "
+                         "point the adapter at the original base, or train again on this one")

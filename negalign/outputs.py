@@ -14,6 +14,7 @@ flag, eval, export), and one-line messages for outputs that cannot be written.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -73,6 +74,16 @@ def check_place(output: str | os.PathLike, folder: bool) -> None:
             return
 
 
+def check_before_lock(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]], *,
+                      folder: bool, option: str = "--output",
+                      may_lie_inside: Iterable[str | os.PathLike | None] = ()) -> None:
+    """What is refused whatever is there, checked before the output's lock file is made beside it (a refused
+    command leaves nothing behind, in a model folder least of all): the output apart from the inputs, and a
+    place that can hold it."""
+    check_apart(output, inputs, option, may_lie_inside)
+    check_place(output, folder)
+
+
 def is_empty(path: Path) -> bool:
     if not path.exists():
         return True
@@ -119,6 +130,26 @@ def claim(output: str | os.PathLike, *, folder: bool, overwrite: bool, verdict: 
     them = "them" if reason.startswith("holds files") else "it"
     raise OutputRefused(f"{output} {reason}; pass {flag} to move {them} aside to {path.name}.replaced-<time>, or "
                         f"choose another {option}")
+
+
+def folder_free(output: str | os.PathLike, overwrite: bool) -> None:
+    """For a folder written whole (export, compare): refuse one that holds anything unless `overwrite` (which
+    moves it aside once the new one is written, `new_folder`). Call it before the work, and new_folder checks
+    again under the lock."""
+    claim(output, folder=True, overwrite=False, verdict=lambda _: None if overwrite else "exists and is not empty")
+
+
+@contextlib.contextmanager
+def new_folder(output: str | os.PathLike, what: str, overwrite: bool):
+    """Write a folder output whole, under its lock: yields a temporary folder that replaces `output` on a clean
+    exit (what was there moved aside, never deleted); partial copies a killed writer left are removed first."""
+    from negalign.files import atomic_output
+    from negalign.locks import output_lock
+
+    with output_lock(output, what):
+        folder_free(output, overwrite)
+        with atomic_output(output, folder=True, set_aside=move_aside, locked=True) as tmp:
+            yield tmp
 
 
 # ----- operating-system errors, in one line --------------------------------------------------------------

@@ -10,7 +10,15 @@ import os
 from transformers import TrainerCallback
 
 from negalign.batches import collate, prepare_items
-from negalign.checkpoints import checkpoint_problem, claim_output_dir, model_changed, newest_checkpoint, refuse_or_warn, resolve_checkpoint
+from negalign.checkpoints import (
+    checkpoint_problem,
+    claim_output_dir,
+    model_changed,
+    newest_checkpoint,
+    refuse_or_warn,
+    resolve_checkpoint,
+    training_inputs,
+)
 from negalign.checkpoints import checkpoint_step as _step
 from negalign.config import NegalignConfig, load_config
 from negalign.data import DataError
@@ -20,8 +28,8 @@ from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 from negalign.locks import output_lock
 from negalign.methods import method
-from negalign.models import finish_tokenizer, load_model, load_tokenizer, model_fingerprint, model_name
-from negalign.outputs import DiskFull, check_place, is_disk_full
+from negalign.models import BASE_RECORD, base_record, finish_tokenizer, load_model, load_tokenizer, model_fingerprint, model_name
+from negalign.outputs import DiskFull, check_before_lock, is_disk_full
 from negalign.provenance import input_fingerprints
 from negalign.reference import Reference
 from negalign.refresh import REFRESH_FILE, SampleRefresher
@@ -209,7 +217,8 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
     check_launch(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
         return _train(config, model, tokenizer, train_dataset)
-    check_place(config.output_dir, folder=True)  # a path under a file: named before the lock beside it is made
+    # an output_dir inside an input, or under a file: refused before its lock file is made beside it
+    check_before_lock(config.output_dir, training_inputs(config), folder=True, option="output_dir")
     with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
         claim_output_dir(config)  # never over a folder that is not a run, or a finished run, unless overwrite
         from negalign.progress import quietly
@@ -267,6 +276,8 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
                        config.retain_weight)
         if config.retain_loss == "kl":
             reference.keep_starting_model(model, config.device)
+    # a LoRA run records its base's weights: export --merge (any load of the run) refuses a base changed since
+    base = base_record(config.model, model, config._inputs["model"]) if config.use_lora and config.should_save else None
     if config.use_lora:
         model = apply_lora(model, config)
     refresher = None
@@ -302,6 +313,8 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
             raise _disk_full(config.output_dir) from error
         raise
     if trainer.args.should_save:  # the main process only, as for the model
+        if base is not None:
+            atomic_write_text(os.path.join(config.output_dir, BASE_RECORD), json.dumps(base, indent=2) + "\n")
         atomic_write_text(os.path.join(config.output_dir, "decontamination.json"), json.dumps(portable({
             "decontaminated_against": prepared.decontaminated_against, "n_removed": len(prepared.removed_prompts),
             "removed": prepared.removed_prompts}), indent=2) + "\n")

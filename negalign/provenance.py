@@ -83,10 +83,11 @@ def model_card(config, anchors: dict | None) -> str:
 
 CONFIG_FILE = "negalign_config.yaml"
 # What a run holds besides its weights, tokenizer and card (README.md): write_provenance's files (in the run and in
-# every checkpoint), the retain set's record, then the pipeline's two, written last (train_log.json marks a finished
-# run). `negalign export` carries them; a Hub push uploads them with the card.
+# every checkpoint), the retain set's record, then the pipeline's, written last (base_model.json: a LoRA run's base
+# weights, models.BASE_RECORD; train_log.json marks a finished run). `negalign export` carries them; a Hub push
+# uploads them with the card.
 RUN_FILES = (CONFIG_FILE, "inputs.json", "versions.json", "sampling_context.json", "trained_prompts.jsonl",
-             "retain_decontamination.json", "decontamination.json", "train_log.json")
+             "retain_decontamination.json", "decontamination.json", "base_model.json", "train_log.json")
 
 
 def resolved_settings(config) -> dict:

@@ -106,11 +106,13 @@ def samples_verdict(path) -> str | None:
 
 def claim_samples_output(command: SampleCommand, sources: list[str]) -> None:
     """Before anything is read: the output is none of the inputs, and its place can hold a file."""
-    from negalign.outputs import check_apart, check_place
+    from negalign.models import check_model
+    from negalign.outputs import check_before_lock
 
-    check_apart(command.output, [("--data", source) for source in sources] + [
-        ("--model", command.model), ("--sampling-context", command.sampling_context)])  # a preset is no path
-    check_place(command.output, folder=False)
+    check_model(command.model)  # a model that cannot load: refused before the lock file or any output is made
+    check_before_lock(command.output, [("--data", source) for source in sources] + [
+        ("--model", command.model), ("--sampling-context", command.sampling_context)],  # a preset is no path
+        folder=False)
 
 
 def run_sample(command: SampleCommand) -> int:
@@ -118,6 +120,7 @@ def run_sample(command: SampleCommand) -> int:
 
     from negalign.anchors import REPORT_SUFFIX
     from negalign.data.paths import data_dir
+    from negalign.decontamination import RECORD_SUFFIX, write_record
     from negalign.interrupts import finish_then_stop
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as
@@ -129,10 +132,12 @@ def run_sample(command: SampleCommand) -> int:
     folder = data_dir() if command.decontaminate else None
     claim_samples_output(command, sources)
     with output_lock(command.output, "sampling", wait=command.wait):
+        # the output's own files go aside with it (a refusal or --overwrite never leaves another's record rewritten)
         claim(command.output, folder=False, overwrite=command.overwrite, verdict=samples_verdict,
-              companions=[META_SUFFIX, REPORT_SUFFIX])
+              companions=[META_SUFFIX, REPORT_SUFFIX, RECORD_SUFFIX])
+        removed: list = []
         prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
-                                       on_bad_row=command.on_bad_row)
+                                       on_bad_row=command.on_bad_row, removals=removed)
         options = command.model_options
         tokenizer = load_tokenizer(command.model, options.trust_remote_code, options.chat_template)
         model = load_model(command.model, options)
@@ -141,6 +146,8 @@ def run_sample(command: SampleCommand) -> int:
                 finish_then_stop("batch of samples"):
             report = sample(model, tokenizer, prompts, command.output, settings, model_id=command.model,
                             overwrite=command.overwrite, stop_on_signal=True)
+        if folder is not None:  # sample() accepted the output (its .meta.json): the record is this output's
+            write_record(command.output, folder, removed)
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "
           f"{report.n_prompts} prompts, {report.tokens_per_second:.1f} generated tokens/s -> {report.output}")
     if command.anchor_report:

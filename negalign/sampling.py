@@ -71,22 +71,26 @@ def unique_prompts(source, on_bad_row: str = "error") -> list[list[dict]]:
 
 
 def prompts_for_sampling(sources: list, output: str | os.PathLike, max_prompts: int | None = None,
-                         data_dir=None, on_bad_row: str = "error") -> list[list[dict]]:
+                         data_dir=None, on_bad_row: str = "error", removals: list | None = None) -> list[list[dict]]:
     """The distinct prompts of `sources` (in order, duplicates once), without evaluation prompts when
     `data_dir` holds the evaluation suites (the removals are recorded in OUTPUT.decontamination.json, as
-    training records its own beside the model), cut to the first `max_prompts`."""
+    training records its own beside the model), cut to the first `max_prompts`. With a `removals` list the
+    removals go into it instead, for a caller that writes the record once the output is its own
+    (decontamination.write_record)."""
     import sys
 
     prompts = unique_prompts([p for source in sources for p in unique_prompts(source, on_bad_row=on_bad_row)])
     if data_dir is not None:  # the prompts training will use: evaluation prompts never get anchors
         from negalign.decontamination import clean_first_prompts
-        from negalign.files import portable
 
         kept, removed = clean_first_prompts([{"prompt": p} for p in prompts], max_prompts, data_dir)
         prompts = [row["prompt"] for row in kept]
-        atomic_write_text(f"{output}.decontamination.json", json.dumps(portable({
-            "decontaminated_against": "built-in evaluation suites", "data_dir": str(data_dir),
-            "n_removed": len(removed), "removed": removed}), indent=2) + "\n")
+        if removals is None:
+            from negalign.decontamination import write_record
+
+            write_record(output, data_dir, removed)
+        else:
+            removals.extend(removed)
         if removed:
             print(f"negalign sample: {len(removed)} prompts left out as evaluation prompts (e.g. "
                   f"{removed[0]['prompt'][:60]!r} ~ {removed[0]['match'][:60]!r})", file=sys.stderr)

@@ -348,7 +348,7 @@ def test_demo_without_harmful_negatives_hands_d2o_the_benign_refusals_and_every_
     monkeypatch.setattr(negalign.demo, "prepare_data", lambda settings, out, base, timings: files)
     monkeypatch.setattr(negalign.pipeline, "train", lambda config: trained.setdefault(config["objective"], config))
     monkeypatch.setattr(negalign.evaluation.evaluate, "evaluate", lambda settings: None)
-    monkeypatch.setattr(negalign.evaluation.report, "compare", lambda runs, out: {})
+    monkeypatch.setattr(negalign.evaluation.report, "compare", lambda runs, out, **_: {})
     run_demo(DemoSettings(preset="quick", harmful_negatives=False, methods=["d2o", "kto"],
                           output=str(tmp_path / "demo")))
     assert trained["d2o"]["data"] == str(files["d2o_negatives"])

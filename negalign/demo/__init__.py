@@ -134,7 +134,7 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
                               model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
-    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out)
+    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out, owned=True)  # the demo's folder
     timings["total"] = time.time() - started
     atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")

@@ -151,16 +151,22 @@ def evaluate(settings: EvalSettings, *, model=None, tokenizer=None, reference_mo
     as objects (`model`, `reference_model`, `tokenizer`; settings.model then names the model in the record and
     `output` should be given); the tokenizer defaults to the model's name_or_path."""
     from negalign.locks import output_lock
-    from negalign.outputs import check_apart, check_place, claim
+    from negalign.models import check_model
+    from negalign.outputs import check_before_lock, claim
 
     output = Path(settings.output or default_output(settings.model))
     # the output is none of the inputs (its default, MODEL/eval, lies inside the model folder by design), and a
     # folder that is not an evaluation is not written into without overwrite, which moves it aside
     files = [("--prompts", p.rsplit(":", 1)[0] if p.rsplit(":", 1)[-1] in ("harmful", "benign") else p)
              for p in settings.prompt_files]
-    check_apart(output, [("--model", settings.model), ("--reference", settings.reference), ("--pairs", settings.pairs),
-                         ("--judge-head", settings.judge_head), *files], may_lie_inside=[settings.model])
-    check_place(output, folder=True)
+    # models that cannot load are refused before the output folder or its lock is made (inside the user's folder)
+    if model is None:
+        check_model(settings.model)
+    if settings.reference and reference_model is None:
+        check_model(settings.reference, "--reference")
+    check_before_lock(output, [("--model", settings.model), ("--reference", settings.reference),
+                               ("--pairs", settings.pairs), ("--judge-head", settings.judge_head), *files],
+                      folder=True, may_lie_inside=[settings.model])
     with output_lock(output, "evaluation", wait=settings.wait):
         claim(output, folder=True, overwrite=settings.overwrite, verdict=evaluation_verdict)
         from negalign.progress import quietly

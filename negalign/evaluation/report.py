@@ -9,12 +9,15 @@ error bars), suites.png (per-suite rates) and training_curves.png (every logged 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 
 from negalign.files import atomic_write_text, portable
+from negalign.locks import output_lock
+from negalign.outputs import check_place, claim
 
 TRAIN_SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second",
               "train_steps_per_second", "train_loss"}
@@ -40,9 +43,24 @@ def find_run(path: str | Path) -> dict:
     if eval_file is None and train_file is None:
         raise FileNotFoundError(f"{path}: no eval.json, eval/eval.json or train_log.json")
     label_folder = folder.parent if folder.name == "eval" else folder
-    load = lambda f: json.loads(Path(f).read_text(encoding="utf-8")) if f else None  # noqa: E731
-    return {"label": label_folder.resolve().name, "path": str(path), "eval": load(eval_file),
-            "train_log": load(train_file)}
+    return {"label": label_folder.resolve().name, "path": str(path), "eval": _read_record(eval_file),
+            "train_log": _read_record(train_file)}
+
+
+def _read_record(path: Path | None) -> dict | None:
+    """An eval.json or train_log.json, or a one-line error naming the file."""
+    if path is None:
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected a negalign eval.json or train_log.json)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}: not JSON ({error.msg}); expected a negalign eval.json or "
+                         "train_log.json") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: a JSON {type(value).__name__}, not a negalign eval.json or train_log.json")
+    return value
 
 
 def _unique_labels(runs: list[dict]) -> None:
@@ -326,25 +344,46 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(paths: list[str], output: str | Path) -> dict:
+REPORT_FILES = ("report.json", "report.md", "harm_vs_refusal.png", "suites.png", "training_curves.png")
+
+
+def compare(paths: list[str], output: str | Path, overwrite: bool = False, owned: bool = False) -> dict:
+    """report.json, report.md and the plots (REPORT_FILES) over `paths`, written into the folder `output` beside
+    whatever else it holds. An earlier report there is a finished result: refused unless `overwrite`, which
+    moves each of its files aside (negalign.outputs.claim). `owned`: the caller has claimed `output` as its own
+    (the demo's folder) and its report is remade in place."""
     runs = [find_run(p) for p in paths]
     _unique_labels(runs)
-    summaries = [summarise(r) for r in runs]
+    summaries = [_summary(r) for r in runs]
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for name, make in (("harm_vs_refusal.png", lambda p: plot_harm_vs_refusal(summaries, p)),
-                       ("suites.png", lambda p: plot_suites(summaries, p)),
-                       ("training_curves.png", lambda p: plot_training(runs, p))):
-        if make(output / name):
-            plots.append(str(output / name))
-    reasons = degenerate_reasons(summaries)
-    for summary in summaries:
-        summary["degenerate"] = reasons.get(summary["label"])
-    report = {"runs": summaries, "plots": plots}
-    atomic_write_text(output / "report.json", json.dumps(portable(report), indent=2) + "\n")
-    atomic_write_text(output / "report.md", markdown(summaries, plots))
+    check_place(output, folder=True)
+    with contextlib.nullcontext() if owned else output_lock(output, "compare"):
+        if not owned:
+            for name in REPORT_FILES:
+                claim(output / name, folder=False, overwrite=overwrite, verdict=lambda _: "holds an earlier report")
+        output.mkdir(parents=True, exist_ok=True)
+        plots = []
+        for name, make in (("harm_vs_refusal.png", lambda p: plot_harm_vs_refusal(summaries, p)),
+                           ("suites.png", lambda p: plot_suites(summaries, p)),
+                           ("training_curves.png", lambda p: plot_training(runs, p))):
+            if make(output / name):
+                plots.append(str(output / name))
+        reasons = degenerate_reasons(summaries)
+        for summary in summaries:
+            summary["degenerate"] = reasons.get(summary["label"])
+        report = {"runs": summaries, "plots": plots}
+        atomic_write_text(output / "report.json", json.dumps(portable(report), indent=2) + "\n")
+        atomic_write_text(output / "report.md", markdown(summaries, plots))
     return report
+
+
+def _summary(run: dict) -> dict:
+    """summarise(run), or a one-line error naming the file whose fields are not a negalign record's."""
+    try:
+        return summarise(run)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(f"{run['path']}: not a negalign eval.json or train_log.json (field {error} is missing or "
+                         "of the wrong type)") from None
 
 
 def cmd_compare(argv: list[str]) -> int:
@@ -353,8 +392,10 @@ def cmd_compare(argv: list[str]) -> int:
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_EVAL_DIR",
                         help="training run folder, eval folder or eval.json")
     parser.add_argument("--output", required=True, help="folder for report.json, report.md and the plots")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output: its files "
+                        "are moved aside to report.md.replaced-<time> and so on")
     args = parser.parse_args(argv)
-    report = compare(args.paths, args.output)  # a missing path raises FileNotFoundError: main() prints it
+    report = compare(args.paths, args.output, args.overwrite)  # a missing path raises FileNotFoundError: main() prints it
     print(f"negalign compare: {len(report['runs'])} runs -> {args.output}/report.md "
           f"({len(report['plots'])} plots)")
     return 0

@@ -133,4 +133,8 @@ def anchor_source(samples_path: str | None) -> dict | None:
     if not samples_path:
         return None
     meta = Path(str(samples_path) + META_SUFFIX)
-    return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+    if not meta.exists():
+        return None
+    from negalign.data.readers import read_json_file
+
+    return read_json_file(meta, f"move {samples_path} and it aside and draw the samples again (negalign sample)")

@@ -100,7 +100,9 @@ def samples_verdict(path) -> str | None:
 def claim_samples_output(command: SampleCommand, sources: list[str]) -> None:
     """Before anything is read: the output is none of the inputs, and its place can hold a file."""
     from negalign.outputs import check_apart, check_place
+    from negalign.sampling import check_output_name
 
+    check_output_name(command.output)
     check_apart(command.output, [("--data", source) for source in sources] + [
         ("--model", command.model), ("--sampling-context", command.sampling_context)])  # a preset is no path
     check_place(command.output, folder=False)

@@ -40,7 +40,9 @@ def find_run(path: str | Path) -> dict:
     if eval_file is None and train_file is None:
         raise FileNotFoundError(f"{path}: no eval.json, eval/eval.json or train_log.json")
     label_folder = folder.parent if folder.name == "eval" else folder
-    load = lambda f: json.loads(Path(f).read_text(encoding="utf-8")) if f else None  # noqa: E731
+    from negalign.data.readers import read_json_file
+
+    load = lambda f: read_json_file(f, "remake it (negalign eval / train), or leave this run out") if f else None  # noqa: E731
     return {"label": label_folder.resolve().name, "path": str(path), "eval": load(eval_file),
             "train_log": load(train_file)}
 

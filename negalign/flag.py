@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from negalign.data.readers import read_json_file
+from negalign.data.readers import check_data_file, read_json_file
 from negalign.evaluation.metrics import THRESHOLD, wilson_interval
 from negalign.files import atomic_write_text, portable
 from negalign.outputs import check_apart, claim
@@ -59,6 +59,7 @@ KEEP = ("complying", "refusing")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    check_data_file(Path(path), str(path))  # a device such as /dev/zero would be hashed forever
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

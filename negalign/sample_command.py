@@ -117,7 +117,7 @@ def run_sample(command: SampleCommand) -> int:
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as
     from negalign.outputs import claim
-    from negalign.sampling import META_SUFFIX, prompts_for_sampling, sample
+    from negalign.sampling import META_SUFFIX, check_existing, prompts_for_sampling, sample
 
     settings = command.sampling_settings()
     sources = command.data if isinstance(command.data, list) else [command.data]  # a recipe's `data` is one
@@ -126,6 +126,7 @@ def run_sample(command: SampleCommand) -> int:
     with output_lock(command.output, "sampling", wait=command.wait):
         claim(command.output, folder=False, overwrite=command.overwrite, verdict=samples_verdict,
               companions=[META_SUFFIX, REPORT_SUFFIX])
+        check_existing(command.output)  # a corrupt file left by an earlier run stops before the model loads
         prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
                                        on_bad_row=command.on_bad_row)
         options = command.model_options

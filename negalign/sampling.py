@@ -28,6 +28,7 @@ from negalign.sampling_context import describe
 from negalign.settings import SamplingSettings
 
 META_SUFFIX = ".meta.json"
+META_REMEDY = "move {output} and it aside, or rerun with --overwrite to draw the samples again"
 
 
 @dataclass
@@ -135,6 +136,18 @@ def read_existing(output: Path) -> dict[tuple[str, int], dict]:
     return done
 
 
+def check_existing(output: str | os.PathLike) -> None:
+    """What an earlier run left (its .meta.json and rows) read before the model loads, so that a corrupt file
+    stops the command before any expensive work; whether its settings match is decided once the model is loaded."""
+    from negalign.data.readers import read_json_file
+
+    output = Path(output)
+    meta_path = Path(str(output) + META_SUFFIX)
+    if meta_path.exists():
+        read_json_file(meta_path, META_REMEDY.format(output=output))
+    read_existing(output)
+
+
 def check_output_name(output: str | os.PathLike) -> None:
     """Samples are appended line by line as they are made, which a gzip stream cannot resume: a .gz output is
     refused before any work rather than written as plain text under a .gz name."""
@@ -161,8 +174,7 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
     if meta_path.exists():
         from negalign.data.readers import read_json_file
 
-        recorded = read_json_file(meta_path, f"move {output} and it aside, or rerun with --overwrite to draw the "
-                                             "samples again")
+        recorded = read_json_file(meta_path, META_REMEDY.format(output=output))
         old = dict(recorded)
         stored = old.get("settings")
         if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:

@@ -144,8 +144,8 @@ def answer_row(record: RawRecord, remedy: str, *, sample_index: bool = False,
     if isinstance(record.value, DataError):
         raise bad(record.value.where, record.value.reason, record.value.field)
     row, where = dict(record.value), record.where
-    answer = next((name for name in answer_fields if name in row), None)
-    needed = ["prompt"] + ([] if answer else [answer_fields[0]]) + (["sample_index"] if sample_index else [])
+    answer = next((name for name in answer_fields if name in row), answer_fields[0])
+    needed = ["prompt", answer] + (["sample_index"] if sample_index else [])
     try:
         for name in needed:
             if name not in row:

@@ -156,8 +156,8 @@ def _bounded_lines(handle, name: str) -> Iterator[tuple[int, bytes | DataError]]
     while raw := handle.readline(MAX_LINE_BYTES + 1):
         number += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                pass
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # the rest of the line, passed over a mebibyte at a time
             yield number, DataError(f"{name} line {number}", f"is longer than {MAX_LINE_BYTES >> 20} MiB, far "
                                     "more than any model reads; it was not read (one JSON object per line)")
             continue
@@ -172,11 +172,15 @@ def _decode_line(raw: bytes, where: str) -> str | DataError:
                                 "re-save the file as UTF-8")
 
 
+def _json_message(err: json.JSONDecodeError) -> str:
+    return err.msg.removesuffix(" at")  # "Invalid control character at" is followed by its position
+
+
 def _parse_json_line(text: str, where: str) -> dict | DataError:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        return DataError(where, f"is not valid JSON ({err.msg} at column {err.colno}); "
+        return DataError(where, f"is not valid JSON ({_json_message(err)} at column {err.colno}); "
                                 "each line must hold one JSON object")
     if not isinstance(value, dict):
         return DataError(where, f"must be a JSON object {{...}}, got a JSON {type(value).__name__}")
@@ -237,7 +241,7 @@ def read_json_file(path: str | os.PathLike, remedy: str) -> dict:
     except UnicodeDecodeError:
         raise DataError(name, f"is not UTF-8 text; the file is corrupt: {remedy}") from None
     except json.JSONDecodeError as err:
-        raise DataError(name, f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); the file "
+        raise DataError(name, f"is not valid JSON ({_json_message(err)} at line {err.lineno} column {err.colno}); the file "
                               f"looks truncated or corrupt: {remedy}") from None
     if not isinstance(value, dict):
         raise DataError(name, f"must hold a JSON object {{...}}, got a JSON {type(value).__name__}: {remedy}")
@@ -261,7 +265,7 @@ def _iter_json(path: Path, name: str, compressed: bool) -> Iterator[RawRecord]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{name} line {err.lineno}", f"is not valid JSON ({err.msg} at column {err.colno})") from err
+        raise DataError(f"{name} line {err.lineno}", f"is not valid JSON ({_json_message(err)} at column {err.colno})") from err
 
     def records():
         for index, item in enumerate(items):

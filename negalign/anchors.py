@@ -117,7 +117,9 @@ def report_samples_file(samples_path: str | os.PathLike, data: str | None = None
         for row in rows:
             if row.get("label") is False and row.get("origin", "human") == "human":
                 negatives.setdefault(prompt_key(row["prompt"]), row["completion"])
-    raw = [json.loads(line) for line in Path(samples_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    from negalign.data.readers import iter_jsonl
+
+    raw = [record.value for record in iter_jsonl(samples_path)]  # load_rows above has checked every line
     for row, line in zip(samples, raw):  # load_rows normalises away n_tokens; lengths come from the raw lines
         if "n_tokens" in line:
             row["n_tokens"] = line["n_tokens"]

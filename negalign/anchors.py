@@ -117,7 +117,9 @@ def report_samples_file(samples_path: str | os.PathLike, data: str | None = None
         for row in rows:
             if row.get("label") is False and row.get("origin", "human") == "human":
                 negatives.setdefault(prompt_key(row["prompt"]), row["completion"])
-    raw = [json.loads(line) for line in Path(samples_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    from negalign.data.readers import iter_jsonl
+
+    raw = [record.value for record in iter_jsonl(samples_path)]  # load_rows above has checked every line
     for row, line in zip(samples, raw):  # load_rows normalises away n_tokens; lengths come from the raw lines
         if "n_tokens" in line:
             row["n_tokens"] = line["n_tokens"]
@@ -133,4 +135,8 @@ def anchor_source(samples_path: str | None) -> dict | None:
     if not samples_path:
         return None
     meta = Path(str(samples_path) + META_SUFFIX)
-    return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+    if not meta.exists():
+        return None
+    from negalign.data.readers import read_json_file
+
+    return read_json_file(meta, f"move {samples_path} and it aside and draw the samples again (negalign sample)")

@@ -13,7 +13,6 @@ run files included, in one commit (huggingface_hub's upload_folder; the token is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from pathlib import Path
@@ -65,9 +64,10 @@ def evaluation_section(run: Path) -> list[str]:
     path = run / "eval" / "eval.json"
     if not path.exists():
         return []
+    from negalign.data.readers import read_json_file
     from negalign.evaluation.evaluate import summary_lines
 
-    result = json.loads(path.read_text(encoding="utf-8"))
+    result = read_json_file(path, f"rerun `negalign eval` on {run}, or move {path.parent} aside")
     return ["", "## Evaluation", "", f"`negalign eval` of this run ({path.relative_to(run)}; rates with their n "
             "and Wilson 95 % intervals):", "", "```", *summary_lines(result), "```"]
 

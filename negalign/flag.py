@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from negalign.data.readers import check_data_file, read_json_file
 from negalign.evaluation.metrics import THRESHOLD, wilson_interval
 from negalign.files import atomic_write_text, portable
 from negalign.outputs import check_apart, check_before_lock, claim
@@ -31,23 +32,19 @@ REPORT_SUFFIX = ".flags.json"
 
 
 def read_answers(path: str | os.PathLike) -> list[dict]:
-    """The rows of a samples file (`negalign sample` output): {prompt (messages), completion, ...}."""
+    """The rows of a samples file (`negalign sample` output): {prompt (messages), completion, ...}, each checked
+    field by field (a bad one stops it, naming the file, line and field)."""
+    from negalign.data import DataError
+    from negalign.data.loading import answer_row
+    from negalign.data.readers import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            for field in ("prompt", "completion"):
-                if field not in row:
-                    raise ValueError(f"{path}:{number}: no {field!r} field (expected a `negalign sample` file)")
-            row["source"] = f"{Path(path).name}:{number}"  # the line each negative came from
-            rows.append(row)
+    for record in iter_jsonl(path):
+        row = answer_row(record, "fix or drop that line (expected a `negalign sample` file)")
+        row["source"] = f"{Path(path).name}:{record.source.rpartition(':')[2]}"  # the line each negative came from
+        rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no answers in the file")
+        raise DataError(str(path), "no answers in the file")
     return rows
 
 
@@ -62,6 +59,7 @@ KEEP = ("complying", "refusing")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    check_data_file(Path(path), str(path))  # a device such as /dev/zero would be hashed forever
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -78,7 +76,7 @@ def earlier_flags(output: Path, wanted: dict) -> str | None:
     """Why an existing `output` must not be written over (see negalign.outputs.claim): it is not a flag output,
     or one made from other answers or settings; None when the same command made it."""
     try:
-        old = json.loads(Path(f"{output}{REPORT_SUFFIX}").read_text(encoding="utf-8"))
+        old = read_json_file(f"{output}{REPORT_SUFFIX}", "")
     except (OSError, ValueError):
         return f"exists and was not written by `negalign flag` (no readable {output.name}{REPORT_SUFFIX} beside it)"
     changed = ["answers: the answers file is not the one it was flagged from" if key == "answers_sha256" else
@@ -102,9 +100,9 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
     low, high = wilson_interval(len(flagged), len(rows))
     report = {"answers": portable(str(answers)), "output": portable(str(output)), "n_answers": len(rows), "n_flagged": len(flagged),
               "flagged_share": round(len(flagged) / len(rows), 4), "wilson95": [round(low, 4), round(high, 4)],
-              **flag_settings(answers, threshold, judge_name, keep),
+              "n_empty_left_out": n_empty(rows), **flag_settings(answers, threshold, judge_name, keep),
               "not_flagged_examples": [{"prompt": question(r["prompt"]), "answer": r["completion"][:200]}
-                                       for r, b in zip(rows, bad) if not b][:5]}
+                                       for r, b in zip(rows, bad) if not b and r["completion"].strip()][:5]}
     # the report first: a kill between the two renames leaves the report with no (or the same settings') output,
     # which the same command remakes (earlier_flags), never an output whose report is missing, which it refuses
     atomic_write_text(f"{output}{REPORT_SUFFIX}", json.dumps(report, indent=2) + "\n", locked=locked)
@@ -113,12 +111,24 @@ def flag_complying(answers: str | os.PathLike, output: str | os.PathLike,
 
 
 def _judged(rows: list[dict], complies, threshold: float, keep: str) -> tuple[list[dict], list[bool]]:
-    """(the negatives: rows judged `keep` as {prompt, rejected, judge_complies, flagged_from}, which rows they are)."""
-    scores = [float(s) for s in complies([question(r["prompt"]) for r in rows], [r["completion"] for r in rows])]
-    bad = [(s > threshold) == (keep == "complying") for s in scores]
-    flagged = [{"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
-                "flagged_from": r["source"]} for r, s, b in zip(rows, scores, bad) if b]
+    """(the negatives: rows judged `keep` as {prompt, rejected, judge_complies, flagged_from}, which rows they are).
+    An empty (whitespace-only) answer is never a negative, whatever the judge would say of it (it scores ""
+    as complying): it is not judged, and training could not use it (a negative needs a completion)."""
+    judged = [r for r in rows if r["completion"].strip()]
+    scores = iter([float(s) for s in complies([question(r["prompt"]) for r in judged],
+                                              [r["completion"] for r in judged])] if judged else [])
+    flagged, bad = [], []
+    for r in rows:
+        s = next(scores) if r["completion"].strip() else None
+        bad.append(s is not None and (s > threshold) == (keep == "complying"))
+        if bad[-1]:
+            flagged.append({"prompt": r["prompt"], "rejected": r["completion"], "judge_complies": round(s, 4),
+                            "flagged_from": r["source"]})
     return flagged, bad
+
+
+def n_empty(rows: list[dict]) -> int:
+    return sum(not r["completion"].strip() for r in rows)
 
 
 def flag_answers(answers, *, keep: str = "complying", threshold: float = THRESHOLD, judge=None) -> list[dict]:
@@ -135,13 +145,17 @@ def flag_answers(answers, *, keep: str = "complying", threshold: float = THRESHO
     if isinstance(answers, (str, os.PathLike)):
         rows = read_answers(answers)
     else:
+        from negalign.data import DataError
+        from negalign.data.loading import answer_row
+        from negalign.data.readers import RawRecord
+
         rows = []
         for number, row in enumerate(answers):
-            missing = [name for name in ("prompt", "completion") if not isinstance(row, dict) or name not in row]
-            if missing:
-                raise ValueError(f"answers row {number}: no {missing[0]!r} field (each row is a {{prompt, "
-                                 "completion}} dict)")
-            rows.append({**row, "source": f"answers row {number}"})
+            where = f"answers row {number}"
+            value = dict(row) if isinstance(row, dict) or hasattr(row, "keys") else DataError(
+                where, f"must be a {{prompt, completion}} dict, got {type(row).__name__}")
+            rows.append({**answer_row(RawRecord(where, where, value), "each row is a {prompt, completion} dict"),
+                         "source": where})
         if not rows:
             raise ValueError("answers: no rows")
     if not callable(judge):
@@ -188,5 +202,6 @@ def cmd_flag(argv: list[str]) -> int:
                                 judge_name=args.judge or "offline", keep=args.keep, locked=True)
     print(f"negalign flag: {report['n_flagged']} of {report['n_answers']} answers judged {args.keep} "
           f"({report['flagged_share']:.3f} [{report['wilson95'][0]:.3f}, {report['wilson95'][1]:.3f}]) -> "
-          f"{args.output}")
+          f"{args.output}" + (f"; {report['n_empty_left_out']} empty answers left out (never negatives)"
+                              if report["n_empty_left_out"] else ""))
     return 0

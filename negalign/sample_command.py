@@ -108,7 +108,9 @@ def claim_samples_output(command: SampleCommand, sources: list[str]) -> None:
     """Before anything is read: the output is none of the inputs, and its place can hold a file."""
     from negalign.models import check_model
     from negalign.outputs import check_before_lock
+    from negalign.sampling import check_output_name
 
+    check_output_name(command.output)  # a .gz output: refused before any work (rows are appended as made)
     check_model(command.model)  # a model that cannot load: refused before the lock file or any output is made
     check_before_lock(command.output, [("--data", source) for source in sources] + [
         ("--model", command.model), ("--sampling-context", command.sampling_context)],  # a preset is no path
@@ -125,7 +127,7 @@ def run_sample(command: SampleCommand) -> int:
     from negalign.locks import output_lock
     from negalign.models import load_model, load_tokenizer, loaded_as
     from negalign.outputs import claim
-    from negalign.sampling import META_SUFFIX, prompts_for_sampling, sample
+    from negalign.sampling import META_SUFFIX, check_existing, prompts_for_sampling, sample
 
     settings = command.sampling_settings()
     sources = command.data if isinstance(command.data, list) else [command.data]  # a recipe's `data` is one
@@ -135,6 +137,7 @@ def run_sample(command: SampleCommand) -> int:
         # the output's own files go aside with it (a refusal or --overwrite never leaves another's record rewritten)
         claim(command.output, folder=False, overwrite=command.overwrite, verdict=samples_verdict,
               companions=[META_SUFFIX, REPORT_SUFFIX, RECORD_SUFFIX])
+        check_existing(command.output)  # a corrupt file left by an earlier run stops before the model loads
         removed: list = []
         prompts = prompts_for_sampling(sources, command.output, command.max_prompts, folder,
                                        on_bad_row=command.on_bad_row, removals=removed)

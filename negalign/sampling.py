@@ -28,6 +28,7 @@ from negalign.sampling_context import describe
 from negalign.settings import SamplingSettings, check_prompts_fit
 
 META_SUFFIX = ".meta.json"
+META_REMEDY = "move {output} and it aside, or rerun with --overwrite to draw the samples again"
 
 
 @dataclass
@@ -101,24 +102,62 @@ def prompts_for_sampling(sources: list, output: str | os.PathLike, max_prompts: 
     return prompts
 
 
+REDRAW = "move it aside (with its .meta.json), or rerun with --overwrite to draw the samples again"
+
+
+def cut_torn_tail(path: Path, block: int = 1 << 16) -> None:
+    """A kill mid-write leaves a last line without its newline: cut it off, looking back from the end in
+    blocks rather than reading the file."""
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end < size:
+            handle.truncate(end)
+
+
 def read_existing(output: Path) -> dict[tuple[str, int], dict]:
     """Rows already on disk; a torn final line (killed mid-write) is truncated away."""
+    from negalign.data.loading import answer_row
+    from negalign.data.readers import iter_jsonl
+
     done = {}
     if not output.exists():
         return done
-    with open(output, "rb+") as handle:
-        data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            handle.truncate(end)
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{output} line {number}: not JSON ({error.msg}); delete the file or pass overwrite")
-            done[(prompt_key(row["prompt"]), int(row["sample_index"]))] = row
+    cut_torn_tail(output)
+    for record in iter_jsonl(output):
+        row = answer_row(record, REDRAW, sample_index=True)
+        prompt = row["prompt"]  # `sample` writes chat messages; a prompt given as text is one user message
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        done[(prompt_key(messages), row["sample_index"])] = row
     return done
+
+
+def check_existing(output: str | os.PathLike) -> None:
+    """What an earlier run left (its .meta.json and rows) read before the model loads, so that a corrupt file
+    stops the command before any expensive work; whether its settings match is decided once the model is loaded."""
+    from negalign.data.readers import read_json_file
+
+    output = Path(output)
+    meta_path = Path(str(output) + META_SUFFIX)
+    if meta_path.exists():
+        read_json_file(meta_path, META_REMEDY.format(output=output))
+    read_existing(output)
+
+
+def check_output_name(output: str | os.PathLike) -> None:
+    """Samples are appended line by line as they are made, which a gzip stream cannot resume: a .gz output is
+    refused before any work rather than written as plain text under a .gz name."""
+    if str(output).lower().endswith(".gz"):
+        raise ValueError(f"{output}: samples are written as plain JSON lines (appended as they are made, so a "
+                         "rerun continues); name the output without .gz and compress it afterwards if needed")
 
 
 def template_fingerprint(tokenizer) -> str | None:
@@ -137,7 +176,9 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
             if path.exists():
                 path.unlink()
     if meta_path.exists():
-        recorded = json.loads(meta_path.read_text())
+        from negalign.data.readers import read_json_file
+
+        recorded = read_json_file(meta_path, META_REMEDY.format(output=output))
         old = dict(recorded)
         stored = old.get("settings")
         if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:
@@ -168,6 +209,7 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     settings = settings or SamplingSettings()
+    check_output_name(output)
     output = Path(output)
     prompts = unique_prompts(prompts)
     from negalign.models import model_fingerprint

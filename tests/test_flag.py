@@ -70,7 +70,7 @@ def test_keep_refusing_takes_the_other_side_of_the_cut(tmp_path):
 def test_a_row_without_an_answer_is_named(tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": "q2"}) + "\n")
-    with pytest.raises(ValueError, match=r"answers.jsonl:2: no 'completion' field"):
+    with pytest.raises(ValueError, match=r"answers.jsonl line 2: field 'completion' is missing"):
         flag_complying(answers, tmp_path / "neg.jsonl", lambda q, t: [1.0] * len(t))
     assert not (tmp_path / "neg.jsonl").exists()  # nothing half-written
 
@@ -100,7 +100,7 @@ def test_flag_from_python_takes_rows_in_memory_and_writes_nothing(tmp_path, monk
     # the rows train as they are: one negative each
     rows, _ = load_rows(negatives)
     assert [(r["label"], r["completion"]) for r in rows] == [(False, "Step 1: insert a tension wrench")]
-    with pytest.raises(ValueError, match="answers row 1: no 'completion' field"):
+    with pytest.raises(ValueError, match="answers row 1: field 'completion' is missing"):
         negalign.flag_answers([answers[0], {"prompt": "q"}], judge=judge)
     with pytest.raises(ValueError, match="threshold must be in"):
         negalign.flag_answers(answers, judge=judge, threshold=1.0)

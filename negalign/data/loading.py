@@ -1,12 +1,13 @@
-"""`load_rows`: any source -> normalised rows, with bad rows raised or skipped and counted."""
+"""`load_rows`: any source -> normalised rows, with bad rows raised or skipped and counted. `answer_row`: one row
+of a file of the model's answers (`negalign sample` output, eval answers), checked field by field."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from negalign.data.errors import DataError
-from negalign.data.normalise import DATA_FORMATS, normalise_record
-from negalign.data.readers import iter_records
+from negalign.data.normalise import DATA_FORMATS, normalise_record, parse_completion, parse_prompt, parse_sample_index
+from negalign.data.readers import RawRecord, iter_records
 from negalign.data.rows import prompt_key
 
 ON_BAD_ROW = ("error", "skip")
@@ -129,3 +130,35 @@ def load_rows(source, *, split: str | None = None, on_bad_row: str = "error",
             rows.append(row)
     stats.n_rows = len(rows)
     return rows, stats
+
+
+def answer_row(record: RawRecord, remedy: str, *, sample_index: bool = False,
+               answer_fields: tuple[str, ...] = ("completion",)) -> dict:
+    """A model's answer as `negalign sample` writes it, checked field by field (a bad one raises a DataError
+    naming the file, line and field, ending in `remedy`): the prompt (text or chat messages, given back as it
+    is), the answer under the first of `answer_fields` present (a string, maybe empty) given back as
+    "completion", and with `sample_index` a non-negative sample_index and n_tokens."""
+    def bad(where, reason, field=None):
+        return DataError(where, f"{reason}; {remedy}", field)
+
+    if isinstance(record.value, DataError):
+        raise bad(record.value.where, record.value.reason, record.value.field)
+    row, where = dict(record.value), record.where
+    answer = next((name for name in answer_fields if name in row), answer_fields[0])
+    needed = ["prompt", answer] + (["sample_index"] if sample_index else [])
+    try:
+        for name in needed:
+            if name not in row:
+                raise DataError(where, f"is missing (each row needs {', '.join(repr(n) for n in needed)})", name)
+        parse_prompt(row["prompt"], where)
+        row["completion"] = parse_completion(row[answer], where, field=answer, allow_empty=True)
+        if sample_index:
+            row["sample_index"] = parse_sample_index(row["sample_index"], where)
+            if row["sample_index"] is None:
+                raise DataError(where, "must be a non-negative integer, got null", "sample_index")
+            tokens = row.get("n_tokens", 0)  # eval reads answer lengths from it
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise DataError(where, f"must be a non-negative integer, got {tokens!r}", "n_tokens")
+    except DataError as error:
+        raise bad(error.where, error.reason, error.field) from None
+    return row

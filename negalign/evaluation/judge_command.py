@@ -41,12 +41,19 @@ def cmd_judge(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "score":
-        with open(args.file, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+        from negalign.data.loading import answer_row
+        from negalign.data.readers import iter_jsonl
+        from negalign.flag import question
+
+        records, checked = [], []  # each record printed as it was read, scored from its checked fields
+        for item in iter_jsonl(args.file):
+            checked.append(answer_row(item, "fix or drop that line ({prompt, answer or completion} per line)",
+                                      answer_fields=("answer", "completion")))
+            records.append(item.value)
         judge = HarmJudge.load(args.head)
-        prompts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"] for r in records]
-        answers = [r.get("answer", r.get("completion", "")) for r in records]
-        for record, p in zip(records, judge.complies(prompts, answers)):
+        prompts = [question(row["prompt"]) for row in checked]
+        answers = [row["completion"] for row in checked]
+        for record, p in zip(records, judge.complies(prompts, answers) if records else []):
             print(json.dumps({**record, "complies": round(p, 4)}, ensure_ascii=False))
         return 0
 

@@ -48,16 +48,13 @@ def find_run(path: str | Path) -> dict:
 
 
 def _read_record(path: Path | None) -> dict | None:
-    """An eval.json or train_log.json, or a one-line error naming the file."""
+    """An eval.json or train_log.json through the one reader of negalign's JSON files, or a one-line error
+    naming the file."""
+    from negalign.data.readers import read_json_file
+
     if path is None:
         return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (expected a negalign eval.json or train_log.json)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: line {error.lineno}: not JSON ({error.msg}); expected a negalign eval.json or "
-                         "train_log.json") from None
+    value = read_json_file(path, "remake it (negalign eval / train), or leave this run out")
     if not isinstance(value, dict):
         raise ValueError(f"{path}: a JSON {type(value).__name__}, not a negalign eval.json or train_log.json")
     return value

@@ -212,7 +212,7 @@ def test_d32_a_refused_train_into_the_model_folder_leaves_no_lock(tiny_model_dir
 
 def test_d32_compare_of_a_bad_eval_json_names_the_file(tmp_path, capsys):
     bad = tmp_path / "bad_eval.json"
-    for text, problem in (("{not json", "not JSON"), ("[1, 2]", "not a negalign eval.json"),
+    for text, problem in (("{not json", "not valid JSON"), ("[1, 2]", "must hold a JSON object"),
                           ('{"suites": 5}', "not a negalign eval.json")):
         bad.write_text(text)
         assert main(["compare", str(bad), "--output", str(tmp_path / "r")]) == 2

@@ -101,10 +101,12 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
     judge = HarmJudge.load()  # loaded once: the benign refusals are flagged with it too
     report = flag_complying(answers, flagged, judge.complies)
     timings["flag"] = time.time() - clock
-    _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives")
+    _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives"
+         + _empty_note(report))
     negatives = _read_jsonl(flagged)
     if not negatives:
-        raise ValueError(f"{answers}: the judge flagged none of the model's answers; nothing to train on")
+        raise ValueError(f"{answers}: the judge flagged none of the model's answers{_empty_note(report)}; nothing "
+                         "to train on")
     if not settings.k:
         return files
 
@@ -132,7 +134,8 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
             sampler(benign, answers, f"benign prompts answered under the context ({settings.sampling_context})",
                     k=1, temperature=0.0, batch_size=64, context=context)
             report = flag_complying(answers, out / "benign_refusals.jsonl", judge.complies, keep="refusing")
-            _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too")
+            _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too"
+                 + _empty_note(report))
             refusals = keep_share(_read_jsonl(out / "benign_refusals.jsonl"), settings.benign_refusal_share,
                                   settings.seed)
             if settings.benign_refusal_share < 1.0:
@@ -153,6 +156,12 @@ def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) ->
         anchors = anchors + benign_anchors if settings.benign_refusals else anchors
     _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
     return files
+
+
+def _empty_note(report: dict) -> str:
+    """Empty answers are never negatives (flag leaves them out): say how many, where there were any."""
+    empty = report.get("n_empty_left_out", 0)
+    return f" ({empty} empty answers left out, never negatives)" if empty else ""
 
 
 def write_mixed_meta(mixed: Path, harmful: Path, benign: Path, benign_rows: int) -> None:

@@ -91,9 +91,16 @@ def test_a_fifo_as_data_is_read_once_and_samples_as_the_file_does(tiny_model_dir
     fifo = tmp_path / "neg.jsonl"
     os.mkfifo(fifo)
 
+    finished = threading.Event()
+
     def writer():  # `negalign sample --data <(...)`: the data comes once, down a pipe
         with open(fifo, "w") as handle:
             handle.write(NEG)
+        while not finished.wait(1):  # a second read finds an empty pipe (and fails the test) instead of hanging
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
@@ -102,8 +109,11 @@ def test_a_fifo_as_data_is_read_once_and_samples_as_the_file_does(tiny_model_dir
     try:
         assert main(_sample_argv(tiny_model_dir, fifo, output)) == 0
     finally:
-        if thread.is_alive():  # negalign never opened it: let the writer go
+        finished.set()
+        try:  # negalign never opened it: let the writer go
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
     thread.join(5)
     assert output.read_bytes() == reference["rows"]
     assert json.loads(Path(f"{output}.meta.json").read_text()) == json.loads(reference["meta"])
@@ -173,8 +183,8 @@ def test_two_samplers_on_two_files_of_one_folder_both_finish_and_one_file_has_on
         # the same file through a symlinked folder: the same lock, refused
         assert main(_sample_argv(tiny_model_dir, reference["data"], tmp_path / "via-link" / "a.jsonl")) == 2
         assert f"is being written by pid {first.pid}" in _one_line(capsys)
+        assert first.poll() is None, "the first sampler ended before the second started beside it; slow it down"
         assert main(_sample_argv(tiny_model_dir, reference["data"], folder / "b.jsonl")) == 0  # another file: goes on
-        assert first.poll() is None, "the first sampler ended before the second ran beside it; slow it down more"
         assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-2000:]
     finally:
         if first.poll() is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,19 @@ def check_model(name_or_path: str, what: str = "--model") -> None:
     if os.path.exists(path):
         raise ValueError(f"{what} {name_or_path}: a file, not a model folder")
     if name_or_path not in SHORT_NAMES and looks_local(name_or_path):
-        raise FileNotFoundError(f"{what} {name_or_path}: no such model folder")
+        raise FileNotFoundError(f"{what} {_shown(name_or_path)}: no such model folder")
+    if name_or_path not in SHORT_NAMES and not HUB_NAME.fullmatch(name_or_path):
+        raise ValueError(f"{what} {_shown(name_or_path)}: not a model folder, a short name ({', '.join(SHORT_NAMES)}) "
+                         "or a Hub name (org/name)")
+
+
+# what the Hub accepts as a repo id (letters, digits, - _ . ; at most 96 characters a part): anything else is
+# refused here in one line, not sent to the Hub to be quoted back whole in a many-line message
+HUB_NAME = re.compile(r"[\w.-]{1,96}(/[\w.-]{1,96})?")
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value):,} characters)"
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -28,7 +28,7 @@ from negalign.heap import allocator_hint, set_mmap_threshold
 from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 from negalign.locks import output_lock
 from negalign.methods import method
-from negalign.models import BASE_RECORD, base_record, finish_tokenizer, load_model, load_tokenizer, model_fingerprint, model_name
+from negalign.models import BASE_RECORD, base_record, check_model, finish_tokenizer, load_model, load_tokenizer, model_fingerprint, model_name
 from negalign.outputs import DiskFull, check_before_lock, is_disk_full
 from negalign.provenance import input_fingerprints
 from negalign.reference import Reference
@@ -217,7 +217,11 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
     check_launch(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
         return _train(config, model, tokenizer, train_dataset)
-    # an output_dir inside an input, or under a file: refused before its lock file is made beside it
+    # a model that cannot load, an output_dir inside an input or under a file: refused before its lock file
+    if model is None:
+        for key in ("model", "ref_model", "ref_plus_model"):
+            if getattr(config, key):
+                check_model(getattr(config, key), key)
     check_before_lock(config.output_dir, training_inputs(config), folder=True, option="output_dir")
     with output_lock(config.output_dir, "training", wait=config.wait_for_lock):
         claim_output_dir(config)  # never over a folder that is not a run, or a finished run, unless overwrite

@@ -294,3 +294,19 @@ def test_a_resumed_run_loads_torch_files_weights_only_and_writes_no_token_from_t
     assert [str(p.relative_to(tmp_path)) for p in files if SECRET.encode() in p.read_bytes()] == []
     for record in [out / "negalign_config.yaml", *out.glob("checkpoint-*/negalign_config.yaml")]:
         assert yaml.safe_load(record.read_text())["hub_token"] == "<HUB_TOKEN>", record
+
+
+def test_a_900_kb_model_value_is_one_short_line_and_leaves_no_lock(tmp_path, capsys):
+    # found while pinning the held classes: a recipe under the 1 MiB cap whose `model:` is 900 KB went to the
+    # Hub's repo-id check, which quoted it whole, after the output's lock file was made
+    from negalign.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"objective: npo\ndata: neg.jsonl\nmodel: {'m' * 900_000}\n")
+    (tmp_path / "neg.jsonl").write_text('{"prompt": "a?", "rejected": "b"}\n')
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(recipe), f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and len(err) < 400, err[:500]
+    assert "900,000 characters" in err and "not a model folder, a short name" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neg.jsonl", "r.yaml"]  # no run, no run.lock

@@ -186,3 +186,45 @@ def test_punkt_tab_is_written_from_the_package_and_read_by_nltk(tmp_path, monkey
     params = load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
     assert params.abbrev_types == set(english.ABBREV_TYPES) and params.collocations == set(english.COLLOCATIONS)
     assert params.sent_starters == set(english.SENT_STARTERS) and dict(params.ortho_context) == english.ORTHO_CONTEXT
+
+
+def test_compare_shows_ifeval_and_the_change_against_the_first_run(tmp_path):
+    from negalign.evaluation.metrics import rate_with_interval
+    from negalign.evaluation.report import compare
+
+    def record(name, prompt_flags, instruction_flags):
+        folder = tmp_path / name
+        folder.mkdir()
+        accuracies = {"prompt_strict": rate_with_interval(prompt_flags), "prompt_loose": rate_with_interval(prompt_flags),
+                      "instruction_strict": rate_with_interval(instruction_flags),
+                      "instruction_loose": rate_with_interval(instruction_flags)}
+        (folder / "eval.json").write_text(json.dumps({"model": name, "ifeval": {
+            "size": "subset", "n_prompts": len(prompt_flags), "of": 541, "n_instructions": len(instruction_flags),
+            "max_new_tokens": 64, **accuracies}}))
+        return str(folder)
+
+    runs = [record("base", [1, 1, 0, 0], [1, 1, 1, 0, 0, 0]), record("d2o", [1, 0, 0, 0], [1, 1, 0, 0, 0, 0])]
+    report = compare(runs, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Instruction following (IFEval)" in text and "change against base" in text
+    assert "0.500 [0.150, 0.850] (n=4)" in text  # base's prompt strict, 2 of 4, Wilson
+    assert "prompt strict -0.250" in text and "instr. strict -0.167" in text
+    assert report["runs"][1]["ifeval_change"]["prompt_strict"] == pytest.approx(-0.25)
+    assert str(tmp_path / "report" / "ifeval.png") in report["plots"]
+
+
+def test_demo_completes_an_evaluation_made_before_ifeval_and_redoes_other_changes(tmp_path):
+    from negalign.demo import DEMO_IFEVAL, DemoSettings, evaluation_plan
+
+    settings = DemoSettings(preset="quick")
+    record = tmp_path / "eval.json"
+    assert evaluation_plan(record, settings) is False  # none yet: evaluate (resuming any answers on disk)
+    base = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
+            "seed": settings.seed}
+    record.write_text(json.dumps({"settings": base}))  # made before IFEval: kept answers, IFEval added
+    assert DEMO_IFEVAL == "subset" and evaluation_plan(record, settings) is False
+    record.write_text(json.dumps({"settings": {**base, "ifeval": "subset"}}))
+    assert evaluation_plan(record, settings) is None  # complete: reused
+    assert evaluation_plan(record, settings, fresh=True) is True  # a retrained model: redrawn
+    record.write_text(json.dumps({"settings": {**base, "max_new_tokens": 7}}))
+    assert evaluation_plan(record, settings) is True  # other settings and no IFEval: redrawn

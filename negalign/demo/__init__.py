@@ -94,7 +94,6 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     files = prepare_data(settings, out, base, timings)
 
     run_dirs, retrained = [], set()
-    template = settings.model_options.chat_template
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)

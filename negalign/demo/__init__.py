@@ -36,6 +36,10 @@ from negalign.progress import quiet
 
 __all__ = ["DemoSettings", "run_demo", "cmd_demo", "stale"]
 
+# IFEval's prompts whose instructions fit the demo's answer length, cut to eval_prompts like every suite
+# (negalign.evaluation.ifeval): the starting model's instruction following beside every trained model's
+DEMO_IFEVAL = "subset"
+
 
 def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
     """What makes an earlier result in the output folder unusable for this run: the record is missing, or
@@ -61,6 +65,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
     needed = [name_for(relative) for _, relative, _ in BUILTIN.values()] + ["hh-harmless-base"]
+    _check_ifeval(settings)
     named = [n for n in settings.harmful + [settings.benign] if n in CATALOG]
     check_available(list(dict.fromkeys(named + [n for n in needed if n])), settings.data_dir, hub_ok=tuple(named))
     out = Path(settings.output)
@@ -89,7 +94,6 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     files = prepare_data(settings, out, base, timings)
 
     run_dirs, retrained = [], set()
-    template = settings.model_options.chat_template
     for method in settings.methods:
         run_dir = out / "runs" / method
         run_dirs.append(run_dir)
@@ -114,13 +118,8 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     for folder, model_path, reference in evals:
         clock = time.time()
         target = folder / "eval" if folder.name != "base" else folder
-        fresh = folder.name in retrained
-        wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
-                  "seed": settings.seed}
-        changed = stale(target / "eval.json", wanted, key="settings")
-        if not changed and stale(target / "eval.json", {"chat_template": template}, key="settings.model_options"):
-            changed = ["chat_template"]  # answers rendered under another template
-        if not fresh and not changed:
+        overwrite = evaluation_plan(target / "eval.json", settings, fresh=folder.name in retrained)
+        if overwrite is None:
             _log(f"{folder.name}: evaluation found, reused")
             continue
         _log(f"{folder.name}: evaluating")
@@ -129,8 +128,7 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
         evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed,
-                              # answers of other settings are redrawn; those of an interrupted run resume
-                              overwrite=fresh or (bool(changed) and changed != ["no eval.json"]),
+                              ifeval=DEMO_IFEVAL, overwrite=overwrite,
                               model_options=settings.model_options))
         timings[f"eval_{folder.name}"] = time.time() - clock
 
@@ -139,6 +137,34 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
     return report
+
+
+def evaluation_plan(record: Path, settings: DemoSettings, fresh: bool = False) -> bool | None:
+    """What to do with an earlier evaluation (its eval.json): None reuses it; else evaluate, with the `overwrite`
+    returned. Answers of other settings (or of a model retrained, `fresh`) are redrawn; those of an interrupted
+    evaluation resume; and an evaluation made before IFEval was in the demo (its settings lack ifeval and nothing
+    else differs) is completed: its answers are kept and IFEval's are added."""
+    wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
+              "seed": settings.seed, "ifeval": DEMO_IFEVAL}
+    changed = stale(record, wanted, key="settings")
+    if not changed and stale(record, {"chat_template": settings.model_options.chat_template},
+                             key="settings.model_options"):
+        changed = ["chat_template"]  # answers rendered under another template
+    if not fresh and not changed:
+        return None
+    return fresh or (bool(changed) and changed not in ([f"no {record.name}"], ["ifeval"]))
+
+
+def _check_ifeval(settings: DemoSettings) -> None:
+    """IFEval's prompts, checkers and NLTK model, before any sampling or training (one line saying what to
+    install or fetch)."""
+    from negalign.data.paths import data_dir
+    from negalign.evaluation import ifeval
+
+    if DEMO_IFEVAL != "off":
+        prompts = ifeval.select(ifeval.load_prompts(data_dir(settings.data_dir)), DEMO_IFEVAL,
+                                settings.eval_max_new_tokens or 1, settings.eval_prompts, settings.seed or 0)
+        ifeval.check_ready(prompts)
 
 
 def _weights_missing(run_dir: Path) -> bool:

@@ -7,7 +7,10 @@
       harmful / benign     the same rates pooled over every harmful / benign suite
       preference           HH pairs: accuracy of h(chosen) > h(rejected), mean margin, NLL/token of chosen
       kl                   KL(policy || reference) on benign prompts, from answers sampled at temperature 1
+      ifeval               with --ifeval subset/full: IFEval's prompt- and instruction-level accuracy, strict and
+                           loose (rate, low, high = Wilson 95 %, n), per instruction type, the prompts' rule and count
     answers/<suite>.jsonl  the greedy answers (resumable), answers/<suite>.judged.jsonl with judge scores
+    answers/ifeval.jsonl   IFEval's greedy answers (resumable), answers/ifeval.scored.jsonl each one's verdicts
 
 h(y) = logp_policy(y|x) - logp_ref(y|x) with a reference; the policy's own log-prob without one.
 """
@@ -24,6 +27,7 @@ from typing import ClassVar
 
 from negalign.commandline import option
 from negalign.data.paths import data_dir as resolve_data_dir
+from negalign.evaluation import ifeval as ifeval_suite
 from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
@@ -60,6 +64,9 @@ class EvalSettings:
                                "pairs are used)")
     max_pairs: int | None = option(None, f"pairs to score (default: --max-prompts, at most {HELD_OUT_PAIRS}: the last "
                                    "pairs of the HH file, which training leaves out)")
+    ifeval: str = option("off", "IFEval instruction following (Zhou et al. 2023): off; subset, the prompts whose "
+                         "instructions can be met within --max-new-tokens (475 of 541 at 64 tokens, 506 at 256); or "
+                         "full, all 541; --max-prompts cuts it like a suite", choices=list(ifeval_suite.SIZES))
     kl: bool = option(True, "with a reference: sample benign answers at temperature 1 and estimate KL (--no-kl "
                       "saves that sampling pass)")
     judge_head: str | None = option(None, "harm-judge head (default: the shipped one)")
@@ -76,6 +83,8 @@ class EvalSettings:
         problems = number_problems(self, {"max_prompts": AT_LEAST_1, "max_new_tokens": Bound(1, MAX_NEW_TOKENS),
                                           "batch_size": Bound(1, MAX_BATCH_SIZE), "max_prompt_length": AT_LEAST_1,
                                           "max_pairs": NON_NEGATIVE, "seed": FINITE})  # max_pairs 0: no pairs
+        if self.ifeval not in ifeval_suite.SIZES:  # a --config file or a caller, past the flag's choices
+            problems.append(f"ifeval must be one of {', '.join(ifeval_suite.SIZES)}, got {self.ifeval!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -193,6 +202,7 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     (output / "answers").mkdir(parents=True, exist_ok=True)
     folder = resolve_data_dir(settings.data_dir)
     suites = load_suites(settings.suites, folder, settings.prompt_files, settings.max_prompts, settings.seed)
+    instructions = _ifeval_prompts(settings, folder, suites)  # its data and checkers before the model loads
     options = settings.model_options
     if tokenizer is None:
         name = settings.model if model is None else (model_name(model) or settings.model)
@@ -206,6 +216,10 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     clock = time.time()
     answered = _answer(model, tokenizer, suites, output, gen)
     timings["generate"] = time.time() - clock
+    clock = time.time()
+    ifeval = _ifeval(instructions, model, tokenizer, output, gen) if instructions is not None else None
+    if ifeval is not None:
+        timings["ifeval"] = time.time() - clock
     clock = time.time()
     judged = _judge(settings, suites, answered["rows"], output)
     timings["judge"] = time.time() - clock
@@ -230,8 +244,8 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
         "model": settings.model, "reference": settings.reference or (None if reference is None else "(model object)"),
         "output": str(output),
         "data_dir": str(folder) if folder is not None else None,
-        **judged, "preference": preference, "kl": kl,
-        "generation": answered["generation"],
+        **judged, "preference": preference, "kl": kl, "ifeval": ifeval,
+        "generation": {**answered["generation"], **({"ifeval": ifeval.pop("generation")} if ifeval else {})},
         "settings": asdict(settings),
         "model_loaded_as": loaded_as(model),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
@@ -239,6 +253,50 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     result = portable(finite(result))  # committed results carry no absolute paths of this machine
     atomic_write_text(output / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
+
+
+def _ifeval_prompts(settings: EvalSettings, folder, suites: list[Suite]) -> dict | None:
+    """IFEval's prompts at settings.ifeval and its checkers made ready (None when off): {prompts, ready}; a missing
+    file, checker package or NLTK model is a one-line error saying what to install, before the model loads."""
+    if settings.ifeval == "off":
+        return None
+    if any(suite.name == ifeval_suite.ANSWERS for suite in suites):
+        raise ValueError(f"a prompt suite is named {ifeval_suite.ANSWERS!r}, as IFEval's answers are: rename the file "
+                         "or pass --ifeval off")
+    every = ifeval_suite.load_prompts(folder)
+    prompts = ifeval_suite.select(every, settings.ifeval, settings.max_new_tokens, settings.max_prompts,
+                                  settings.seed)
+    return {"prompts": prompts, "of": len(every), "ready": ifeval_suite.check_ready(prompts),
+            "source": str(Path(folder) / ifeval_suite.IFEVAL_FILE), "size": settings.ifeval}
+
+
+def _ifeval(instructions: dict, model, tokenizer, output: Path, gen: dict) -> dict:
+    """IFEval's greedy answers (answers/ifeval.jsonl, resumed like a suite's), each scored by if-verifiable's
+    checkers (answers/ifeval.scored.jsonl) and aggregated: eval.json's `ifeval`."""
+    from negalign.evaluation.generate import answer_token_counts, generate_answers
+
+    prompts = instructions["prompts"]
+    rows, report = generate_answers(model, tokenizer, [p.prompt for p in prompts],
+                                    output / "answers" / f"{ifeval_suite.ANSWERS}.jsonl", **gen)
+    verdicts = [ifeval_suite.score(p, row["completion"]) for p, row in zip(prompts, rows)]
+    _write_jsonl(output / "answers" / f"{ifeval_suite.ANSWERS}.scored.jsonl",
+                 [{"key": p.key, "prompt": p.prompt, "completion": row["completion"],
+                   "instructions": verdict, "finished": row.get("finished")}
+                  for p, row, verdict in zip(prompts, rows, verdicts)])
+    return {
+        "size": instructions["size"], "source": instructions["source"],
+        "rule": ifeval_suite.SUBSET_RULE if instructions["size"] == "subset" else "all prompts",
+        "max_new_tokens": gen["max_new_tokens"],
+        "n_prompts": len(prompts), "of": instructions["of"], "n_instructions": sum(len(v) for v in verdicts),
+        "n_left_out": 0, "checker": instructions["ready"]["checker"], "punkt": instructions["ready"]["punkt"],
+        "loose": "any of the response, without its first line, its last line or both, each also with every * "
+                 "removed, passes (the official IFEval's variants)",
+        **ifeval_suite.aggregate(verdicts),
+        "answer_tokens": metrics.mean_length(answer_token_counts(rows)),
+        "unfinished_fraction": sum(not row.get("finished") for row in rows) / len(rows) if rows else None,
+        "generation": {"written": report.n_rows_written, "reused": report.n_rows_reused,
+                       "seconds": round(report.seconds, 1), "tokens": report.generated_tokens},
+    }
 
 
 def _answer(model, tokenizer, suites: list[Suite], output: Path, gen: dict) -> dict:
@@ -378,6 +436,12 @@ def summary_lines(result: dict) -> list[str]:
     if result.get("kl"):
         lines.append(f"  KL(policy || reference) on benign prompts: {num(result['kl']['kl'])} "
                      f"({result['kl']['n_answers']} sampled answers)")
+    if result.get("ifeval"):
+        ife = result["ifeval"]
+        lines.append(f"  IFEval ({ife['size']}: {ife['n_prompts']} of {ife['of']} prompts, {ife['n_instructions']} "
+                     "instructions):")
+        for key in ifeval_suite.ACCURACIES:
+            lines.append(f"    {ifeval_suite.LABELS[key]:<15} {interval(ife[key])}")
     lines.append(f"  time: {result['seconds']}")
     return lines
 

@@ -3,7 +3,8 @@
 Each argument is a training run folder (train_log.json, and eval/eval.json when it was evaluated), an eval
 folder (eval.json), or an eval.json file. Writes report.json (the numbers), report.md (tables + plots) and
 PNG plots: harm_vs_refusal.png (harmful compliance against benign refusal, one point per model, Wilson 95 %
-error bars), suites.png (per-suite rates) and training_curves.png (every logged training metric by step).
+error bars), suites.png (per-suite rates), ifeval.png (IFEval's four accuracies per model, when evaluated with
+--ifeval) and training_curves.png (every logged training metric by step).
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ def summarise(run: dict) -> dict:
         out["mean_margin"] = pref.get("mean_margin")
         out["chosen_nll_per_token"] = pref.get("chosen_nll_per_token")
         out["kl"] = (ev.get("kl") or {}).get("kl")
+        ife = ev.get("ifeval")
+        if ife:
+            out["ifeval"] = {key: ife.get(key) for key in ("size", "n_prompts", "of", "n_instructions",
+                                                            "max_new_tokens", *IFEVAL_ACCURACIES)}
         answered = [s for s in ev.get("suites", {}).values()]
         total = sum(s["n"] for s in answered)
         out["answer_tokens"] = (sum(s["answer_tokens"] * s["n"] for s in answered) / total) if total else None
@@ -140,6 +145,30 @@ def degenerate_reasons(summaries: list[dict]) -> dict[str, str]:
         if why:
             reasons[summary["label"]] = ", ".join(why)
     return reasons
+
+
+IFEVAL_ACCURACIES = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+IFEVAL_LABELS = {"prompt_strict": "prompt strict", "prompt_loose": "prompt loose",
+                 "instruction_strict": "instruction strict", "instruction_loose": "instruction loose"}
+
+
+def ifeval_changes(summaries: list[dict]) -> dict[str, dict | str]:
+    """Each later run's IFEval accuracies minus the first run's (the starting model in a demo's report):
+    {label: {accuracy: difference}}, or a sentence when the two were measured on different prompts."""
+    runs = [s for s in summaries if s.get("ifeval")]
+    if len(runs) < 2 or runs[0] is not summaries[0]:
+        return {}
+    start, out = runs[0], {}
+    same = lambda a, b: all(a["ifeval"].get(k) == b["ifeval"].get(k) for k in ("size", "n_prompts", "max_new_tokens"))  # noqa: E731
+    for s in runs[1:]:
+        if not same(s, start):
+            out[s["label"]] = "other prompts than the first run's (size, count or answer length differ)"
+            continue
+        out[s["label"]] = {key: (s["ifeval"][key] or {}).get("rate") - (start["ifeval"][key] or {}).get("rate")
+                           for key in IFEVAL_ACCURACIES
+                           if (s["ifeval"][key] or {}).get("rate") is not None
+                           and (start["ifeval"][key] or {}).get("rate") is not None}
+    return out
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -221,6 +250,33 @@ def plot_suites(summaries: list[dict], path: Path) -> bool:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("rate (lower is better)")
     ax.set_title("Per suite: harmful compliance (harmful suites), refusal (benign suites)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_ifeval(summaries: list[dict], path: Path) -> bool:
+    """IFEval's four accuracies, one bar per model in each group, with Wilson 95 % error bars."""
+    runs = [s for s in summaries if s.get("ifeval") and s["ifeval"].get("prompt_strict")
+            and s["ifeval"]["prompt_strict"].get("rate") is not None]
+    if not runs:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(runs) + 4), 4.4))
+    width = 0.8 / len(runs)
+    for index, s in enumerate(runs):
+        entries = [s["ifeval"][key] for key in IFEVAL_ACCURACIES]
+        xs = [position - 0.4 + width * (index + 0.5) for position in range(len(entries))]
+        ax.bar(xs, [e["rate"] for e in entries], width=width * 0.95, yerr=_errors(entries), capsize=3,
+               label=f"{s['label']} (n={s['ifeval']['n_prompts']})")
+    ax.set_xticks(range(len(IFEVAL_ACCURACIES)))
+    ax.set_xticklabels([IFEVAL_LABELS[key] for key in IFEVAL_ACCURACIES], fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (higher is better)")
+    ax.set_title("IFEval instruction following (Wilson 95 % intervals)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -330,6 +386,7 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
         for s in summaries:
             suites = s.get("suites") or {}
             lines.append(f"| {s['label']} | " + " | ".join(_interval(suites.get(n)) for n in names) + " |")
+    lines += _ifeval_lines(summaries)
     trained = [s for s in summaries if s.get("train")]
     if trained:
         lines += ["", "## Training", "", "| run | steps | first loss | last loss |", "|---|---|---|---|"]
@@ -341,7 +398,39 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-REPORT_FILES = ("report.json", "report.md", "harm_vs_refusal.png", "suites.png", "training_curves.png")
+def _ifeval_lines(summaries: list[dict]) -> list[str]:
+    """report.md's IFEval table: the four accuracies with intervals per model, and each model's change against
+    the first (the starting model in a demo's report)."""
+    runs = [s for s in summaries if s.get("ifeval")]
+    if not runs:
+        return []
+    changes = ifeval_changes(summaries)
+    first = summaries[0]["label"]
+    lines = ["", "## Instruction following (IFEval)", "",
+             "IFEval (Zhou et al. 2023): prompts whose instructions a program checks, scored by if-verifiable's "
+             "checkers. Prompt level: share of prompts whose every instruction is followed; instruction level: "
+             "share of all instructions. Strict checks the answer as it is; loose also accepts it with its first "
+             "or last line removed or its `*` deleted. Brackets: Wilson 95 % intervals (instruction level treats "
+             "one answer's instructions as independent)." + (f" Change: against {first}." if changes else ""), "",
+             "| model | prompts | prompt strict | prompt loose | instruction strict | instruction loose |"
+             + (" change against " + first + " |" if changes else ""),
+             "|---|---|---|---|---|---|" + ("---|" if changes else "")]
+    for s in runs:
+        ife = s["ifeval"]
+        row = (f"| {s['label']} | {ife.get('n_prompts')} ({ife.get('size')}, {ife.get('max_new_tokens')} tokens) | "
+               + " | ".join(_interval(ife.get(key)) for key in IFEVAL_ACCURACIES) + " |")
+        if changes:
+            change = changes.get(s["label"])
+            if isinstance(change, dict):
+                change = ", ".join(f"{IFEVAL_LABELS[k].replace('instruction', 'instr.')} {v:+.3f}"
+                                   for k, v in change.items())
+            row += f" {change or '-'} |"
+        lines.append(row)
+    return lines
+
+
+REPORT_FILES = ("report.json", "report.md", "harm_vs_refusal.png", "suites.png", "ifeval.png",
+                "training_curves.png")
 
 
 def compare(paths: list[str], output: str | Path, overwrite: bool = False, owned: bool = False) -> dict:
@@ -362,12 +451,15 @@ def compare(paths: list[str], output: str | Path, overwrite: bool = False, owned
         plots = []
         for name, make in (("harm_vs_refusal.png", lambda p: plot_harm_vs_refusal(summaries, p)),
                            ("suites.png", lambda p: plot_suites(summaries, p)),
+                           ("ifeval.png", lambda p: plot_ifeval(summaries, p)),
                            ("training_curves.png", lambda p: plot_training(runs, p))):
             if make(output / name):
                 plots.append(str(output / name))
         reasons = degenerate_reasons(summaries)
         for summary in summaries:
             summary["degenerate"] = reasons.get(summary["label"])
+        for label, change in ifeval_changes(summaries).items():  # against the first run
+            next(s for s in summaries if s["label"] == label)["ifeval_change"] = change
         report = {"runs": summaries, "plots": plots}
         atomic_write_text(output / "report.json", json.dumps(portable(report), indent=2) + "\n")
         atomic_write_text(output / "report.md", markdown(summaries, plots))

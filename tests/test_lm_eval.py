@@ -185,3 +185,23 @@ def test_without_lm_eval_one_line_says_what_to_install(monkeypatch):
     with pytest.raises(ValueError, match=r"lm-eval is not installed: install negalign\[harness\] \(pip install lm-eval\)"):
         harness.check_lm_eval(["mmlu"])
     harness.check_lm_eval([])  # no tasks: nothing to check
+
+
+def test_report_section_one_row_per_task_and_metric():
+    """The report's table: a row per requested task and metric (a group's subtasks left out), a column per model,
+    "-" where a model has no result; no section when no run has lm-eval results."""
+    def entry(acc, n):
+        return {"lm_eval_version": "0.4.13", "requested": ["mmlu", "gsm8k"], "tasks": {
+            "mmlu": {"metrics": {"acc": {"value": acc, "stderr": 0.004}}, "n": n, "higher_is_better": {"acc": True},
+                     "subtasks": ["mmlu_stem"]},
+            "mmlu_stem": {"metrics": {"acc": {"value": 0.3, "stderr": 0.01}}, "n": 10},
+            "gsm8k": {"metrics": {"exact_match,strict-match": {"value": 0.05, "stderr": None}}, "n": n,
+                      "higher_is_better": {"exact_match": True}}}}
+
+    lines = harness.markdown_section([("start", entry(0.3012, 14042)), ("d2o", entry(0.2987, 14042)), ("npo", None)])
+    table = "\n".join(lines)
+    assert "| task | metric | start | d2o | npo |" in table
+    assert "| mmlu | acc ↑ | 0.301 ± 0.004 (n=14042) | 0.299 ± 0.004 (n=14042) | - |" in table
+    assert "| gsm8k | exact_match,strict-match ↑ | 0.050 (n=14042) | 0.050 (n=14042) | - |" in table
+    assert "mmlu_stem" not in table and "lm-eval 0.4.13" in table
+    assert harness.markdown_section([("start", None)]) == []

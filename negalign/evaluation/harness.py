@@ -214,3 +214,42 @@ def _drop_unused_arguments_warning(record) -> bool:
     message = str(record.msg)
     return not message.startswith(("`pretrained` model kwarg is not of type `str`",
                                    "Passed an already-initialized model through `pretrained`"))
+
+
+def markdown_section(runs: list[tuple[str, dict | None]]) -> list[str]:
+    """The report's lines for lm-eval results: one row per requested task and metric, one column per model
+    (label, its eval.json "lm_eval" entry or None), cells "value ± stderr (n=N)". No lines when no run has any."""
+    if not any(entry for _, entry in runs):
+        return []
+    rows: list[tuple[str, str]] = []
+    for _, entry in runs:
+        for task in (entry or {}).get("requested", []):
+            for metric in (entry["tasks"].get(task) or {}).get("metrics", {}):
+                if (task, metric) not in rows:
+                    rows.append((task, metric))
+    versions = sorted({entry.get("lm_eval_version") or "?" for _, entry in runs if entry})
+    lines = ["", "## Standard benchmarks (lm-evaluation-harness)", "",
+             f"Tasks run by lm-eval {', '.join(versions)} on each model; ± is lm-eval's standard error, n the "
+             "samples scored (fewer than the task's with a limit).", "",
+             "| task | metric | " + " | ".join(label for label, _ in runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for task, metric in rows:
+        cells = []
+        for _, entry in runs:
+            result = ((entry or {}).get("tasks") or {}).get(task) or {}
+            value = result.get("metrics", {}).get(metric)
+            if not value or value.get("value") is None:
+                cells.append("-")
+                continue
+            stderr = f" ± {value['stderr']:.3f}" if value.get("stderr") is not None else ""
+            cells.append(f"{value['value']:.3f}{stderr} (n={result.get('n')})")
+        arrow = {True: " ↑", False: " ↓"}.get(_higher_is_better(runs, task, metric), "")
+        lines.append(f"| {task} | {metric}{arrow} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _higher_is_better(runs, task: str, metric: str):
+    for _, entry in runs:
+        known = (((entry or {}).get("tasks") or {}).get(task) or {}).get("higher_is_better", {})
+        if metric.split(",")[0] in known:  # "exact_match,strict-match" -> exact_match's direction
+            return known[metric.split(",")[0]]
+    return None

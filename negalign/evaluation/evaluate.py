@@ -74,6 +74,11 @@ class EvalSettings:
                              "moved aside to OUTPUT.replaced-<time>)")
     progress: bool = option(True, "progress bars (--no-progress for none)")
     wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")
+    lm_eval_tasks: list[str] = option(help="lm-evaluation-harness task, group or tag run on the model (repeatable: "
+                                      "mmlu, arc_easy ...; needs negalign[harness]; docs/harness.md)", factory=list,
+                                      flags=("--lm-eval-task",), action="append", metavar="TASK")
+    lm_eval_include_path: str | None = option(None, "folder of your own lm-eval task YAMLs (e.g. over local files)")
+    lm_eval_limit: int | None = option(None, "samples per lm-eval task (default: all; a quick look, not a benchmark)")
     model_options: ModelOptions = option(help="dtype, device, attention, remote code, chat template",
                                          factory=ModelOptions)
 
@@ -82,11 +87,15 @@ class EvalSettings:
         (`--batch-size 0` was refused only after the load, `--max-prompts -1` evaluated all prompts but one)."""
         problems = number_problems(self, {"max_prompts": AT_LEAST_1, "max_new_tokens": Bound(1, MAX_NEW_TOKENS),
                                           "batch_size": Bound(1, MAX_BATCH_SIZE), "max_prompt_length": AT_LEAST_1,
-                                          "max_pairs": NON_NEGATIVE, "seed": FINITE})  # max_pairs 0: no pairs
+                                          "max_pairs": NON_NEGATIVE, "seed": FINITE,
+                                          "lm_eval_limit": AT_LEAST_1})  # max_pairs 0: no pairs
         if self.ifeval not in ifeval_suite.SIZES:  # a --config file or a caller, past the flag's choices
             problems.append(f"ifeval must be one of {', '.join(ifeval_suite.SIZES)}, got {self.ifeval!r}")
         if problems:
             raise ValueError("; ".join(problems))
+        from negalign.evaluation.harness import check_lm_eval
+
+        check_lm_eval(self.lm_eval_tasks)  # lm-eval missing: one line before any model loads
 
 
 def default_output(model: str) -> str:
@@ -240,11 +249,20 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
     if kl is not None and kl["n_answers"]:
         timings["kl"] = time.time() - clock
 
+    lm_eval = None
+    if settings.lm_eval_tasks:
+        from negalign.evaluation.harness import run_lm_eval
+
+        clock = time.time()
+        lm_eval = run_lm_eval(model, tokenizer, settings.lm_eval_tasks, include_path=settings.lm_eval_include_path,
+                              limit=settings.lm_eval_limit, seed=settings.seed)
+        timings["lm_eval"] = time.time() - clock
+
     result = {
         "model": settings.model, "reference": settings.reference or (None if reference is None else "(model object)"),
         "output": str(output),
         "data_dir": str(folder) if folder is not None else None,
-        **judged, "preference": preference, "kl": kl, "ifeval": ifeval,
+        **judged, "preference": preference, "kl": kl, "ifeval": ifeval, "lm_eval": lm_eval,
         "generation": {**answered["generation"], **({"ifeval": ifeval.pop("generation")} if ifeval else {})},
         "settings": asdict(settings),
         "model_loaded_as": loaded_as(model),

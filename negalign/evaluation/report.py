@@ -100,6 +100,7 @@ def summarise(run: dict) -> dict:
         if ife:
             out["ifeval"] = {key: ife.get(key) for key in ("size", "n_prompts", "of", "n_instructions",
                                                             "max_new_tokens", *IFEVAL_ACCURACIES)}
+        out["lm_eval"] = ev.get("lm_eval")
         answered = [s for s in ev.get("suites", {}).values()]
         total = sum(s["n"] for s in answered)
         out["answer_tokens"] = (sum(s["answer_tokens"] * s["n"] for s in answered) / total) if total else None
@@ -387,6 +388,9 @@ def markdown(summaries: list[dict], plots: list[str]) -> str:
             suites = s.get("suites") or {}
             lines.append(f"| {s['label']} | " + " | ".join(_interval(suites.get(n)) for n in names) + " |")
     lines += _ifeval_lines(summaries)
+    from negalign.evaluation.harness import markdown_section
+
+    lines += markdown_section([(s["label"], s.get("lm_eval")) for s in summaries])
     trained = [s for s in summaries if s.get("train")]
     if trained:
         lines += ["", "## Training", "", "| run | steps | first loss | last loss |", "|---|---|---|---|"]

@@ -133,7 +133,9 @@ class NegalignConfig(TrainingArguments):
     loss: dict | None = _opt(None, "The objective's own hyperparameters, a mapping of name: value (in a recipe "
                              "`loss: {gamma_beta_ratio: 0.5}`, on the command line loss.gamma_beta_ratio=0.5); the "
                              "ones it does not give take the method's defaults (docs/methods.md). The shared ones "
-                             "above (beta, alpha, ...) are options of their own.")
+                             "above (beta, alpha, ...) are options of their own. Declared by the methods: "
+                             + ("; ".join(f"{m.name}: {h.name} (default {h.default:g}): {h.help}"
+                                          for m in METHODS.values() for h in m.own) or "none") + ".")
     logp_reduction: str = _opt("sum", "Sequence log-prob: 'sum' over completion tokens or their 'mean'.",
                                choices=["sum", "mean"])
     # tokenisation

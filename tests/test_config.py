@@ -60,6 +60,13 @@ def test_a_method_refuses_hyperparameters_it_does_not_declare(tmp_path, margin_d
         load_config(None, {"objective": margin_dpo, "loss": loss, "output_dir": str(tmp_path)})
 
 
+def test_the_help_of_loss_lists_what_the_methods_declare():
+    from negalign.methods import METHODS
+
+    text = NegalignConfig.__dataclass_fields__["loss"].metadata["help"]
+    assert all(f"{m.name}: {h.name} (default {h.default:g})" in text for m in METHODS.values() for h in m.own)
+
+
 def test_a_method_without_hyperparameters_of_its_own_takes_no_loss_mapping(tmp_path):
     assert load_config(None, {"objective": "dpo", "output_dir": str(tmp_path)}).loss is None
     with pytest.raises(ValueError, match=r"loss: dpo has no hyperparameter margin \(its own: none"):

@@ -121,13 +121,21 @@ class NegalignConfig(TrainingArguments):
     retain_max_prompts: int = _opt(256, "Use this many retain prompts (a seeded sample), before decontamination.")
     retain_max_new_tokens: int = _opt(96, "retain_loss self/kl without given answers: new tokens per greedy answer.")
     # objective hyper-parameters (docs/methods.md); betas assume summed log-probs unless logp_reduction says mean
-    beta: float = _opt(0.1, "beta of D2O/DPO/NPO/KTO/point-wise DPO/ULMA (SimNPO: use 2.5).")
+    beta: float = _opt(0.1, f"beta of {', '.join(n for n, m in METHODS.items() if 'beta' in m.hyperparameters)}; "
+                       "the default suits summed log-probs, and each method's recipe (configs/<objective>.yaml) "
+                       "sets its own.")
     alpha: float = _opt(0.1, "D2O: weight of the human negative's log-ratio.")
     instance_level: bool = _opt(False, "D2O ablation: one sigmoid per self-sample instead of the distributional form.")
     c: float = _opt(0.0, "Point-wise DPO / ULMA: c = beta * log Z(x), a constant.")
     gamma: float = _opt(0.0, "SimNPO margin.")
     desirable_weight: float = _opt(1.0, "KTO lambda_D.")
     undesirable_weight: float = _opt(1.0, "KTO lambda_U.")
+    loss: dict | None = _opt(None, "The objective's own hyperparameters, a mapping of name: value (in a recipe "
+                             "`loss: {gamma_beta_ratio: 0.5}`, on the command line loss.gamma_beta_ratio=0.5); the "
+                             "ones it does not give take the method's defaults (docs/methods.md). The shared ones "
+                             "above (beta, alpha, ...) are options of their own. Declared by the methods: "
+                             + ("; ".join(f"{m.name}: {h.name} (default {h.default:g}): {h.help}"
+                                          for m in METHODS.values() for h in m.own) or "none") + ".")
     logp_reduction: str = _opt("sum", "Sequence log-prob: 'sum' over completion tokens or their 'mean'.",
                                choices=["sum", "mean"])
     # tokenisation
@@ -262,6 +270,7 @@ class NegalignConfig(TrainingArguments):
             problems.append("reference: 'adapter_disabled' needs use_lora: true")
         if problems:
             raise ValueError("invalid negalign config: " + "; ".join(problems))  # one line, every problem
+        self.loss = METHODS[self.objective].own_values(self.loss) or None  # recorded with every default it took
 
 
 LIST_OK = {"report_to", "lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
@@ -359,13 +368,26 @@ def unknown_options(where: str, given, known: set[str]) -> str | None:
     return (f"{where}: unknown option(s): {', '.join(shown)}{more}; see `negalign train --help` for every option")
 
 
+def _nest_loss(where: str, given, overrides: dict) -> dict:
+    """Overrides with `loss.NAME` keys (`loss.gamma_beta_ratio=0.5` on the command line) folded into one `loss`
+    mapping, on top of the recipe's `loss:` (`given`)."""
+    dotted = {key: value for key, value in overrides.items() if isinstance(key, str) and key.startswith("loss.")}
+    if not dotted:
+        return overrides
+    loss = overrides.get("loss", given)
+    if loss is not None and not isinstance(loss, dict):
+        raise ValueError(f"{where}: loss must be a mapping of hyperparameter: value, got {loss!r}")
+    rest = {key: value for key, value in overrides.items() if key not in dotted}
+    return {**rest, "loss": {**(loss or {}), **{key.removeprefix("loss."): value for key, value in dotted.items()}}}
+
+
 def load_config(path: str | None = None, overrides: dict | None = None) -> NegalignConfig:
     """YAML recipe + overrides -> a validated config; an unknown key is an error naming the key."""
     values = {}
     if path:
         path = recipe_path(path)
         values = read_recipe(path)
-    values.update(overrides or {})
+    values.update(_nest_loss(path or "config", values.get("loss"), overrides or {}))
     known = {f.name for f in fields(NegalignConfig)}
     if problem := unknown_options(path or "config", values, known):
         raise ValueError(problem)

@@ -19,6 +19,60 @@ def test_yaml_recipe_then_command_line_wins(tmp_path):
     assert (config.objective, config.beta, config.max_steps) == ("npo", 0.5, 7)
 
 
+@pytest.fixture()
+def margin_dpo(monkeypatch):
+    """DPO with a hyperparameter of its own, registered the way an objective module registers its method."""
+    import dataclasses
+
+    from negalign.methods import METHODS, Hyperparameter
+
+    own = (Hyperparameter("margin", 0.25, "subtracted from the reward margin"),
+           Hyperparameter("scale", 1.0, "multiplies the margin", strict=True))
+    monkeypatch.setitem(METHODS, "margin_dpo", dataclasses.replace(METHODS["dpo"], name="margin_dpo", own=own))
+    return "margin_dpo"
+
+
+def test_a_method_takes_its_own_hyperparameters_by_name(tmp_path, margin_dpo):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"objective: {margin_dpo}\nloss:\n  margin: 0.5\noutput_dir: {tmp_path}\n")
+    assert load_config(str(recipe)).loss == {"margin": 0.5, "scale": 1.0}  # recorded with the default it took
+    overrides = parse_overrides(["loss.scale=2", "--loss.margin", "0.75"])
+    assert load_config(str(recipe), overrides).loss == {"margin": 0.75, "scale": 2}
+    assert load_config(None, {"objective": margin_dpo, "output_dir": str(tmp_path)}).loss == {"margin": 0.25,
+                                                                                              "scale": 1.0}
+    # the config passes them to the loss by name, beside the shared fields
+    from negalign.methods import METHODS, Settings
+
+    config = load_config(str(recipe), overrides)
+    settings = Settings(config, METHODS[margin_dpo].own_values(config.loss))
+    assert (settings.margin, settings.scale, settings.beta) == (0.75, 2, 0.1)
+
+
+@pytest.mark.parametrize(("loss", "message"), [
+    ({"margn": 0.5}, r"loss: margin_dpo has no hyperparameter margn \(its own: margin, scale;"),
+    ({"margin": -1}, "loss.margin: must be >= 0, got -1"),
+    ({"scale": 0}, "loss.scale: must be > 0, got 0"),
+    ({"margin": "wide"}, "loss.margin: must be a finite number, got 'wide'"),
+    ({"beta": 0.5}, "has no hyperparameter beta .*shared ones such as beta are top-level options"),
+])
+def test_a_method_refuses_hyperparameters_it_does_not_declare(tmp_path, margin_dpo, loss, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, {"objective": margin_dpo, "loss": loss, "output_dir": str(tmp_path)})
+
+
+def test_the_help_of_loss_lists_what_the_methods_declare():
+    from negalign.methods import METHODS
+
+    text = NegalignConfig.__dataclass_fields__["loss"].metadata["help"]
+    assert all(f"{m.name}: {h.name} (default {h.default:g})" in text for m in METHODS.values() for h in m.own)
+
+
+def test_a_method_without_hyperparameters_of_its_own_takes_no_loss_mapping(tmp_path):
+    assert load_config(None, {"objective": "dpo", "output_dir": str(tmp_path)}).loss is None
+    with pytest.raises(ValueError, match=r"loss: dpo has no hyperparameter margin \(its own: none"):
+        load_config(None, {"objective": "dpo", "loss.margin": 0.5, "output_dir": str(tmp_path)})
+
+
 def test_numbers_written_the_short_yaml_way_are_numbers(tmp_path):
     config = load_config(None, {"learning_rate": "1e-5", "max_steps": "3", "output_dir": str(tmp_path)})
     assert config.learning_rate == 1e-5 and config.max_steps == 3

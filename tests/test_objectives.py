@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -534,13 +535,27 @@ def test_unlikelihood_ignores_padding_values():
 
 
 def test_objectives_registry():
+    """Every module of negalign/objectives declares its methods where its losses live, and every registered
+    method's loss is in that package under the method's name."""
+    import pkgutil
+
     from negalign.methods import METHODS
 
-    names = {"d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
-             "context_distillation", "unlikelihood"}
-    assert set(METHODS) == names
+    modules = {f"negalign.objectives.{m.name}" for m in pkgutil.iter_modules(objectives.__path__)
+               if not m.name.startswith("_")}
+    assert {m.loss.__module__ for m in METHODS.values()} == modules
+    assert {"d2o", "pointwise_dpo", "ulma", "dpo", "ipo", "npo", "simnpo", "kto", "gradient_ascent", "sft",
+            "context_distillation", "unlikelihood"} <= set(METHODS)
     assert all(getattr(objectives, name) is m.loss for name, m in METHODS.items())
     assert METHODS["d2o"].loss is d2o and METHODS["unlikelihood"].loss is unlikelihood
+
+
+def test_a_name_is_registered_once():
+    from negalign.methods import METHODS, register
+
+    with pytest.raises(ValueError, match="a method named 'dpo' is already registered"):
+        register(dataclasses.replace(METHODS["dpo"], loss=objectives.ipo))
+    assert register(METHODS["dpo"]) is METHODS["dpo"]  # the same loss again (a module reloaded) is no clash
 
 
 def test_objectives_callable_by_keyword():

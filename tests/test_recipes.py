@@ -71,8 +71,8 @@ def test_demo_settings_take_the_preset_only_where_unset():
     assert DemoSettings(preset="quick").k == QUICK["k"] and DemoSettings(preset="quick").max_steps == QUICK["max_steps"]
     ablation = DemoSettings(preset="quick", k=0, max_steps=3)
     assert ablation.k == 0 and ablation.max_steps == 3  # 0 is a value, not "use the preset"
-    with pytest.raises(ValueError, match="--methods: unknown \\['orpo'\\]"):
-        DemoSettings(methods=["orpo"])
+    with pytest.raises(ValueError, match="--methods: unknown \\['no-such-objective'\\]"):
+        DemoSettings(methods=["no-such-objective"])
 
 
 def _demo_training(demo, method="d2o"):

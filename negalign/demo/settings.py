@@ -156,7 +156,7 @@ class DemoSettings:
         settings = dict(self.training)
         objective = settings.pop("objective")
         if method != objective:
-            for name in METHODS[objective].hyperparameters:
+            for name in (*METHODS[objective].hyperparameters, "loss"):  # "loss": its own hyperparameters
                 settings.pop(name, None)
             settings.update(METHODS[method].demo)
         return settings

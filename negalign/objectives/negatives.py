@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric
+from negalign.objectives._registry import SAMPLES, DataShape, Method, register
 
 # --------------------------------------------------------------------------------------------- D2O
 
@@ -131,6 +132,14 @@ def d2o(
     return loss, metrics
 
 
+register(Method("d2o", d2o, ("negative", SAMPLES), DataShape.NEGATIVES_WITH_SAMPLES,
+                demo={"beta": 0.1, "alpha": 0.1}, hyperparameters=("beta", "alpha"), plus_reference=("negative",),
+                arguments=lambda c, batch, cfg: dict(
+                    policy_negative_logps=c.policy("negative"), ref_negative_logps=c.ref("negative"),
+                    policy_sample_logps=c.policy(SAMPLES), ref_sample_logps=c.ref(SAMPLES), beta=cfg.beta,
+                    alpha=cfg.alpha, instance_level=cfg.instance_level, has_negative=batch.get("has_negative"))))
+
+
 def retain_nll(token_logps: Tensor) -> tuple[Tensor, Metrics]:
     """Retain NLL: ``L = -(1/T) sum_t log pi_theta(a_t | x, a_<t)`` over all T answer tokens of the retain
     batch (a per-token mean, so long answers do not outweigh short ones per token)."""
@@ -172,6 +181,11 @@ def npo(
     return loss, metrics
 
 
+register(Method("npo", npo, ("completion",), DataShape.NEGATIVES, demo={"beta": 0.1},
+                arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.policy("completion"),
+                                                     ref_negative_logps=c.ref("completion"), beta=cfg.beta)))
+
+
 def simnpo(
     policy_negative_logps: Tensor,
     negative_lengths: Tensor,
@@ -201,6 +215,13 @@ def simnpo(
     return loss, metrics
 
 
+# SimNPO normalises by length itself, so it always takes the summed log-prob
+register(Method("simnpo", simnpo, ("completion",), DataShape.NEGATIVES, reference=False, demo={"beta": 2.5},
+                arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.summed("completion"),
+                                                     negative_lengths=c.lengths("completion"), beta=cfg.beta,
+                                                     gamma=cfg.gamma)))
+
+
 def gradient_ascent(policy_negative_logps: Tensor) -> tuple[Tensor, Metrics]:
     """Gradient ascent on negatives (the classic unlearning baseline).
 
@@ -214,6 +235,10 @@ def gradient_ascent(policy_negative_logps: Tensor) -> tuple[Tensor, Metrics]:
     """
     loss = policy_negative_logps.mean()
     return loss, {"negative_logps": _metric(policy_negative_logps)}
+
+
+register(Method("gradient_ascent", gradient_ascent, ("completion",), DataShape.NEGATIVES, reference=False,
+                hyperparameters=(), arguments=lambda c, batch, cfg: dict(policy_negative_logps=c.policy("completion"))))
 
 
 _UL_MAX_LOGP = math.log1p(-1e-6)
@@ -261,3 +286,8 @@ def unlikelihood(policy_token_logps: Tensor, completion_mask: Tensor) -> tuple[T
         "num_tokens": _metric(n_tokens.float()),
     }
     return loss, metrics
+
+
+register(Method("unlikelihood", unlikelihood, ("completion",), DataShape.NEGATIVES, reference=False,
+                hyperparameters=(), token_level=True,
+                arguments=lambda c, batch, cfg: dict(zip(("policy_token_logps", "completion_mask"), c.tokens))))

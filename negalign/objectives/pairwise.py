@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric
+from negalign.objectives._registry import DataShape, Method, register
 
 
 def dpo(
@@ -41,6 +42,15 @@ def dpo(
     return loss, metrics
 
 
+def _pair(c, batch, cfg) -> dict:
+    """DPO's and IPO's arguments: the pair's policy and reference log-probs, and beta."""
+    return dict(policy_chosen_logps=c.policy("chosen"), policy_rejected_logps=c.policy("rejected"),
+                ref_chosen_logps=c.ref("chosen"), ref_rejected_logps=c.ref("rejected"), beta=cfg.beta)
+
+
+register(Method("dpo", dpo, ("chosen", "rejected"), DataShape.PAIRS, demo={"beta": 0.1}, arguments=_pair))
+
+
 def ipo(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -75,3 +85,7 @@ def ipo(
         "margin_accuracy": _metric((margin.detach() > 0).float()),
     }
     return loss, metrics
+
+
+register(Method("ipo", ipo, ("chosen", "rejected"), DataShape.PAIRS, demo={"beta": 0.1, "logp_reduction": "mean"},
+                arguments=_pair))

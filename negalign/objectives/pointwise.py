@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from negalign.objectives._common import Metrics, Tensor, _binary_labels, _check_same_shape, _masked_mean, _metric, _one_of
+from negalign.objectives._registry import DataShape, Method, register
 
 
 def pointwise_dpo(
@@ -65,6 +66,17 @@ def pointwise_dpo(
         "logratio": _metric(h),
     }
     return loss, metrics
+
+
+def _feedback(c, batch: dict, cfg) -> dict:
+    """Point-wise DPO's and ULMA's arguments: continuous scores where the rows have them, binary labels
+    otherwise."""
+    feedback = {"scores": batch["scores"]} if "scores" in batch else {"labels": batch["labels_binary"]}
+    return dict(policy_logps=c.policy("completion"), ref_logps=c.ref("completion"), beta=cfg.beta, c=cfg.c, **feedback)
+
+
+register(Method("pointwise_dpo", pointwise_dpo, ("completion",), DataShape.LABELS_OR_SCORES,
+                demo={"beta": 0.1, "logp_reduction": "mean"}, arguments=_feedback))
 
 
 def ulma(
@@ -136,6 +148,10 @@ def ulma(
     return loss, metrics
 
 
+register(Method("ulma", ulma, ("completion",), DataShape.LABELS_OR_SCORES, demo={"beta": 0.1, "logp_reduction": "mean"},
+                arguments=_feedback))
+
+
 def kto(
     policy_logps: Tensor,
     ref_logps: Tensor,
@@ -184,3 +200,11 @@ def kto(
         "desirable_fraction": _metric(desirable.float()),
     }
     return loss, metrics
+
+
+register(Method("kto", kto, ("completion", "mismatched"), DataShape.LABELS, detached=("mismatched",), demo={"beta": 0.1},
+                arguments=lambda c, batch, cfg: dict(
+                    policy_logps=c.policy("completion"), ref_logps=c.ref("completion"), labels=batch["labels_binary"],
+                    policy_mismatched_logps=c.policy("mismatched"), ref_mismatched_logps=c.ref("mismatched"),
+                    beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                    undesirable_weight=cfg.undesirable_weight)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from negalign.objectives._common import Metrics, Tensor, _metric
+from negalign.objectives._registry import SAMPLES, DataShape, Method, register
 
 
 def sft(policy_logps: Tensor) -> tuple[Tensor, Metrics]:
@@ -14,6 +15,10 @@ def sft(policy_logps: Tensor) -> tuple[Tensor, Metrics]:
     """
     loss = -policy_logps.mean()
     return loss, {"nll": _metric(loss)}
+
+
+register(Method("sft", sft, ("completion",), DataShape.POSITIVES, reference=False, hyperparameters=(),
+                arguments=lambda c, batch, cfg: dict(policy_logps=c.policy("completion"))))
 
 
 def context_distillation(policy_sample_logps: Tensor) -> tuple[Tensor, Metrics]:
@@ -29,4 +34,6 @@ def context_distillation(policy_sample_logps: Tensor) -> tuple[Tensor, Metrics]:
     return sft(policy_sample_logps.reshape(-1))
 
 
-# log(1 - 1e-6): the largest token log-prob unlikelihood uses, so that p -> 1 gives a finite loss.
+# SFT on D2O's anchors and nothing else: one example per prompt of an anchors file (`data`), its K samples
+register(Method("context_distillation", context_distillation, (SAMPLES,), DataShape.SAMPLES, reference=False,
+                hyperparameters=(), arguments=lambda c, batch, cfg: dict(policy_sample_logps=c.policy(SAMPLES))))

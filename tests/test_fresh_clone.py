@@ -47,21 +47,25 @@ def test_the_demo_writes_where_the_repository_tracks_nothing(preset):
 
 @needs_git
 def test_the_committed_demo_is_the_reference_todays_demo_reproduces(tmp_path, monkeypatch):
-    # a fresh clone's results/demo, handed to today's demo as its output: the folder is recognised as a demo of
-    # the same settings (a key added since, at its default, is no change), and the run it holds was trained with
-    # the settings today's demo would train with (its model recorded under another cache path is the same model)
+    # results/demo is a committed copy of what README command 1 makes in runs/demo. Put back where the command
+    # writes, as a fresh clone has it (no weights, no data rows), today's demo recognises the folder as a demo of
+    # its own settings (a key added since, at its default, is no change), and the run it holds as trained with
+    # the settings it would train with today (data and anchors by path: their contents are not committed)
     from negalign.checkpoints import settings_changed
     from negalign.config import load_config
     from negalign.demo import DemoSettings, training_recipe
     from negalign.demo.data import demo_files
     from negalign.demo.folder import folder_verdict
 
-    _committed_copy("results/demo", tmp_path)
+    settings = DemoSettings()
+    out = tmp_path / settings.output
+    out.parent.mkdir(parents=True)
+    _committed_copy("results/demo", tmp_path).rename(out)
     monkeypatch.chdir(tmp_path)
-    settings = DemoSettings(output="results/demo")
     out = Path(settings.output)
     assert folder_verdict(settings)(out) is None
     record = json.loads((out / "demo_config.json").read_text())
+    assert record["methods"] == ["d2o"]
     for method in record["methods"]:
         run_dir = out / "runs" / method
         config = load_config(None, {**training_recipe(settings, method, demo_files(settings, out)),

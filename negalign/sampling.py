@@ -105,34 +105,46 @@ def prompts_for_sampling(sources: list, output: str | os.PathLike, max_prompts: 
 REDRAW = "move it aside (with its .meta.json), or rerun with --overwrite to draw the samples again"
 
 
-def cut_torn_tail(path: Path, block: int = 1 << 16) -> None:
-    """A kill mid-write leaves a last line without its newline: cut it off, looking back from the end in
-    blocks rather than reading the file."""
+def _complete_end(handle, block: int = 1 << 16) -> int:
+    """Where the last complete line ends (after its newline), looking back from the end in blocks rather than
+    reading the file."""
+    end = handle.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - block)
+        handle.seek(start)
+        newline = handle.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def cut_torn_tail(path: Path) -> None:
+    """A kill mid-write leaves a last line without its newline: cut it off."""
     with open(path, "rb+") as handle:
         size = handle.seek(0, os.SEEK_END)
-        end = size
-        while end > 0:
-            start = max(0, end - block)
-            handle.seek(start)
-            newline = handle.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                end = start + newline + 1
-                break
-            end = start
+        end = _complete_end(handle)
         if end < size:
             handle.truncate(end)
 
 
-def read_existing(output: Path) -> dict[tuple[str, int], dict]:
-    """Rows already on disk; a torn final line (killed mid-write) is truncated away."""
+def read_existing(output: Path, repair: bool = True) -> dict[tuple[str, int], dict]:
+    """Rows already on disk; a torn final line (killed mid-write) is truncated away, or with `repair` False left
+    as it is and not read (a check that changes nothing: the file may yet be refused as made otherwise)."""
     from negalign.data.loading import answer_row
     from negalign.data.readers import iter_jsonl
 
     done = {}
     if not output.exists():
         return done
-    cut_torn_tail(output)
-    for record in iter_jsonl(output):
+    with open(output, "rb") as handle:
+        torn = _complete_end(handle) < handle.seek(0, os.SEEK_END)
+    if torn and repair:
+        cut_torn_tail(output)
+    records = iter_jsonl(output)
+    if torn and not repair:
+        records = _all_but_last(records)
+    for record in records:
         row = answer_row(record, REDRAW, sample_index=True)
         prompt = row["prompt"]  # `sample` writes chat messages; a prompt given as text is one user message
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -149,7 +161,15 @@ def check_existing(output: str | os.PathLike) -> None:
     meta_path = Path(str(output) + META_SUFFIX)
     if meta_path.exists():
         read_json_file(meta_path, META_REMEDY.format(output=output))
-    read_existing(output)
+    read_existing(output, repair=False)
+
+
+def _all_but_last(items):
+    """Every item of an iterator but its last (a torn last line is not read), without reading ahead more than one."""
+    previous = next(items, None)
+    for item in items:
+        yield previous
+        previous = item
 
 
 def check_output_name(output: str | os.PathLike) -> None:

@@ -65,9 +65,9 @@ def run_demo(settings: DemoSettings) -> dict:
 
     # every data set the demo needs, checked before any sampling or training (one message for all that are missing)
     needed = [name_for(relative) for _, relative, _ in BUILTIN.values()] + ["hh-harmless-base"]
-    _check_ifeval(settings)
     named = [n for n in settings.harmful + [settings.benign] if n in CATALOG]
     check_available(list(dict.fromkeys(named + [n for n in needed if n])), settings.data_dir, hub_ok=tuple(named))
+    _check_ifeval(settings)  # IFEval's file (not a catalog set: placed by hand) and its checkers
     out = Path(settings.output)
     check_place(out, folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -248,15 +248,8 @@ def plot_suites(summaries: list[dict], path: Path) -> bool:
     if "benign" in kinds.values() and "harmful" in kinds.values():
         split = sum(kinds[n] == "harmful" for n in names) - 0.5
         ax.axvline(split, color="grey", linestyle=":", linewidth=1)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate (lower is better)")
-    ax.set_title("Per suite: harmful compliance (harmful suites), refusal (benign suites)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save_rate_bars(plt, fig, ax, path, "rate (lower is better)",
+                           "Per suite: harmful compliance (harmful suites), refusal (benign suites)")
 
 
 def plot_ifeval(summaries: list[dict], path: Path) -> bool:
@@ -275,9 +268,15 @@ def plot_ifeval(summaries: list[dict], path: Path) -> bool:
                label=f"{s['label']} (n={s['ifeval']['n_prompts']})")
     ax.set_xticks(range(len(IFEVAL_ACCURACIES)))
     ax.set_xticklabels([IFEVAL_LABELS[key] for key in IFEVAL_ACCURACIES], fontsize=9)
+    return _save_rate_bars(plt, fig, ax, path, "accuracy (higher is better)",
+                           "IFEval instruction following (Wilson 95 % intervals)")
+
+
+def _save_rate_bars(plt, fig, ax, path: Path, ylabel: str, title: str) -> bool:
+    """The finish both bar charts of rates share: a 0-1 axis, the legend, a light grid, saved and closed."""
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (higher is better)")
-    ax.set_title("IFEval instruction following (Wilson 95 % intervals)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

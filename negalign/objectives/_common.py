@@ -22,6 +22,30 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"shape mismatch: {shapes}")
 
 
+def _per_token(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, chosen_lengths, rejected_lengths
+               ) -> tuple[Tensor, Tensor]:
+    """The pair's summed log-probs divided by their completions' token counts (all positive): the length-
+    normalised log-probs the reference-free pair losses (SimPO, ORPO) score."""
+    chosen_lengths = torch.as_tensor(chosen_lengths, device=policy_chosen_logps.device)
+    rejected_lengths = torch.as_tensor(rejected_lengths, device=policy_chosen_logps.device)
+    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                      chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
+        raise ValueError("chosen_lengths and rejected_lengths must all be positive")
+    return (policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype),
+            policy_rejected_logps / rejected_lengths.to(policy_rejected_logps.dtype))
+
+
+def _reward_metrics(chosen: Tensor, rejected: Tensor) -> Metrics:
+    """A pair loss's implicit rewards: their means, the mean margin and the share of pairs ranked right."""
+    return {
+        "chosen_reward": _metric(chosen),
+        "rejected_reward": _metric(rejected),
+        "reward_margin": _metric(chosen - rejected),
+        "reward_accuracy": _metric((chosen.detach() > rejected.detach()).float()),
+    }
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over ``mask``; exactly 0 (finite gradient) when the mask is empty."""
     mask = mask.to(values.dtype)

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric
+from negalign.objectives._common import Metrics, Tensor, _metric, _per_token
 from negalign.objectives._registry import DataShape, Hyperparameter, Method, register
 
 # log(1 - 1e-6): the largest token-mean log-prob taken, so that P(y) -> 1 keeps log odds finite (about 13.8)
@@ -42,14 +42,7 @@ def orpo(
     SFT term), ``odds_ratio_loss`` (the term lambda weights), ``log_odds_ratio`` (mean log odds(y_w) - log
     odds(y_l)) and ``odds_ratio_accuracy`` (share of pairs where it is positive).
     """
-    chosen_lengths = torch.as_tensor(chosen_lengths, device=policy_chosen_logps.device)
-    rejected_lengths = torch.as_tensor(rejected_lengths, device=policy_chosen_logps.device)
-    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                      chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
-    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
-        raise ValueError("chosen_lengths and rejected_lengths must all be positive")
-    chosen = policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype)
-    rejected = policy_rejected_logps / rejected_lengths.to(policy_rejected_logps.dtype)
+    chosen, rejected = _per_token(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths)
     ratio = log_odds(chosen) - log_odds(rejected)
     nll = -chosen.mean()
     odds_ratio_loss = -F.logsigmoid(ratio).mean()

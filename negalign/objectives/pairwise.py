@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric
+from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric, _reward_metrics
 from negalign.objectives._registry import DataShape, Method, register
 
 
@@ -33,13 +33,7 @@ def dpo(
     chosen = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected = beta * (policy_rejected_logps - ref_rejected_logps)
     loss = -F.logsigmoid(chosen - rejected).mean()
-    metrics = {
-        "chosen_reward": _metric(chosen),
-        "rejected_reward": _metric(rejected),
-        "reward_margin": _metric(chosen - rejected),
-        "reward_accuracy": _metric((chosen.detach() > rejected.detach()).float()),
-    }
-    return loss, metrics
+    return loss, _reward_metrics(chosen, rejected)
 
 
 def _pair(c, batch, cfg) -> dict:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-from negalign.objectives._common import Metrics, Tensor, _check_same_shape, _metric
+from negalign.objectives._common import Metrics, Tensor, _per_token, _reward_metrics
 from negalign.objectives._registry import DataShape, Hyperparameter, Method, register
 
 
@@ -29,22 +28,10 @@ def simpo(
     positive). Metrics: ``chosen_reward`` / ``rejected_reward`` (mean r), ``reward_margin`` (mean r(y_w) -
     r(y_l)) and ``reward_accuracy`` (share of pairs with r(y_w) > r(y_l)).
     """
-    chosen_lengths = torch.as_tensor(chosen_lengths, device=policy_chosen_logps.device)
-    rejected_lengths = torch.as_tensor(rejected_lengths, device=policy_chosen_logps.device)
-    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                      chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
-    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
-        raise ValueError("chosen_lengths and rejected_lengths must all be positive")
-    chosen = beta * policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype)
-    rejected = beta * policy_rejected_logps / rejected_lengths.to(policy_rejected_logps.dtype)
+    chosen, rejected = _per_token(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths)
+    chosen, rejected = beta * chosen, beta * rejected
     loss = -F.logsigmoid(chosen - rejected - gamma).mean()
-    metrics = {
-        "chosen_reward": _metric(chosen),
-        "rejected_reward": _metric(rejected),
-        "reward_margin": _metric(chosen - rejected),
-        "reward_accuracy": _metric((chosen.detach() > rejected.detach()).float()),
-    }
-    return loss, metrics
+    return loss, _reward_metrics(chosen, rejected)
 
 
 # SimPO normalises by length itself, so it always takes the summed log-probs; gamma is set as a share of beta,

@@ -272,34 +272,34 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     (tmp_path / "a").mkdir()
     plain = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=False, output=str(tmp_path / "a")),
                          tmp_path / "a", "m", {})
-    assert plain["pairs"].name == "train_pairs.jsonl" and plain["negatives"].name == "negatives.jsonl"
-    assert [r["prompt"][0]["content"] for r in read(plain["pairs"])] == ["harmful 0", "harmful 1"]
+    assert plain.pairs.name == "train_pairs.jsonl" and plain.negatives.name == "negatives.jsonl"
+    assert [r["prompt"][0]["content"] for r in read(plain.pairs)] == ["harmful 0", "harmful 1"]
     # context distillation's rows: every anchor D2O trains towards (the harmful prompts', then the benign ones'),
     # in one file whose meta says how each part was drawn
-    assert plain["anchors"].name == "d2o_anchors.jsonl" and plain["samples"].name == "samples.jsonl"
-    assert read(plain["anchors"]) == read(plain["samples"]) + read(plain["benign_samples"])
-    assert json.loads(Path(str(plain["anchors"]) + ".meta.json").read_text())["mixed_with"][0]["rows"] == 8
+    assert plain.anchors.name == "d2o_anchors.jsonl" and plain.samples.name == "samples.jsonl"
+    assert read(plain.anchors) == read(plain.samples) + read(plain.benign_samples)
+    assert json.loads(Path(str(plain.anchors) + ".meta.json").read_text())["mixed_with"][0]["rows"] == 8
 
     (tmp_path / "b").mkdir()
     files = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, output=str(tmp_path / "b")),
                          tmp_path / "b", "m", {})
-    negatives = read(files["negatives"])
-    assert files["negatives"].name == "d2o_negatives.jsonl"
+    negatives = read(files.negatives)
+    assert files.negatives.name == "d2o_negatives.jsonl"
     # the two harmful negatives, then the refusals of benign 0 and 2 (benign 1 and 3 were answered)
     assert [(n["prompt"][0]["content"], n["rejected"][:8]) for n in negatives] == [
         ("harmful 0", "Sure: ha"), ("harmful 1", "Sure: ha"), ("benign 0", "I'm sorr"), ("benign 2", "I'm sorr")]
-    anchors = read(files["samples"])
+    anchors = read(files.samples)
     assert len(anchors) == 2 * 2 + 4 * 2  # K = 2 for the harmful negatives' prompts and for every benign prompt
-    assert files["anchors"] == files["samples"]  # context distillation reads D2O's anchors file, the same rows
-    assert read(files["anchors"]) == read(plain["anchors"])  # whether or not the benign refusals are negatives
+    assert files.anchors == files.samples  # context distillation reads D2O's anchors file, the same rows
+    assert read(files.anchors) == read(plain.anchors)  # whether or not the benign refusals are negatives
     # the mixed anchors file says how each part was drawn: the harmful anchors' context, then the benign ones'
-    meta = json.loads(Path(str(files["samples"]) + ".meta.json").read_text())
+    meta = json.loads(Path(str(files.samples) + ".meta.json").read_text())
     harmful_meta = json.loads((tmp_path / "b" / "samples.jsonl.meta.json").read_text())
     assert meta["sampling_context"] == harmful_meta["sampling_context"] and meta["sampling_context"] is not None
     assert meta["mixed_with"] == [{"file": "benign_samples.jsonl", "rows": 8, "sampling_context": None,
                                    "settings": {"k": 2}}]
-    pairs = read(files["pairs"])
-    assert files["pairs"].name == "train_pairs_benign_refusals.jsonl"  # a baseline of the other rows is not reused
+    pairs = read(files.pairs)
+    assert files.pairs.name == "train_pairs_benign_refusals.jsonl"  # a baseline of the other rows is not reused
     assert pairs[2:] == [{"prompt": benign[0], "chosen": "plain 0 for benign 0", "rejected": negatives[2]["rejected"]},
                          {"prompt": benign[2], "chosen": "plain 0 for benign 2", "rejected": negatives[3]["rejected"]}]
 
@@ -307,11 +307,11 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     (tmp_path / "c").mkdir()
     half = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, benign_refusal_share=0.5,
                                      output=str(tmp_path / "c")), tmp_path / "c", "m", {})
-    assert half["negatives"].name == "d2o_negatives_share0.5.jsonl"
-    assert half["pairs"].name == "train_pairs_benign_refusals_share0.5.jsonl"
-    kept = read(half["negatives"])
+    assert half.negatives.name == "d2o_negatives_share0.5.jsonl"
+    assert half.pairs.name == "train_pairs_benign_refusals_share0.5.jsonl"
+    kept = read(half.negatives)
     assert kept[:2] == negatives[:2] and len(kept) == 3 and kept[2] in negatives[2:]
-    assert len(read(half["samples"])) == len(anchors)  # every benign prompt keeps its anchors
+    assert len(read(half.samples)) == len(anchors)  # every benign prompt keeps its anchors
 
     # --no-harmful-negatives: D2O's negatives are the benign refusals alone, and its anchor-only rows are read from
     # the whole anchors file (training leaves out the two refused benign prompts, which have a negative); the
@@ -319,10 +319,10 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
     (tmp_path / "d").mkdir()
     only = prepare_data(DemoSettings(preset="quick", k=2, benign_refusals=True, harmful_negatives=False,
                                      output=str(tmp_path / "d")), tmp_path / "d", "m", {})
-    assert only["d2o_negatives"].name == "d2o_negatives_benign_only.jsonl"
-    assert read(only["d2o_negatives"]) == negatives[2:] and read(only["negatives"]) == negatives
-    assert read(only["anchor_only"]) == anchors and only["anchor_only"] == only["samples"]
-    assert read(only["pairs"]) == pairs
+    assert only.d2o_negatives.name == "d2o_negatives_benign_only.jsonl"
+    assert read(only.d2o_negatives) == negatives[2:] and read(only.negatives) == negatives
+    assert read(only.anchor_only) == anchors and only.anchor_only == only.samples
+    assert read(only.pairs) == pairs
     with pytest.raises(ValueError, match="it needs --benign-refusals"):
         DemoSettings(preset="quick", benign_refusals=False, harmful_negatives=False)
 
@@ -337,11 +337,11 @@ def test_demo_without_harmful_negatives_hands_d2o_the_benign_refusals_and_every_
     import negalign.evaluation.report
     import negalign.models
     import negalign.pipeline
-    from negalign.demo import DemoSettings, run_demo
+    from negalign.demo import DemoFiles, DemoSettings, run_demo
 
-    files = {name: tmp_path / f"{name}.jsonl" for name in ("negatives", "samples", "benign_samples", "pairs",
-                                                           "d2o_negatives")}
-    files["anchors"] = files["anchor_only"] = files["samples"]
+    named = {name: tmp_path / f"{name}.jsonl" for name in ("answers", "flagged", "negatives", "samples",
+                                                           "benign_samples", "pairs", "d2o_negatives")}
+    files = DemoFiles(**named, anchors=named["samples"], anchor_only=named["samples"])
     trained = {}
     monkeypatch.setattr(negalign.data.catalog, "check_available", lambda *a, **k: None)
     monkeypatch.setattr(negalign.models, "resolve_model_path", lambda name: "m")
@@ -351,9 +351,9 @@ def test_demo_without_harmful_negatives_hands_d2o_the_benign_refusals_and_every_
     monkeypatch.setattr(negalign.evaluation.report, "compare", lambda runs, out, **_: {})
     run_demo(DemoSettings(preset="quick", harmful_negatives=False, methods=["d2o", "kto"],
                           output=str(tmp_path / "demo")))
-    assert trained["d2o"]["data"] == str(files["d2o_negatives"])
-    assert trained["d2o"]["benign_samples"] == trained["d2o"]["samples"] == str(files["samples"])
-    assert trained["kto"]["data"] == str(files["pairs"])
+    assert trained["d2o"]["data"] == str(files.d2o_negatives)
+    assert trained["d2o"]["benign_samples"] == trained["d2o"]["samples"] == str(files.samples)
+    assert trained["kto"]["data"] == str(files.pairs)
 
 
 def test_keep_share_draws_a_seeded_subset_in_file_order():

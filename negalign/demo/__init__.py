@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from negalign.demo.data import _log, prepare_data
+from negalign.demo.data import DemoFiles, _log, prepare_data, timed
 from negalign.demo.folder import folder_verdict
 from negalign.demo.settings import DemoSettings
 from negalign.files import atomic_write_text
@@ -34,7 +34,7 @@ from negalign.methods import METHODS
 from negalign.outputs import check_place, claim
 from negalign.progress import quiet
 
-__all__ = ["DemoSettings", "run_demo", "cmd_demo", "stale"]
+__all__ = ["DemoFiles", "DemoSettings", "run_demo", "cmd_demo", "stale"]
 
 # IFEval's prompts whose instructions fit the demo's answer length, cut to eval_prompts like every suite
 # (negalign.evaluation.ifeval): the starting model's instruction following beside every trained model's
@@ -79,12 +79,9 @@ def run_demo(settings: DemoSettings) -> dict:
 
 
 def _run_demo(settings: DemoSettings, out: Path) -> dict:
-    from negalign.checkpoints import settings_changed
-    from negalign.config import load_config
-    from negalign.evaluation.evaluate import EvalSettings, evaluate
-    from negalign.evaluation.report import compare
+    """The demo's stages, each reusing what an earlier run left: data, training each method, evaluating the
+    starting model and every trained one, and the report."""
     from negalign.models import resolve_model_path
-    from negalign.pipeline import train
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()
@@ -92,47 +89,67 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     base = resolve_model_path(settings.model)
     _log(f"model {base}")
     files = prepare_data(settings, out, base, timings)
+    runs = [(method, out / "runs" / method) for method in settings.methods]
+    retrained = set()  # an evaluation of an earlier model under a retrained method's name no longer applies
+    for method, run_dir in runs:
+        if train_method(settings, method, run_dir, files, timings):
+            retrained.add(method)
+    # the starting model's evaluation has no model beside it: it is the run folder itself
+    evaluate_model(settings, "base", out / "runs" / "base", base, None, fresh=False, timings=timings)
+    for method, run_dir in runs:
+        evaluate_model(settings, method, run_dir / "eval", str(run_dir), base, fresh=method in retrained,
+                       timings=timings)
+    return write_report(out, [run_dir for _, run_dir in runs], timings, started)
 
-    run_dirs, retrained = [], set()
-    for method in settings.methods:
-        run_dir = out / "runs" / method
-        run_dirs.append(run_dir)
-        recipe = training_recipe(settings, method, files)
-        trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
-        # compared as a resume compares them (the data files by content, a key added since at its default as no
-        # change); the chat template is among them, and a model trained under another must be retrained
-        if trained and not settings_changed(load_config(None, {**recipe, "output_dir": str(run_dir)}), str(run_dir)):
-            _log(f"{method}: trained model found, reused")
-            continue
-        clock = time.time()
+
+def train_method(settings: DemoSettings, method: str, run_dir: Path, files: DemoFiles, timings: dict) -> bool:
+    """Train `method` into run_dir, unless the model there was trained with these settings: True when it
+    trained, False when it reused the model."""
+    from negalign.checkpoints import settings_changed
+    from negalign.config import load_config
+    from negalign.pipeline import train
+
+    recipe = {**training_recipe(settings, method, files), "output_dir": str(run_dir)}
+    trained = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
+    # compared as a resume compares them (the data files by content, a key added since at its default as no
+    # change); the chat template is among them, and a model trained under another must be retrained
+    if trained and not settings_changed(load_config(None, recipe), str(run_dir)):
+        _log(f"{method}: trained model found, reused")
+        return False
+    with timed(timings, f"train_{method}"):
         _log(f"{method}: training {settings.max_steps} steps")
         # a model trained with other settings is replaced (moved aside by train's overwrite, not deleted), and so
         # is a finished run's record without its weights (a committed result: weights are not committed); an
         # interrupted run of these settings resumes from the checkpoint its interruption saved
-        train({**recipe, "output_dir": str(run_dir), "overwrite": trained or _weights_missing(run_dir),
-               "disable_tqdm": quiet()})
-        timings[f"train_{method}"] = time.time() - clock
-        retrained.add(method)  # an evaluation of an earlier model under this name no longer applies
+        train({**recipe, "overwrite": trained or _weights_missing(run_dir), "disable_tqdm": quiet()})
+    return True
 
-    evals = [(out / "runs" / "base", base, None)] + [(d, str(d), base) for d in run_dirs]
-    for folder, model_path, reference in evals:
-        clock = time.time()
-        target = folder / "eval" if folder.name != "base" else folder
-        overwrite = evaluation_plan(target / "eval.json", settings, fresh=folder.name in retrained)
-        if overwrite is None:
-            _log(f"{folder.name}: evaluation found, reused")
-            continue
-        _log(f"{folder.name}: evaluating")
+
+def evaluate_model(settings: DemoSettings, name: str, target: Path, model: str, reference: str | None,
+                   fresh: bool, timings: dict) -> None:
+    """Evaluate `model` (the run `name`) into `target` against `reference`, unless an evaluation of these
+    settings is there; `fresh`: the model was retrained."""
+    from negalign.evaluation.evaluate import EvalSettings, evaluate
+
+    overwrite = evaluation_plan(target / "eval.json", settings, fresh=fresh)
+    if overwrite is None:
+        _log(f"{name}: evaluation found, reused")
+        return
+    with timed(timings, f"eval_{name}"):
+        _log(f"{name}: evaluating")
         # held-out preference pairs: the last HH harmless-base pairs (the evaluation's default), which no
         # stage of the demo trains on
-        evaluate(EvalSettings(model=model_path, reference=reference, output=str(target),
+        evaluate(EvalSettings(model=model, reference=reference, output=str(target),
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed,
-                              ifeval=DEMO_IFEVAL, overwrite=overwrite,
-                              model_options=settings.model_options))
-        timings[f"eval_{folder.name}"] = time.time() - clock
+                              ifeval=DEMO_IFEVAL, overwrite=overwrite, model_options=settings.model_options))
 
-    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out, owned=True)  # the demo's folder
+
+def write_report(out: Path, run_dirs: list[Path], timings: dict, started: float) -> dict:
+    """One report of the starting model and every trained one, in the demo's own folder, and the run's timings."""
+    from negalign.evaluation.report import compare
+
+    report = compare([str(out / "runs" / "base")] + [str(d) for d in run_dirs], out, owned=True)
     timings["total"] = time.time() - started
     atomic_write_text(out / "demo_timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     _log(f"report: {out / 'report.md'} ({timings['total'] / 60:.1f} minutes this run)")
@@ -176,22 +193,33 @@ def _weights_missing(run_dir: Path) -> bool:
             and newest_checkpoint(str(run_dir), quiet=True) is None)
 
 
-def training_recipe(settings: DemoSettings, method: str, files: dict) -> dict:
+def training_recipe(settings: DemoSettings, method: str, files: DemoFiles) -> dict:
     """What the demo hands `train` for `method` (less output_dir): the recipe's settings, the demo's budget, and
     the data files of demo_files(). The model is named as the user named it (a short name, a Hub name or a
     folder), not by the cache folder it resolves to here, so that the run's record means the same everywhere."""
-    d2o, distill = METHODS[method].reads_samples_file, METHODS[method].anchors_in_data
-    context = {"k": settings.k, "sampling_context": settings.sampling_context,
-               "sampling_instruction": settings.sampling_instruction}
-    anchor_only = files.get("anchor_only", files.get("benign_samples"))  # prompts D2O pulls with no negative
-    anchored = {"samples": str(files["samples"]) if settings.k else None, **context,
-                "benign_samples": str(anchor_only) if anchor_only else None,
-                } if d2o else context if distill else {}
-    data = files.get("d2o_negatives", files["negatives"]) if d2o else files["anchors"] if distill else files["pairs"]
-    return {"model": settings.model, **settings.method_training(method), "data": str(data), "objective": method,
-            **anchored, "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
+    return {"model": settings.model, **settings.method_training(method), **training_inputs(settings, method, files),
+            "max_steps": settings.max_steps, "per_device_train_batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate, "seed": settings.seed, "use_lora": settings.lora,
             **_train_model_options(settings), "save_strategy": "no"}
+
+
+def training_inputs(settings: DemoSettings, method: str, files: DemoFiles) -> dict:
+    """The files `method` trains on, and how its anchors were drawn, as train's settings: D2O its negatives,
+    its anchors and the prompts it pulls with no negative; context distillation every anchor; the other
+    methods the baselines' pairs."""
+    context = {"k": settings.k, "sampling_context": settings.sampling_context,
+               "sampling_instruction": settings.sampling_instruction}
+    if METHODS[method].reads_samples_file:
+        anchor_only = files.anchor_only or files.benign_samples
+        return {"data": str(files.d2o_negatives or files.negatives), "objective": method,
+                "samples": _name(files.samples), **context, "benign_samples": _name(anchor_only)}
+    if METHODS[method].anchors_in_data:
+        return {"data": str(files.anchors), "objective": method, **context}
+    return {"data": str(files.pairs), "objective": method}
+
+
+def _name(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _train_model_options(settings: DemoSettings) -> dict:

@@ -1,11 +1,13 @@
 """The demo's data stages: the model's answers to harmful prompts, flagged; anchors drawn under the refusal
 context; benign anchors and benign refusals; the rows the baselines train on. Each stage's file is reused
-when the demo is run again."""
+when the demo is run again. DemoFiles names every file, by role, from the settings alone."""
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from negalign.demo.settings import DemoSettings
@@ -14,6 +16,14 @@ from negalign.files import atomic_write_text
 
 def _log(message: str) -> None:
     print(f"[negalign demo] {message}", flush=True)
+
+
+@contextmanager
+def timed(timings: dict, stage: str):
+    """Record in `timings[stage]` the seconds the block took (demo_timings.json); nothing when it raises."""
+    clock = time.time()
+    yield
+    timings[stage] = time.time() - clock
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -56,106 +66,154 @@ class _Sampler:
              f"({report.tokens_per_second:.0f} tokens/s)")
 
 
-def demo_files(settings: DemoSettings, out: Path) -> dict[str, Path]:
-    """The files prepare_data leaves for training, by role: `negatives` (the baselines' and D2O's negatives),
-    `samples` (D2O's anchors), `benign_samples`, `d2o_negatives` and `anchor_only` (--no-harmful-negatives:
-    the benign refusals alone, and every anchor as an anchor-only row), `anchors` (every anchor: context
-    distillation's rows) and `pairs` (the baselines' rows). Known from the settings alone, so that what a run
-    will be trained on can be checked before any stage runs."""
+@dataclass(frozen=True)
+class DemoFiles:
+    """The demo's files in its output folder, by role. A role these settings leave out (no anchors at k 0, no
+    benign refusals without --benign-refusals) is None."""
+
+    answers: Path  # the model's answers to the harmful prompts
+    flagged: Path  # those judged complying: the harmful negatives, as `negalign flag` writes them
+    negatives: Path  # the negatives D2O and the baselines read (with the benign refusals, a file of its own)
+    harmful_anchors: Path | None = None  # the anchors drawn for the flagged prompts
+    samples: Path | None = None  # D2O's anchors (with the benign refusals, every anchor)
+    benign_samples: Path | None = None  # the benign prompts' plain anchors
+    benign_answers: Path | None = None  # the benign prompts answered under the sampling context
+    benign_refusals: Path | None = None  # those judged refusals
+    d2o_negatives: Path | None = None  # --no-harmful-negatives: D2O's negatives, the benign refusals alone
+    anchor_only: Path | None = None  # --no-harmful-negatives: every anchor as an anchor-only row
+    anchors: Path | None = None  # every anchor: context distillation's rows
+    pairs: Path | None = None  # the baselines' {prompt, chosen, rejected} rows
+
+
+def demo_files(settings: DemoSettings, out: Path) -> DemoFiles:
+    """The files prepare_data writes in `out`. Known from the settings alone, so that what a run will be
+    trained on can be checked before any stage runs."""
     refusals = bool(settings.benign_refusals and settings.benign_prompts and settings.k)
     # a share below 1 names its files apart, so that a model trained on the other rows is not reused
     tag = "" if settings.benign_refusal_share == 1.0 else f"_share{settings.benign_refusal_share:g}"
-    files = {"negatives": out / (f"d2o_negatives{tag}.jsonl" if refusals else "negatives.jsonl")}
+    answered = DemoFiles(answers=out / "answers.jsonl", flagged=out / "negatives.jsonl",
+                         negatives=out / (f"d2o_negatives{tag}.jsonl" if refusals else "negatives.jsonl"))
     if not settings.k:
-        return files
-    files["samples"] = out / ("d2o_anchors.jsonl" if refusals else "samples.jsonl")
-    if settings.benign_prompts:
-        files["benign_samples"] = out / "benign_samples.jsonl"
-    if refusals and not settings.harmful_negatives:
-        files["d2o_negatives"] = out / f"d2o_negatives_benign_only{tag}.jsonl"
-        files["anchor_only"] = files["samples"]
-    files["anchors"] = out / "d2o_anchors.jsonl" if settings.benign_prompts else files["samples"]
-    files["pairs"] = out / (f"train_pairs_benign_refusals{tag}.jsonl" if refusals else "train_pairs.jsonl")
-    return files
+        return answered
+    samples = out / ("d2o_anchors.jsonl" if refusals else "samples.jsonl")
+    benign_only = refusals and not settings.harmful_negatives
+    return replace(
+        answered, harmful_anchors=out / "samples.jsonl", samples=samples,
+        benign_samples=out / "benign_samples.jsonl" if settings.benign_prompts else None,
+        benign_answers=out / "benign_answers.jsonl" if refusals else None,
+        benign_refusals=out / "benign_refusals.jsonl" if refusals else None,
+        d2o_negatives=out / f"d2o_negatives_benign_only{tag}.jsonl" if benign_only else None,
+        anchor_only=samples if benign_only else None,
+        anchors=out / "d2o_anchors.jsonl" if settings.benign_prompts else samples,
+        pairs=out / (f"train_pairs_benign_refusals{tag}.jsonl" if refusals else "train_pairs.jsonl"))
 
 
-def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) -> dict:
+def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) -> DemoFiles:
     """Sample the model's answers, flag the complying ones, draw the anchors: the files training reads."""
-    from negalign.data.catalog import resolve_data
     from negalign.data.paths import data_dir
     from negalign.evaluation.judge import HarmJudge
     from negalign.flag import flag_complying
-    from negalign.sampling import prompts_for_sampling
     from negalign.sampling_context import resolve_context
 
-    folder = data_dir(settings.data_dir)
-    sampler, files = _Sampler(settings, base), demo_files(settings, out)
-    clock = time.time()
-    answers, flagged = out / "answers.jsonl", out / "negatives.jsonl"
-    sources = [resolve_data(name, settings.data_dir) for name in settings.harmful]
-    prompts = prompts_for_sampling(sources, answers, settings.harmful_prompts, folder)
-    sampler(prompts, answers, "the model's answers to harmful prompts", k=1, temperature=0.0, batch_size=64)
-    timings["answers"] = time.time() - clock
-
-    clock = time.time()
-    judge = HarmJudge.load()  # loaded once: the benign refusals are flagged with it too
-    report = flag_complying(answers, flagged, judge.complies)
-    timings["flag"] = time.time() - clock
-    _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives"
-         + _empty_note(report))
-    negatives = _read_jsonl(flagged)
-    if not negatives:
-        raise ValueError(f"{answers}: the judge flagged none of the model's answers{_empty_note(report)}; nothing "
-                         "to train on")
+    folder, files, sampler = data_dir(settings.data_dir), demo_files(settings, out), _Sampler(settings, base)
+    with timed(timings, "answers"):
+        answer_harmful_prompts(settings, files, sampler, folder)
+    with timed(timings, "flag"):
+        judge = HarmJudge.load()  # loaded once: the benign refusals are flagged with it too
+        report = flag_complying(files.answers, files.flagged, judge.complies)
+    negatives = read_negatives(files, report)
     if not settings.k:
         return files
-
-    clock = time.time()
-    harmful_anchors = out / "samples.jsonl"
     context = resolve_context(settings.sampling_context, settings.sampling_instruction)
-    sampler([n["prompt"] for n in negatives], harmful_anchors, f"anchors (context: {settings.sampling_context})",
-            context=context, batch_size=32)
+    with timed(timings, "anchors"):
+        anchors = draw_anchors(settings, files, sampler, negatives, context)
+    if settings.benign_prompts:
+        with timed(timings, "benign_anchors"):
+            benign, benign_anchors = draw_benign_anchors(settings, files, sampler, folder)
+        if settings.benign_refusals:
+            with timed(timings, "benign_refusals"):
+                negatives = negatives + benign_refusals(settings, files, sampler, judge, benign, context)
+                # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
+                _write_jsonl(files.negatives, negatives)
+        write_every_anchor(files, anchors, benign_anchors)
+        if settings.benign_refusals:  # the baselines pair each benign refusal with its prompt's plain anchor
+            anchors = anchors + benign_anchors
+    _write_jsonl(files.pairs, baseline_rows(negatives, anchors))
+    return files
+
+
+def answer_harmful_prompts(settings: DemoSettings, files: DemoFiles, sampler: _Sampler,
+                           folder: Path | None) -> None:
+    """The starting model's greedy answers to the harmful prompts."""
+    from negalign.data.catalog import resolve_data
+    from negalign.sampling import prompts_for_sampling
+
+    sources = [resolve_data(name, settings.data_dir) for name in settings.harmful]
+    prompts = prompts_for_sampling(sources, files.answers, settings.harmful_prompts, folder)
+    sampler(prompts, files.answers, "the model's answers to harmful prompts", k=1, temperature=0.0, batch_size=64)
+
+
+def read_negatives(files: DemoFiles, report: dict) -> list[dict]:
+    """The flagged answers, said and read; none at all leaves nothing to train on."""
+    _log(f"flagged {report['n_flagged']} of {report['n_answers']} answers as complying: the negatives"
+         + _empty_note(report))
+    negatives = _read_jsonl(files.flagged)
+    if not negatives:
+        raise ValueError(f"{files.answers}: the judge flagged none of the model's answers{_empty_note(report)}; "
+                         "nothing to train on")
+    return negatives
+
+
+def draw_anchors(settings: DemoSettings, files: DemoFiles, sampler: _Sampler, negatives: list[dict],
+                 context: list[dict] | None) -> list[dict]:
+    """K anchors for each flagged prompt, drawn under the sampling context, and their report."""
     from negalign.anchors import format_report, report_samples_file
 
-    _log(format_report(report_samples_file(harmful_anchors, str(flagged))))
-    timings["anchors"] = time.time() - clock
+    sampler([n["prompt"] for n in negatives], files.harmful_anchors,
+            f"anchors (context: {settings.sampling_context})", context=context, batch_size=32)
+    _log(format_report(report_samples_file(files.harmful_anchors, str(files.flagged))))
+    return _read_jsonl(files.harmful_anchors)
 
-    anchors = _read_jsonl(harmful_anchors)
-    if settings.benign_prompts:
-        clock = time.time()
-        benign = prompts_for_sampling([resolve_data(settings.benign, settings.data_dir)], files["benign_samples"],
-                                      settings.benign_prompts, folder)
-        sampler(benign, files["benign_samples"], "benign anchors", batch_size=64)
-        timings["benign_anchors"] = time.time() - clock
-        benign_anchors = _read_jsonl(files["benign_samples"])
-        if settings.benign_refusals:
-            clock = time.time()
-            answers = out / "benign_answers.jsonl"
-            sampler(benign, answers, f"benign prompts answered under the context ({settings.sampling_context})",
-                    k=1, temperature=0.0, batch_size=64, context=context)
-            report = flag_complying(answers, out / "benign_refusals.jsonl", judge.complies, keep="refusing")
-            _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too"
-                 + _empty_note(report))
-            refusals = keep_share(_read_jsonl(out / "benign_refusals.jsonl"), settings.benign_refusal_share,
-                                  settings.seed)
-            if settings.benign_refusal_share < 1.0:
-                _log(f"kept {len(refusals)} of them (share {settings.benign_refusal_share:g})")
-            # D2O reads one negatives file and one anchors file: the harmful rows and the benign refusals
-            negatives += refusals
-            _write_jsonl(files["negatives"], negatives)
-            if "d2o_negatives" in files:
-                # --no-harmful-negatives: D2O's negatives are the benign refusals alone, and every anchor is also
-                # an anchor-only row's: training leaves out the prompts that have a negative, so the flagged
-                # prompts and the benign prompts that were answered become the rows with no negative
-                _write_jsonl(files["d2o_negatives"], refusals)
-            timings["benign_refusals"] = time.time() - clock
-        # every anchor D2O trains towards (the harmful prompts' and the benign ones'), in one file: the rows of
-        # context distillation, which reads nothing else (with the benign refusals, D2O's own anchors file)
-        _write_jsonl(files["anchors"], anchors + benign_anchors)
-        write_mixed_meta(files["anchors"], harmful_anchors, files["benign_samples"], len(benign_anchors))
-        anchors = anchors + benign_anchors if settings.benign_refusals else anchors
-    _write_jsonl(files["pairs"], baseline_rows(negatives, anchors))
-    return files
+
+def draw_benign_anchors(settings: DemoSettings, files: DemoFiles, sampler: _Sampler,
+                        folder: Path | None) -> tuple[list, list[dict]]:
+    """K plain answers for each benign prompt: the prompts, and the anchors drawn."""
+    from negalign.data.catalog import resolve_data
+    from negalign.sampling import prompts_for_sampling
+
+    benign = prompts_for_sampling([resolve_data(settings.benign, settings.data_dir)], files.benign_samples,
+                                  settings.benign_prompts, folder)
+    sampler(benign, files.benign_samples, "benign anchors", batch_size=64)
+    return benign, _read_jsonl(files.benign_samples)
+
+
+def benign_refusals(settings: DemoSettings, files: DemoFiles, sampler: _Sampler, judge, benign: list,
+                    context: list[dict] | None) -> list[dict]:
+    """The benign prompts answered greedily under the sampling context; the answers judged refusals (their
+    seeded share) are negatives. With --no-harmful-negatives they are also D2O's only negatives."""
+    from negalign.flag import flag_complying
+
+    sampler(benign, files.benign_answers, f"benign prompts answered under the context ({settings.sampling_context})",
+            k=1, temperature=0.0, batch_size=64, context=context)
+    report = flag_complying(files.benign_answers, files.benign_refusals, judge.complies, keep="refusing")
+    _log(f"flagged {report['n_flagged']} of {report['n_answers']} benign answers as refusals: negatives too"
+         + _empty_note(report))
+    refusals = keep_share(_read_jsonl(files.benign_refusals), settings.benign_refusal_share, settings.seed)
+    if settings.benign_refusal_share < 1.0:
+        _log(f"kept {len(refusals)} of them (share {settings.benign_refusal_share:g})")
+    if files.d2o_negatives:
+        # --no-harmful-negatives: D2O's negatives are the benign refusals alone, and every anchor is also
+        # an anchor-only row's: training leaves out the prompts that have a negative, so the flagged
+        # prompts and the benign prompts that were answered become the rows with no negative
+        _write_jsonl(files.d2o_negatives, refusals)
+    return refusals
+
+
+def write_every_anchor(files: DemoFiles, anchors: list[dict], benign_anchors: list[dict]) -> None:
+    """Every anchor D2O trains towards (the harmful prompts', then the benign ones'), in one file: the rows of
+    context distillation, which reads nothing else (with the benign refusals, D2O's own anchors file)."""
+    _write_jsonl(files.anchors, anchors + benign_anchors)
+    write_mixed_meta(files.anchors, files.harmful_anchors, files.benign_samples, len(benign_anchors))
 
 
 def _empty_note(report: dict) -> str:

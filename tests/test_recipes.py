@@ -203,7 +203,7 @@ def test_demo_reuses_an_earlier_result_only_when_its_recorded_settings_match(tmp
     evaluation = tmp_path / "eval.json"
     evaluation.write_text(json.dumps({"settings": {"max_prompts": 12, "max_new_tokens": 64, "seed": 0}}))
     assert stale(evaluation, {"max_prompts": 50, "max_new_tokens": 64, "seed": 0}, key="settings") == ["max_prompts"]
-    assert stale(tmp_path / "missing.json", {}) == ["no missing.json"]
+    assert stale(tmp_path / "missing.json", {}) is None  # no record: nothing to reuse
     # a dotted key reads a nested record: the chat template the answers were rendered with
     evaluation.write_text(json.dumps({"settings": {"model_options": {"chat_template": "a.jinja"}}}))
     assert stale(evaluation, {"chat_template": "a.jinja"}, key="settings.model_options") == []

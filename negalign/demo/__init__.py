@@ -41,12 +41,11 @@ __all__ = ["DemoFiles", "DemoSettings", "run_demo", "cmd_demo", "stale"]
 DEMO_IFEVAL = "subset"
 
 
-def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
-    """What makes an earlier result in the output folder unusable for this run: the record is missing, or
-    one of `wanted`'s settings differs from what it recorded (a demo of another recipe or size wrote it), under
-    `key` (dotted: "settings.model_options") when given. An empty list: reuse it."""
+def recorded_settings(record: Path, key: str | None = None) -> dict | None:
+    """The settings an earlier result in the output folder recorded (its .json or .yaml), under `key` when given
+    (dotted: "settings.model_options", a record nested in the file); None when there is no record."""
     if not record.exists():
-        return [f"no {record.name}"]
+        return None
     if record.suffix == ".json":
         stored = json.loads(record.read_text())
     else:
@@ -54,8 +53,18 @@ def stale(record: Path, wanted: dict, key: str | None = None) -> list[str]:
 
         stored = yaml.safe_load(record.read_text())
     stored = stored or {}
-    for part in key.split(".") if key else ():  # a dotted key: a record nested in the file
+    for part in key.split(".") if key else ():
         stored = stored.get(part) or {}
+    return stored
+
+
+def stale(record: Path, wanted: dict, key: str | None = None) -> list[str] | None:
+    """The names of `wanted`'s settings that differ from what an earlier result recorded (a demo of another
+    recipe or size wrote it), read under `key` as recorded_settings reads it. An empty list: reuse it; None:
+    there is no record."""
+    stored = recorded_settings(record, key)
+    if stored is None:
+        return None
     return [name for name, value in wanted.items() if stored.get(name) != value]
 
 
@@ -164,12 +173,14 @@ def evaluation_plan(record: Path, settings: DemoSettings, fresh: bool = False) -
     wanted = {"max_prompts": settings.eval_prompts, "max_new_tokens": settings.eval_max_new_tokens,
               "seed": settings.seed, "ifeval": DEMO_IFEVAL}
     changed = stale(record, wanted, key="settings")
-    if not changed and stale(record, {"chat_template": settings.model_options.chat_template},
-                             key="settings.model_options"):
-        changed = ["chat_template"]  # answers rendered under another template
+    if changed is None:  # none yet: evaluate, resuming any answers an interrupted evaluation left
+        return fresh
+    if not changed:  # answers rendered under another template are redrawn too
+        changed = stale(record, {"chat_template": settings.model_options.chat_template},
+                        key="settings.model_options")
     if not fresh and not changed:
         return None
-    return fresh or (bool(changed) and changed not in ([f"no {record.name}"], ["ifeval"]))
+    return fresh or changed != ["ifeval"]
 
 
 def _check_ifeval(settings: DemoSettings) -> None:

@@ -108,7 +108,19 @@ class DemoSettings:
         path = recipe_path(self.config)
         given = read_yaml(path) or {}
         recipe = load_config(path, {"output_dir": "unused"})  # checked whole, as `negalign train` checks it
-        preset_refusals = self.benign_refusals is None
+        preset_refusals = self.benign_refusals is None  # before --quick's sizes, which set it, are taken
+        self._fill(given, recipe)
+        # what every method trains with besides the demo's own settings: the recipe's other keys as it typed them
+        self.training = {key: getattr(recipe, key) for key in given if key not in OWN_KEYS}
+        self.training.update(objective=recipe.objective, max_prompt_length=recipe.max_prompt_length)
+        possible = bool(self.benign_prompts and self.k and (self.sampling_context or self.sampling_instruction))
+        if preset_refusals and not possible:  # an ablation without anchors or context: the rest of the recipe
+            self.benign_refusals = False
+        self._check(refusals_possible=possible)
+
+    def _fill(self, given: dict, recipe) -> None:
+        """Every field left None, from --quick's size, else the recipe's value (`given`: the keys it sets;
+        `recipe`: the whole config it makes), else the demo's own SIZES; and the sampling context resolved."""
         for key, value in (QUICK if self.preset == "quick" else {}).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -127,16 +139,13 @@ class DemoSettings:
             self.sampling_context = None if self.sampling_instruction else "refusal"
         elif self.sampling_context == "none":
             self.sampling_context = None
-        # what every method trains with besides the demo's own settings: the recipe's other keys as it typed them
-        self.training = {key: getattr(recipe, key) for key in given if key not in OWN_KEYS}
-        self.training.update(objective=recipe.objective, max_prompt_length=recipe.max_prompt_length)
-        possible = bool(self.benign_prompts and self.k and (self.sampling_context or self.sampling_instruction))
-        if preset_refusals and not possible:  # an ablation without anchors or context: the rest of the recipe
-            self.benign_refusals = False
+
+    def _check(self, refusals_possible: bool) -> None:
+        """Settings that cannot run together, refused in one line before any work."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-        if self.benign_refusals and not possible:
+        if self.benign_refusals and not refusals_possible:
             raise ValueError("--benign-refusals answers the benign prompts under the sampling context: it needs "
                              "benign prompts, k > 0 and a sampling context or instruction")
         if not 0.0 < self.benign_refusal_share <= 1.0:

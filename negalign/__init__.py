@@ -11,11 +11,12 @@
 __version__ = "0.1.0"
 
 
-def train(config=None, *, model=None, tokenizer=None, train_dataset=None, **overrides):
+def train(config=None, *, model=None, tokenizer=None, train_dataset=None, callbacks=None, **overrides):
     """Train with any objective, from names or from objects you hold; see negalign.pipeline.train."""
     from negalign.pipeline import train as _train
 
-    return _train(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset, **overrides)
+    return _train(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset, callbacks=callbacks,
+                  **overrides)
 
 
 # not `flag`: importing the negalign.flag module would replace a function of that name on the package

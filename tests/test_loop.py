@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from loop_data import BENIGN_EVAL, HARMFUL_EVAL, HH_REQUEST, make_data, tiny_settings
 
 import negalign
-from loop_data import BENIGN_EVAL, HARMFUL_EVAL, HH_REQUEST, make_data, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_report_lists_every_round_with_numbers_worked_from_the_judged_answers(fi
         low, high = wilson(refusing, 6)
         assert (row["benign_refusal"]["low"], row["benign_refusal"]["high"]) == pytest.approx((max(0, low), min(1, high)))
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {row['round']} | "))
-        assert f"{complying / 4:.3f} [" in line and f"(n=4)" in line and f"{refusing / 6:.3f} [" in line
+        assert f"{complying / 4:.3f} [" in line and "(n=4)" in line and f"{refusing / 6:.3f} [" in line
         reach = read_jsonl(out / f"round-{row['round']}" / "reach" / "answers" / "reach-jbb-pair.judged.jsonl")
         assert row["reach"]["reach-jbb-pair"]["rate"] == pytest.approx(sum(j["complies"] > 0.5 for j in reach) / 2)
     for number in (1, 2):

@@ -54,6 +54,8 @@ def cmd_train(argv: list[str]) -> int:
 COMMANDS = {
     "demo": ("negalign.demo:cmd_demo", "the whole path on SmolLM2 + HH negatives: sample, train D2O (and "
              "baselines), eval, report"),
+    "loop": ("negalign.loop:cmd_loop", "round after round: the current model's own failures mined as D2O's next "
+             "negatives, trained, evaluated (docs/loop.md)"),
     "train": ("negalign.cli:cmd_train", "train a model with any objective (D2O, DPO, NPO, KTO, ULMA, ...)"),
     "sample": ("negalign.sample_command:cmd_sample", "generate K self-samples per prompt (D2O anchors) into a resumable cache"),
     "flag": ("negalign.flag:cmd_flag", "turn the model's own answers to harmful prompts into negatives (judged "

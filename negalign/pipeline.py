@@ -194,11 +194,12 @@ def _disk_full(output_dir: str) -> DiskFull:
 
 
 def train(config: NegalignConfig | dict | str | None = None, *, model=None, tokenizer=None, train_dataset=None,
-          **overrides) -> NegalignTrainer:
+          callbacks: list | None = None, **overrides) -> NegalignTrainer:
     """Train with any objective. `config` is a NegalignConfig, a dict of its fields, or a YAML recipe path;
     keyword overrides win. What you already hold can be passed instead of names: `model` (a loaded
     PreTrainedModel, or a PeftModel whose adapter is trained), `tokenizer`, `train_dataset` (a datasets.Dataset
-    or a list of dicts, in any format the data files take). Returns the trainer: `.model` is the trained model,
+    or a list of dicts, in any format the data files take), `callbacks` (transformers TrainerCallbacks added to
+    the trainer's own, e.g. negalign.loop's refusal watch). Returns the trainer: `.model` is the trained model,
     `.state.log_history` the logged metrics, `.args.output_dir` where the model was saved."""
     if isinstance(model, (str, os.PathLike)):  # train(model="name", ...): the config field, not an object
         overrides["model"], model = str(model), None
@@ -216,7 +217,7 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
         raise ValueError("no training data: set `data` to a feedback file or data set name")
     check_launch(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it for all of them
-        return _train(config, model, tokenizer, train_dataset)
+        return _train(config, model, tokenizer, train_dataset, callbacks)
     # a model that cannot load, an output_dir inside an input or under a file: refused before its lock file
     if model is None:
         for key in ("model", "ref_model", "ref_plus_model"):
@@ -228,7 +229,7 @@ def train(config: NegalignConfig | dict | str | None = None, *, model=None, toke
         from negalign.progress import quietly
 
         with quietly(config.disable_tqdm):  # the Trainer's bar off: negalign's bars (reference pass ...) too
-            return _train(config, model, tokenizer, train_dataset)
+            return _train(config, model, tokenizer, train_dataset, callbacks)
 
 
 def _model_name(model, tokenizer) -> str:
@@ -240,7 +241,7 @@ def _model_name(model, tokenizer) -> str:
     return name or "in-memory-model"
 
 
-def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> NegalignTrainer:
+def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None, callbacks=None) -> NegalignTrainer:
     checkpoint = resolve_checkpoint(config)
     check_refresh_folder(config, checkpoint)
     _check_sources(config)
@@ -293,7 +294,7 @@ def _train(config: NegalignConfig, model=None, tokenizer=None, rows=None) -> Neg
                                                                 share_prompts=config.share_prompts),
                               processing_class=tokenizer, layout=layout, reference=reference,
                               anchor_provenance=anchors, retain=retain,
-                              refresher=refresher)
+                              refresher=refresher, callbacks=callbacks)
     if refresher is not None:
         resume_refresher(refresher, trainer.model, checkpoint)
     try:

@@ -31,8 +31,6 @@ from negalign.attention import PACKED_ATTENTION, build_mask, packed_attention_sc
 
 Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
 
-BLOCK_ATTENTION = PACKED_ATTENTION  # the older name
-
 
 @dataclass
 class PackedBatch:

@@ -26,9 +26,6 @@ from negalign import decontamination
 from negalign.data import encode, prompt_key
 from negalign.data.prompts import read_prompt_rows as read_retain_rows
 
-RETAIN_LOSSES = ("nll", "self", "kl")
-
-
 @dataclass
 class RetainSet:
     sequences: list[tuple[list[int], list[int]]]  # (prompt ids, answer ids)

@@ -192,7 +192,7 @@ class NegalignConfig(TrainingArguments):
         floats = {name: FINITE for name, kinds in _field_kinds().items() if set(kinds) <= {"float", "int"}}
         return {**floats, "k": Bound(0, MAX_K), "max_prompts": AT_LEAST_1, "max_examples": AT_LEAST_1,
                 # 0 is allowed: a run that only scores (the reference tests use it); the optimizer would refuse a
-                # negative one only after the model load and the reference pass (issue 33, finding 10)
+                # negative one only after the model load and the reference pass
                 "learning_rate": NON_NEGATIVE,
                 "per_device_train_batch_size": POSITIVE, "gradient_accumulation_steps": POSITIVE,
                 "refresh_every": AT_LEAST_1, "retain_weight": NON_NEGATIVE, "retain_batch_size": AT_LEAST_1,

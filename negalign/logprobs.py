@@ -122,10 +122,9 @@ def pack_sequences(sequences: list[Sequence], share_prompts: bool = True) -> Pac
 
 def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
     """An LM head's logits. For a plain Linear head computed as weight @ hidden^T: with few rows against a
-    large vocabulary, `F.linear`'s hidden @ weight^T ran at half the speed on this project's AVX2 CPU
-    (SmolLM2's 576 x 49,152 head, forward: 60 against 29 ms at 32 rows, 140 against 85 at 128; forward and
-    backward with the head frozen, as under LoRA: 245 against 203 ms at 128 rows; with the head trained, or at
-    256 rows, the same within 5 %). The same product; any other head runs its own forward."""
+    large vocabulary, `F.linear`'s hidden @ weight^T ran at about half the speed on an AVX2 CPU (SmolLM2's
+    head, forward and, with the head frozen as under LoRA, backward; docs/benchmarks.md), and no slower
+    elsewhere. The same product; any other head runs its own forward."""
     if type(head) is not torch.nn.Linear:
         return head(hidden)
     flat = hidden.reshape(-1, hidden.shape[-1])

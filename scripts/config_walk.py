@@ -1,4 +1,4 @@
-"""Follow `config` from negalign.pipeline.train through every call that passes it on (issue 32's walk).
+"""Follow `config` from negalign.pipeline.train through every call that passes it on.
 
 Read from the source with `ast`, so the count is the same for anyone who runs it: a *stop* is one call whose
 arguments include the variable holding the config (positionally or by keyword), resolved to a function of the

@@ -1,4 +1,4 @@
-"""The package's import graph has no circles (issue 32): every module import is read from the source (those
+"""The package's import graph has no circles: every module import is read from the source (those
 inside functions too), and a strongly connected component of more than one module fails the test by name."""
 
 import ast
@@ -84,7 +84,7 @@ def _config_walk():
 
 
 def test_following_config_through_a_training_run_stays_short():
-    """Issue 32's bound: at most 30 stops, at most 8 returns to a file already left or climbs to a higher floor.
+    """The bound: at most 30 stops, at most 8 returns to a file already left or climbs to a higher floor.
     The walk must find the stops every run has, so an empty walk cannot pass."""
     walk = _config_walk()
     stops = walk.walk()

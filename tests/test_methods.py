@@ -222,7 +222,7 @@ def test_the_methods_page_lists_every_method():
 
 
 def test_no_objective_name_is_compared_outside_the_method_table():
-    """Everything method-specific is asked of the Method (issue 32): no `objective == "..."` elsewhere."""
+    """Everything method-specific is asked of the Method: no `objective == "..."` elsewhere."""
     import re
     from pathlib import Path
 

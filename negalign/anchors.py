@@ -7,19 +7,23 @@ human negative. `negalign sample` prints and saves it beside the samples file; `
 per refresh.
 
 `anchor_source` reads a samples file's .meta.json: the sampling context it was drawn under and the weights
-that drew it, which decide whether `d2o/kl_on_samples` (an estimate valid only for samples drawn from the
-reference, with no context) means anything.
+that drew it; `anchor_provenance` makes a run's record of them (sampling_context.json, the model card), which
+also decides whether `d2o/kl_on_samples` (an estimate valid only for samples drawn from the reference, with
+no context) is logged.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from negalign.files import atomic_write_text
+
+logger = logging.getLogger("negalign")
 
 REPORT_SUFFIX = ".anchors.json"
 N_EXAMPLES = 4
@@ -140,3 +144,43 @@ def anchor_source(samples_path: str | None) -> dict | None:
     from negalign.data.readers import read_json_file
 
     return read_json_file(meta, f"move {samples_path} and it aside and draw the samples again (negalign sample)")
+
+
+def anchor_provenance(config, policy, fingerprint: str | None = None) -> dict | None:
+    """Where D2O's anchors come from: the sampling context (from the samples file's meta for static samples,
+    from the config under `sampling: refresh`) and whether they were drawn from the reference pi_r- itself
+    with no context, the one case where `d2o/kl_on_samples` estimates a KL. A `sampling_context` set in the
+    config must match the one a static samples file was drawn with. `fingerprint`: the policy's, if known."""
+    from negalign.methods import method
+    from negalign.models import model_fingerprint
+    from negalign.sampling_context import context_hash, describe, resolve_context
+
+    if not method(config.objective).anchored or config.k == 0:
+        return None
+    # D2O reads its anchors from `samples`; context distillation from `data`
+    samples = config.data if method(config.objective).anchors_in_data else config.samples
+    wanted = resolve_context(config.sampling_context, config.sampling_instruction)
+    if config.sampling == "refresh":
+        return {"sampling": "refresh", "sampling_context": describe(wanted), "from_reference": False}
+    meta = anchor_source(samples)
+    if meta is None:
+        logger.warning("negalign: %s has no .meta.json: the sampling context and model of its anchors are "
+                       "unknown (d2o/kl_on_samples is not logged)", samples)
+        return {"sampling": "static", "samples": samples, "sampling_context": "unknown",
+                "from_reference": False}
+    drawn = (meta.get("sampling_context") or {}).get("messages")
+    if (config.sampling_context or config.sampling_instruction) and context_hash(drawn) != context_hash(wanted):
+        raise ValueError(f"sampling_context: {samples} was drawn with another sampling context "
+                         f"({context_hash(drawn) or 'none'} vs {context_hash(wanted)} asked for here); resample "
+                         "with `negalign sample --sampling-context ...` or drop sampling_context from the config")
+    minus_name = config.ref_model or config.model  # pi_r-
+    from_reference = (drawn is None and minus_name == config.model
+                      and meta.get("weights") == (fingerprint or model_fingerprint(policy)))
+    out = {"sampling": "static", "samples": samples, "sampling_context": describe(drawn),
+           "samples_model": meta.get("model"), "from_reference": from_reference}
+    if meta.get("mixed_with"):  # a file of anchors drawn two ways (the demo's harmful and benign anchors)
+        out["mixed_with"] = [{"file": m.get("file"), "rows": m.get("rows"),
+                              "sampling_context": describe((m.get("sampling_context") or {}).get("messages"))}
+                             for m in meta["mixed_with"]]
+        out["from_reference"] = False
+    return out

@@ -16,7 +16,7 @@ import torch
 
 from negalign.data import DataError, build_examples, encode, group_by_prompt, load_rows, prompt_key
 from negalign.data.paths import data_dir
-from negalign.logprobs import pack_sequences
+from negalign.logprobs import PACKED_FIELDS, pack_sequences
 from negalign.methods import Layout, example_slots, method
 from negalign.progress import bar
 
@@ -180,10 +180,6 @@ def benign_items(config, tokenizer, feedback_prompts: set[str]) -> list[dict]:
         items.append({"sequences": [(e.prompt_ids, e.completion_ids) for e in sequences], "label": None,
                       "score": None, "prompt": prompt, "prompt_key": prompt_key(prompt), "has_negative": False})
     return items
-
-
-PACKED_FIELDS = ("input_ids", "position_ids", "blocks", "target_positions", "target_ids", "target_sequence",
-                 "completion_lengths")
 
 
 def collate(items: list[dict], layout: Layout, share_prompts: bool = True) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import os
 import re
 
 from negalign.config import NegalignConfig
-from negalign.outputs import check_apart, claim
+from negalign.outputs import DiskFull, check_apart, claim
 from negalign.provenance import INPUT_FILES
 
 logger = logging.getLogger("negalign")
@@ -321,3 +321,15 @@ def claim_output_dir(config: NegalignConfig) -> None:
     claim(config.output_dir, folder=True, overwrite=config.overwrite,
           verdict=lambda folder: _output_dir_verdict(config, folder), flag="--overwrite (overwrite: true)",
           option="output_dir")
+
+
+def disk_full(output_dir: str) -> DiskFull:
+    """The full disk as one line: what was being saved and where a rerun resumes from."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    last = newest_checkpoint(output_dir, quiet=True)
+    cut = sorted((int(name.split("-")[1]), name) for name in names
+                 if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
+                 and checkpoint_problem(os.path.join(output_dir, name)) is not None)
+    being = os.path.join(output_dir, cut[-1][1]) if cut else output_dir
+    return DiskFull(f"no space left on device while saving {being}; free some space (or lower save_total_limit) "
+                    f"and rerun the same command: it resumes from {last or 'the start (no complete checkpoint)'}")

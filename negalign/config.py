@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from negalign.attention import LAYOUTS
+from negalign.data.loading import ON_BAD_ROW
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions, check_chat_template
@@ -109,7 +111,7 @@ class NegalignConfig(TrainingArguments):
                             "`negalign sample --max-prompts N` samples).")
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
     on_bad_row: str = _opt("error", "'error' stops at the first bad data row; 'skip' counts and reports them.",
-                           choices=["error", "skip"])
+                           choices=list(ON_BAD_ROW))
     # a retain set: rows the model must keep answering, mixed into every step apart from the feedback rows
     retain_data: str = _opt(None, "Retain prompts (file or catalog name, e.g. benign-instructions), with or without "
                             "answers; decontaminated against the evaluation suites. See docs/retain.md.")
@@ -146,7 +148,7 @@ class NegalignConfig(TrainingArguments):
     packed_attention: str = _opt("auto", "Attention over a packed batch (docs/benchmarks.md): 'blocks' (one call per "
                                  "block; fastest on a CPU), 'flex' (one FlexAttention call per layer; CUDA), 'sdpa' "
                                  "(one call per layer, dense mask) or 'auto' (blocks on CPU, flex on CUDA).",
-                                 choices=["auto", "blocks", "flex", "sdpa"])
+                                 choices=list(LAYOUTS))
     # reference models
     reference: str = _opt("cached", "'cached': reference log-probs computed once before training and cached "
                           "on disk (no reference in memory while training); 'live': a frozen reference model "
@@ -190,7 +192,7 @@ class NegalignConfig(TrainingArguments):
         floats = {name: FINITE for name, kinds in _field_kinds().items() if set(kinds) <= {"float", "int"}}
         return {**floats, "k": Bound(0, MAX_K), "max_prompts": AT_LEAST_1, "max_examples": AT_LEAST_1,
                 # 0 is allowed: a run that only scores (the reference tests use it); the optimizer would refuse a
-                # negative one only after the model load and the reference pass (issue 33, finding 10)
+                # negative one only after the model load and the reference pass
                 "learning_rate": NON_NEGATIVE,
                 "per_device_train_batch_size": POSITIVE, "gradient_accumulation_steps": POSITIVE,
                 "refresh_every": AT_LEAST_1, "retain_weight": NON_NEGATIVE, "retain_batch_size": AT_LEAST_1,

@@ -1,5 +1,6 @@
-"""The Trainer callbacks that guard a run: the non-finite and divergence guard (one read-back a step) and the
-minimum interval between checkpoints."""
+"""The Trainer callbacks that guard a run: the non-finite and divergence guard (one read-back a step), the
+minimum interval between checkpoints, and a stop on SIGINT / SIGTERM after the step under way, saved as a
+checkpoint (negalign.interrupts holds the signal handling every command shares)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import time
 
 import torch
 from transformers import TrainerCallback
+
+from negalign.checkpoints import checkpoint_problem, newest_checkpoint
+from negalign.interrupts import Interrupted, finish_then_stop, signal_name, stop_requested
 
 logger = logging.getLogger("negalign")
 
@@ -168,3 +172,35 @@ def checkpoint_minutes(args) -> float:
     if args.checkpoint_min_minutes is not None:
         return float(args.checkpoint_min_minutes)
     return 0.0 if args.device.type == "cpu" else 10.0
+
+
+class StopOnSignal(TrainerCallback):
+    """Ends training after the step under way when SIGINT / SIGTERM asked to stop, saving a checkpoint of it."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if stop_requested() is not None:
+            control.should_save = control.should_training_stop = True
+
+
+def train_until_done_or_stopped(trainer, checkpoint: str | None) -> None:
+    """trainer.train(); a first SIGINT / SIGTERM finishes the step under way, saves it as a checkpoint and raises
+    Interrupted, one line saying where to resume (a second stops at once). One process only: under a
+    multi-process launch every process would stop at its own step."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return
+    callbacks = trainer.callback_handler.callbacks  # before the divergence guard, which may still veto the save
+    guard = next((i for i, c in enumerate(callbacks) if isinstance(c, NonFiniteGuard)), len(callbacks))
+    callbacks.insert(guard, StopOnSignal())
+    with finish_then_stop("training step"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+        signum, step, out = stop_requested(), trainer.state.global_step, trainer.args.output_dir
+        if signum is None or step >= trainer.state.max_steps:
+            return
+        saved = os.path.join(out, f"checkpoint-{step}")
+        if checkpoint_problem(saved) is not None and not getattr(trainer.nonfinite_guard, "zero_in_a_row", 0):
+            trainer._save_checkpoint(trainer.model, trial=None)  # a save that a checkpoint interval skipped
+        where = (f"saved {saved}: rerun the same command to resume from it" if checkpoint_problem(saved) is None
+                 else f"rerun the same command to resume from {newest_checkpoint(out, quiet=True) or 'the start'}")
+        raise Interrupted(f"stopped by {signal_name(signum)} after step {step} of {trainer.state.max_steps}; {where}",
+                          signum)

@@ -21,17 +21,16 @@ not scale with vocabulary x full length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from negalign.attention import PACKED_ATTENTION, build_mask, packed_attention_scope, resolve_layout
+from negalign.attention import build_mask, packed_attention_scope, resolve_layout
 
 Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
-
-BLOCK_ATTENTION = PACKED_ATTENTION  # the older name
 
 
 @dataclass
@@ -52,6 +51,31 @@ class PackedBatch:
         return PackedBatch(*(t.to(device) for t in (
             self.input_ids, self.position_ids, self.blocks, self.target_positions, self.target_ids,
             self.target_sequence, self.completion_lengths)))
+
+
+PACKED_FIELDS = tuple(f.name for f in fields(PackedBatch))  # a collated batch's keys (negalign.batches.collate)
+
+
+def packed_from(inputs: dict, prefix: str = "") -> PackedBatch:
+    """The packed batch a collator put in `inputs` under its field names (after `prefix`: "detached_" for the
+    columns scored without gradients)."""
+    return PackedBatch(*(inputs[prefix + name] for name in PACKED_FIELDS))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a run scores sequences, the same in the training step, the reference pass, the retain term and a
+    sample refresh: the packed row's attention layout (negalign.attention), whether completions that share a
+    prompt share its one encoding, and bf16 autocast (which also keys the reference cache). Built once from a
+    config (`Scoring.of`), so the three travel together."""
+
+    attention: str = "auto"
+    share_prompts: bool = True
+    autocast_bf16: bool = False
+
+    @classmethod
+    def of(cls, config) -> "Scoring":
+        return cls(config.packed_attention, config.share_prompts, config.bf16)
 
 
 def pack_sequences(sequences: list[Sequence], share_prompts: bool = True) -> PackedBatch:
@@ -98,10 +122,9 @@ def pack_sequences(sequences: list[Sequence], share_prompts: bool = True) -> Pac
 
 def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
     """An LM head's logits. For a plain Linear head computed as weight @ hidden^T: with few rows against a
-    large vocabulary, `F.linear`'s hidden @ weight^T ran at half the speed on this project's AVX2 CPU
-    (SmolLM2's 576 x 49,152 head, forward: 60 against 29 ms at 32 rows, 140 against 85 at 128; forward and
-    backward with the head frozen, as under LoRA: 245 against 203 ms at 128 rows; with the head trained, or at
-    256 rows, the same within 5 %). The same product; any other head runs its own forward."""
+    large vocabulary, `F.linear`'s hidden @ weight^T ran at about half the speed on an AVX2 CPU (SmolLM2's
+    head, forward and, with the head frozen as under LoRA, backward; docs/benchmarks.md), and no slower
+    elsewhere. The same product; any other head runs its own forward."""
     if type(head) is not torch.nn.Linear:
         return head(hidden)
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -229,3 +252,26 @@ def naive_sequence_logps(model, sequences: list[Sequence], pad_id: int = 0) -> t
         positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)
         out.append(logps[row, positions, torch.tensor(c)].sum())
     return torch.stack(out)
+
+
+def slot_logps(model, inputs: dict, layout, scoring: Scoring = Scoring(), with_grad: bool = False,
+               autocast=contextlib.nullcontext):
+    """One collated batch under `model`: summed completion log-probs and completion lengths, both [B, columns]
+    (`layout`: negalign.methods.Layout), plus the token log-probs and packed batch of the columns that carry
+    gradients. The layout's detached columns (collated under "detached_" keys) run in a second, no-grad
+    forward. `autocast`: the training step's autocast context, so that a live reference runs in the precision
+    the cached one was computed in."""
+    slots, detached, kept = layout.n_columns, layout.detached, layout.kept
+    batch = packed_from(inputs)
+    with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()), autocast():
+        tokens = token_logps(model, batch, attention=scoring.attention)
+    sums = dict(zip(kept, reduce_token_logps(tokens, batch).view(-1, len(kept)).unbind(1)))
+    lengths = dict(zip(kept, batch.completion_lengths.view(-1, len(kept)).unbind(1)))
+    if detached:
+        side = packed_from(inputs, "detached_")
+        with torch.no_grad(), autocast():
+            side_sums = reduce_token_logps(token_logps(model, side, attention=scoring.attention), side)
+        sums.update(zip(detached, side_sums.view(-1, len(detached)).unbind(1)))
+        lengths.update(zip(detached, side.completion_lengths.view(-1, len(detached)).unbind(1)))
+    as_matrix = lambda columns: torch.stack([columns[s] for s in range(slots)], dim=1)  # noqa: E731
+    return as_matrix(sums), as_matrix(lengths).to(torch.float32), tokens, batch

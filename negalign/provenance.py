@@ -175,6 +175,39 @@ def write_provenance(output_dir: str, config, anchors: dict | None = None, promp
     portable_adapter_config(output_dir, config.model)
 
 
+class RecordsProvenance:
+    """Mixed into a Trainer (before transformers.Trainer): every save, checkpoints and the final model alike,
+    carries the run's record (write_provenance), the model card is negalign's, and a checkpoint's Hub push
+    takes the card and run files along. Reads the trainer's `anchor_provenance` (where D2O's anchors came
+    from) and `retain` (a negalign.retain.RetainSet or None)."""
+
+    anchor_provenance: dict | None = None
+    retain = None
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        prompts = trained_prompts(self.train_dataset, self.retain.prompts if self.retain is not None else None)
+        write_provenance(output_dir or self.args.output_dir, self.args, self.anchor_provenance, prompts)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """negalign's model card (model_card), not the Trainer's draft: Trainer.push_to_hub calls this just before
+        it uploads output_dir, and the Trainer's card would replace README.md there and on the Hub."""
+        if self.is_world_process_zero():
+            atomic_write_text(os.path.join(self.args.output_dir, "README.md"),
+                              model_card(self.args, self.anchor_provenance))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """A checkpoint's push (hub_strategy every_save, checkpoint, all_checkpoints) uploads output_dir, where the
+        Trainer copies only the checkpoint's weights and tokenizer: the card and run files go with them."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            import shutil
+
+            for name in ("README.md", *RUN_FILES):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy2(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
+
+
 def portable_adapter_config(output_dir: str, model: str) -> None:
     """peft records a bundled model's base as negalign's cache folder of the converted GGUF, an absolute path of
     one machine: name it by its short name, which negalign resolves on any machine (load_model reads adapter

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from negalign.files import atomic_output
 from negalign.locks import output_lock
-from negalign.logprobs import Sequence, _unwrapped, pack_sequences, sequence_logps
+from negalign.logprobs import Scoring, Sequence, _unwrapped, pack_sequences, sequence_logps, slot_logps
 from negalign.models import model_fingerprint
 
 logger = logging.getLogger("negalign")
@@ -53,9 +53,8 @@ def batches_by_tokens(sequences: list[Sequence], max_tokens: int) -> list[list[i
 
 
 @torch.no_grad()
-def compute_logps(model, sequences: list[Sequence], max_tokens: int | None = None, autocast_bf16: bool = False,
-                  description: str = "reference log-probs", share_prompts: bool = True,
-                  attention: str = "auto") -> torch.Tensor:
+def compute_logps(model, sequences: list[Sequence], max_tokens: int | None = None, scoring: Scoring = Scoring(),
+                  description: str = "reference log-probs") -> torch.Tensor:
     """Summed completion log-probs for every sequence, shape [len(sequences)], float32. Batches of at most
     `max_tokens` laid-out tokens (default: 4,096 on a CPU, where larger rows gain nothing, and 32,768 on a GPU,
     which a small batch leaves mostly idle); the results stay on the device until the pass ends (one copy to
@@ -68,9 +67,9 @@ def compute_logps(model, sequences: list[Sequence], max_tokens: int | None = Non
     from negalign.progress import bar
 
     for indices in bar(batches_by_tokens(sequences, max_tokens), desc=description, unit="batch"):
-        batch = pack_sequences([sequences[i] for i in indices], share_prompts).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            pieces.append(sequence_logps(model, batch, "sum", attention=attention).float())
+        batch = pack_sequences([sequences[i] for i in indices], scoring.share_prompts).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=scoring.autocast_bf16):
+            pieces.append(sequence_logps(model, batch, "sum", attention=scoring.attention).float())
         order += indices
     out = torch.empty(len(sequences), dtype=torch.float32)
     if pieces:
@@ -94,24 +93,23 @@ def _read_cache(path: Path, n_sequences: int) -> torch.Tensor | None:
 
 
 def cached_reference_logps(model, sequences: list[Sequence], cache_dir: str | os.PathLike, max_tokens: int | None = None,
-                           autocast_bf16: bool = False, share_prompts: bool = True,
-                           fingerprint: str | None = None, attention: str = "auto") -> tuple[torch.Tensor, bool]:
+                           scoring: Scoring = Scoring(), fingerprint: str | None = None) -> tuple[torch.Tensor, bool]:
     """(summed log-probs [S], whether they came from the cache). `fingerprint`: the model's
     `model_fingerprint`, where the caller has it already (hashing every weight takes seconds)."""
-    key = f"{fingerprint or model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if autocast_bf16 else 'fp32'}"
+    key = f"{fingerprint or model_fingerprint(model)}-{sequences_fingerprint(sequences)}-{'bf16' if scoring.autocast_bf16 else 'fp32'}"
     path = Path(cache_dir) / f"reflogps-{key}.safetensors"
     # one reference pass per cache folder at a time (one lock file for the folder, not one per cache file): a
     # second process wanting the same cache waits for the first and then reads it instead of computing it twice
     with output_lock(Path(cache_dir) / ".reference", "the reference log-prob cache", wait=True):
-        return _cached_reference_logps(model, sequences, path, max_tokens, autocast_bf16, share_prompts, attention)
+        return _cached_reference_logps(model, sequences, path, max_tokens, scoring)
 
 
-def _cached_reference_logps(model, sequences, path: Path, max_tokens, autocast_bf16, share_prompts, attention):
+def _cached_reference_logps(model, sequences, path: Path, max_tokens, scoring: Scoring):
     if path.exists():
         cached = _read_cache(path, len(sequences))
         if cached is not None:
             return cached, True
-    logps = compute_logps(model, sequences, max_tokens, autocast_bf16, share_prompts=share_prompts, attention=attention)
+    logps = compute_logps(model, sequences, max_tokens, scoring)
     with atomic_output(path) as tmp:
         save_file({"logps": logps}, str(tmp))
     return logps, False
@@ -131,6 +129,7 @@ class Reference:
 
     def __init__(self, config, layout):
         self.config, self.layout = config, layout
+        self.scoring = Scoring.of(config)
         self.minus_name = config.ref_model or config.model
         self.plus_name = config.ref_plus_model or self.minus_name
         self.mode = config.reference if layout.method.reference else None
@@ -173,9 +172,7 @@ class Reference:
             model = policy if name == self.config.model else load_model(name, self.config.model_options()).to(device)
             sequences = [item["sequences"][c] for item in items for c in columns]
             known = getattr(self.config, "_inputs", {}).get("model") if model is policy else None  # pipeline's
-            logps, hit = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
-                                                share_prompts=self.config.share_prompts, fingerprint=known,
-                                              attention=self.config.packed_attention)
+            logps, hit = cached_reference_logps(model, sequences, folder, scoring=self.scoring, fingerprint=known)
             table[:, columns] = logps.view(len(items), len(columns))
             report[name] = "cache hit" if hit else "computed and cached"
             del model
@@ -194,22 +191,23 @@ class Reference:
                                 else self._load(self.config.model, policy, device))
 
     @torch.no_grad()
-    def starting_token_log_softmax(self, policy, batch, attention: str) -> torch.Tensor:
+    def starting_token_log_softmax(self, policy, batch) -> torch.Tensor:
         """Token log-softmax of the starting model over a packed batch (the retain KL's reference side)."""
         from negalign.logprobs import token_log_softmax
 
         if "start" in self.models:
-            return token_log_softmax(self.models["start"], batch, attention=attention)
+            return token_log_softmax(self.models["start"], batch, attention=self.scoring.attention)
         if not hasattr(_unwrapped(policy), "disable_adapter"):
             raise ValueError("retain_loss kl without LoRA needs the starting model: call "
                              "Reference.keep_starting_model(policy, device) before training changes the policy")
         with _unwrapped(policy).disable_adapter():  # LoRA: the policy with its adapter off
-            return token_log_softmax(policy, batch, attention=attention)
+            return token_log_softmax(policy, batch, attention=self.scoring.attention)
 
     @torch.no_grad()
-    def batch_logps(self, policy, inputs: dict, score) -> torch.Tensor | None:
-        """Summed reference log-probs [B, columns] for one batch. `score(model, inputs)` is the trainer's own
-        forward, giving [B, columns] under a model."""
+    def batch_logps(self, policy, inputs: dict, autocast=contextlib.nullcontext) -> torch.Tensor | None:
+        """Summed reference log-probs [B, columns] for one collated batch, scored as the policy is
+        (logprobs.slot_logps, under the training step's `autocast`)."""
+        score = lambda model, batch: slot_logps(model, batch, self.layout, self.scoring, autocast=autocast)[0]  # noqa: E731
         if self.mode is None:
             return None
         if "ref_logps" in inputs:
@@ -239,7 +237,5 @@ class Reference:
                 self._minus_for_refresh = load_model(self.minus_name, self.config.model_options()).to(device).eval()
             model, scope = self._minus_for_refresh, contextlib.nullcontext
         with scope():
-            logps, _ = cached_reference_logps(model, sequences, folder, autocast_bf16=self.config.bf16,
-                                              share_prompts=self.config.share_prompts,
-                                              attention=self.config.packed_attention)
+            logps, _ = cached_reference_logps(model, sequences, folder, scoring=self.scoring)
         return logps

@@ -17,6 +17,7 @@ prompt, exactly or by embedding similarity, is removed, and the removals are wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from pathlib import Path
 from negalign import decontamination
 from negalign.data import encode, prompt_key
 from negalign.data.prompts import read_prompt_rows as read_retain_rows
+from negalign.logprobs import pack_sequences, token_log_softmax, token_logps
+from negalign.objectives import retain_kl, retain_nll
 
-RETAIN_LOSSES = ("nll", "self", "kl")
+logger = logging.getLogger("negalign")
 
 
 @dataclass
@@ -53,8 +56,10 @@ def self_answers(model, tokenizer, prompts: list[list[dict]], folder: str | os.P
     return [done[(prompt_key(p), 0)]["completion"] for p in prompts]
 
 
-def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> RetainSet | None:
-    """config.retain_* -> tokenised retain sequences, decontaminated against the evaluation suites."""
+def prepare_retain(config, tokenizer, model, reference, output_dir: str | None = None) -> RetainSet | None:
+    """config.retain_* -> tokenised retain sequences, decontaminated against the evaluation suites (the removals
+    written to `output_dir`). Needs the starting model (its self answers, and with retain_loss kl the reference
+    keeps it: Reference.keep_starting_model), so it runs before LoRA or training change it."""
     if not config.retain_data:
         return None
     from negalign.data.paths import data_dir as find_data_dir
@@ -96,6 +101,11 @@ def prepare_retain(config, tokenizer, model, output_dir: str | None = None) -> R
     summary["n_sequences"] = len(sequences)
     if output_dir:
         atomic_write_text(os.path.join(output_dir, "retain_decontamination.json"), json.dumps(portable(summary), indent=2) + "\n")
+    logger.info("negalign: retain set: %d sequences from %s (%d of %d prompts removed as evaluation prompts), loss "
+                "%s x %s", len(sequences), config.retain_data, len(removed), len(rows), config.retain_loss,
+                config.retain_weight)
+    if config.retain_loss == "kl":
+        reference.keep_starting_model(model, config.device)
     return RetainSet(sequences, summary, [row["prompt"] for row in kept])
 
 
@@ -111,3 +121,37 @@ def retain_indices(n_rows: int, batch_size: int, draw: int, seed: int) -> list[i
         out.append(order[offset])
         position += 1
     return out
+
+
+class RetainTerm:
+    """The retain loss of each training micro-step, on a batch of retain rows of its own. Which rows depends only
+    on the global step, the micro-step within it and the process (`retain_indices`), so a resumed run draws the
+    batches the uninterrupted one would have. With retain_loss kl the reference side is the starting model
+    (negalign.reference.Reference.keep_starting_model)."""
+
+    def __init__(self, retain: RetainSet, config, reference):
+        self.retain, self.reference, self.loss = retain, reference, config.retain_loss
+        self.attention, self.device, self.seed = config.packed_attention, config.device, config.seed
+        self.batch_size = config.retain_batch_size or config.per_device_train_batch_size
+        self.accumulation, self.world_size = config.gradient_accumulation_steps, config.world_size
+        self.process = config.process_index
+        self._step, self._micro = -1, 0
+
+    def rows(self, global_step: int) -> list[int]:
+        """The retain rows of the next micro-step of `global_step`."""
+        if global_step != self._step:
+            self._step, self._micro = global_step, 0
+        draw = (self._step * self.accumulation + self._micro) * self.world_size + self.process
+        self._micro += 1
+        return retain_indices(len(self.retain.sequences), self.batch_size, draw, self.seed)
+
+    def __call__(self, model, global_step: int, autocast):
+        """(retain loss, its metrics) under `model`, in the training step's `autocast` context."""
+        rows = self.rows(global_step)
+        batch = pack_sequences([self.retain.sequences[i] for i in rows], share_prompts=False).to(self.device)
+        with autocast():
+            if self.loss != "kl":
+                return retain_nll(token_logps(model, batch, attention=self.attention))
+            policy = token_log_softmax(model, batch, attention=self.attention)
+            reference = self.reference.starting_token_log_softmax(model, batch)
+        return retain_kl(policy, reference)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from negalign.commandline import option, parse_command
+from negalign.data.loading import ON_BAD_ROW
 from negalign.models import ModelOptions
 from negalign.settings import AT_LEAST_1, SamplingSettings, number_problems
 
@@ -56,7 +57,7 @@ class SampleCommand:
     bf16: bool = option(False, "bf16 autocast while generating (float32 weights; --dtype bfloat16 loads bf16 "
                         "weights instead)")
     on_bad_row: str = option("error", "stop at a bad data row, or skip and count bad rows",
-                             choices=["error", "skip"])
+                             choices=list(ON_BAD_ROW))
     overwrite: bool = option(False, "regenerate even if the output exists (what is there is moved aside to "
                              "OUTPUT.replaced-<time>)")
     wait: bool = option(False, "if another process is writing --output, wait for it (default: stop at once)")

@@ -1,4 +1,4 @@
-"""Follow `config` from negalign.pipeline.train through every call that passes it on (issue 32's walk).
+"""Follow `config` from negalign.pipeline.train through every call that passes it on.
 
 Read from the source with `ast`, so the count is the same for anyone who runs it: a *stop* is one call whose
 arguments include the variable holding the config (positionally or by keyword), resolved to a function of the
@@ -132,6 +132,13 @@ def _kept_as(init: ast.FunctionDef, cls: ast.ClassDef, parameter: str) -> set[st
     return kept
 
 
+def _package_bases(module: str, cls: ast.ClassDef) -> list[tuple[str, ast.ClassDef]]:
+    """(module, class) of each base class of `cls` defined in the package (a mixin such as
+    provenance.RecordsProvenance), whose methods see the same `self`."""
+    found = [_definition(module, base.id) for base in cls.bases if isinstance(base, ast.Name)]
+    return [(where, node) for where, _, node in filter(None, found) if isinstance(node, ast.ClassDef)]
+
+
 def _enclosing_classes(tree: ast.Module) -> dict[int, ast.ClassDef]:
     return {id(fn): cls for cls in tree.body if isinstance(cls, ast.ClassDef) for fn in cls.body}
 
@@ -147,9 +154,10 @@ def walk(start_module: str = "negalign.pipeline", start: str = "train", variable
         cls = _enclosing_classes(_parsed(module)).get(id(node))
         if cls is not None and node.name == "__init__" and not variable.startswith("self."):
             for attribute in _kept_as(node, cls, variable):  # the config lives on: every method can pass it
-                for other in cls.body:
-                    if isinstance(other, ast.FunctionDef) and other.name != "__init__":
-                        visit(module, f"{cls.name}.{other.name}", other, attribute)
+                for where, owner in ((module, cls), *_package_bases(module, cls)):  # its mixins' methods too
+                    for other in owner.body:
+                        if isinstance(other, ast.FunctionDef) and other.name != "__init__":
+                            visit(where, f"{owner.name}.{other.name}", other, attribute)
         for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
             target = _resolve(module, cls, call.func)
             if target is None:

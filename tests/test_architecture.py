@@ -1,4 +1,4 @@
-"""The package's import graph has no circles (issue 32): every module import is read from the source (those
+"""The package's import graph has no circles: every module import is read from the source (those
 inside functions too), and a strongly connected component of more than one module fails the test by name."""
 
 import ast
@@ -84,7 +84,7 @@ def _config_walk():
 
 
 def test_following_config_through_a_training_run_stays_short():
-    """Issue 32's bound: at most 30 stops, at most 8 returns to a file already left or climbs to a higher floor.
+    """The bound: at most 30 stops, at most 8 returns to a file already left or climbs to a higher floor.
     The walk must find the stops every run has, so an empty walk cannot pass."""
     walk = _config_walk()
     stops = walk.walk()
@@ -93,3 +93,13 @@ def test_following_config_through_a_training_run_stays_short():
             "negalign.batches:prepare_items", "negalign.provenance:write_provenance"} <= reached
     counts = walk.counts(stops)
     assert counts["stops"] <= 30 and counts["climbs"] + counts["re-entries"] <= 8, counts
+
+
+def test_the_run_is_assembled_in_one_place():
+    """The collator is made once (negalign.assemble), for negalign.train and NegalignTrainer(...) alike, and the
+    trainer names no method: what is particular to one lives with its Method (objectives/)."""
+    sources = {path: path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py")}
+    made = [str(path.relative_to(PACKAGE)) for path, text in sources.items() for _ in range(text.count("partial(collate"))]
+    assert made == ["assemble.py"]
+    trainer = (PACKAGE / "trainer.py").read_text(encoding="utf-8")
+    assert not any(name in trainer for name in ("kl_on_samples", '"d2o"', "from_reference"))

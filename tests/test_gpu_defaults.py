@@ -33,7 +33,7 @@ def test_the_default_is_every_save_steps_on_a_cpu_and_ten_minutes_on_a_gpu():
 
     import torch
 
-    from negalign.trainer import checkpoint_minutes
+    from negalign.guards import checkpoint_minutes
 
     assert checkpoint_minutes(SimpleNamespace(checkpoint_min_minutes=None, device=torch.device("cpu"))) == 0
     assert checkpoint_minutes(SimpleNamespace(checkpoint_min_minutes=None, device=torch.device("cuda"))) == 10
@@ -41,10 +41,19 @@ def test_the_default_is_every_save_steps_on_a_cpu_and_ten_minutes_on_a_gpu():
 
 
 def test_kl_on_samples_is_left_out_when_one_anchor_carries_it(tiny_model_dir, negatives, tmp_path):
+    """The trainer shows what its method's log_metrics leaves of a log line (D2O's rule, given here to an NPO run
+    whose anchors came from the reference: the rule itself is tested on the Method in test_objectives)."""
+    import dataclasses
+
+    from negalign.methods import METHODS
+
     trainer = negalign.train(model=tiny_model_dir, data=negatives, objective="npo", max_steps=1,
                              per_device_train_batch_size=2, output_dir=str(tmp_path / "run"),
                              cache_dir=str(tmp_path / "cache"), max_length=64, max_prompt_length=32, use_cpu=True,
                              save_strategy="no")
+    with_rule = dataclasses.replace(METHODS["npo"], log_metrics=METHODS["d2o"].log_metrics)
+    trainer.layout = dataclasses.replace(trainer.layout, method=with_rule)
+    trainer.anchor_provenance = {"from_reference": True}
     for share, kept in ((0.01, False), (0.5, True)):
         trainer._metrics.clear()
         trainer._metrics["kl_on_samples"] += [1.0e9, 3.0]

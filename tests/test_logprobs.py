@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from negalign.attention import PACKED_ATTENTION
 from negalign.logprobs import (
-    BLOCK_ATTENTION,
     naive_sequence_logps,
     pack_sequences,
     pad_token_logps,
@@ -98,7 +98,7 @@ def test_block_attention_stays_on_under_gradient_checkpointing():
     ids = torch.tensor([[3, 4, 5, 6, 7]])
     before = model(input_ids=ids).logits.detach()
     sequence_logps(model, pack_sequences(SEQUENCES)).sum().backward()
-    assert model.config._attn_implementation == BLOCK_ATTENTION
+    assert model.config._attn_implementation == PACKED_ATTENTION
     assert torch.allclose(model(input_ids=ids).logits.detach(), before, atol=1e-6)
 
 

@@ -158,7 +158,7 @@ def test_each_column_holds_the_log_prob_of_its_slot_text(name, tiny_model_dir, s
     from negalign.batches import collate
     from negalign.config import NegalignConfig
     from negalign.data import encode
-    from negalign.logprobs import pack_sequences, sequence_logps
+    from negalign.logprobs import pack_sequences, sequence_logps, slot_logps
     from negalign.models import load_model
     from negalign.trainer import NegalignTrainer
 
@@ -176,7 +176,7 @@ def test_each_column_holds_the_log_prob_of_its_slot_text(name, tiny_model_dir, s
     layout = METHODS[name].layout(len(items[0]["sequences"]))
     config = NegalignConfig(output_dir=str(tmp_path), objective=name, use_cpu=True, report_to=[])
     trainer = NegalignTrainer(model=model, args=config, layout=layout, train_dataset=items)
-    sums, lengths, _, _ = trainer.slot_logps(model, collate(items, layout), with_grad=False)
+    sums, lengths, _, _ = slot_logps(model, collate(items, layout), trainer.layout, trainer.scoring)
     for row, (prompt, example) in enumerate(zip(prompts, examples)):
         for slot in METHODS[name].slots:
             for column, text in zip(layout.columns(slot), texts[slot] if slot == SAMPLES else [texts[slot]]):
@@ -222,7 +222,7 @@ def test_the_methods_page_lists_every_method():
 
 
 def test_no_objective_name_is_compared_outside_the_method_table():
-    """Everything method-specific is asked of the Method (issue 32): no `objective == "..."` elsewhere."""
+    """Everything method-specific is asked of the Method: no `objective == "..."` elsewhere."""
     import re
     from pathlib import Path
 

@@ -107,6 +107,35 @@ def test_d2o_weight_share_reads_one_dominant_anchor_without_overflow():
     assert not math.isfinite(float(m["kl_on_samples"]))
 
 
+def test_d2o_log_metrics_keep_the_kl_estimate_only_under_the_references_own_anchors():
+    """D2O's Method decides what a log line shows of its metrics. Four anchors, one with h = 2 (w = e^2) and three
+    with h = 0 (w = 1): share = (e^2 + 3)^2 / (4 (e^4 + 3)) = 10.389^2 / (4 x 57.598) = 0.4685 >= 0.05, so the
+    estimate is shown when the anchors came from the reference; below 0.05 it is not."""
+    from negalign.methods import METHODS
+    from negalign.objectives.negatives import MIN_WEIGHT_SHARE
+
+    show = METHODS["d2o"].log_metrics
+    share = (math.e ** 2 + 3) ** 2 / (4 * (math.e ** 4 + 3))
+    assert share == pytest.approx(0.4685, abs=1e-4)
+    merged = {"z": 0.25, "kl_on_samples": 3.0, "kl_on_samples_ess": share}
+    assert show(merged, {"from_reference": True}) == merged
+    # drawn under a sampling context, by another model, or of unknown origin: exp(h) h estimates no KL
+    for anchors in (None, {"from_reference": False}, {"sampling_context": "unknown"}):
+        assert show(merged, anchors) == {"z": 0.25}
+    # one anchor carries the estimate (share below 0.05): noise, not drift; the share itself is still shown
+    assert MIN_WEIGHT_SHARE == 0.05
+    noisy = {**merged, "kl_on_samples": 1.0e9, "kl_on_samples_ess": 0.049}
+    assert show(noisy, {"from_reference": True}) == {"z": 0.25, "kl_on_samples_ess": 0.049}
+    assert show({**noisy, "kl_on_samples_ess": 0.05}, {"from_reference": True})["kl_on_samples"] == 1.0e9
+    assert noisy["kl_on_samples"] == 1.0e9  # the merged means handed in are left as they were
+
+
+def test_other_methods_show_every_metric():
+    from negalign.methods import METHODS
+
+    assert [name for name, m in METHODS.items() if m.log_metrics is not None] == ["d2o"]
+
+
 def test_d2o_different_beta_alpha():
     loss, _ = d2o(t(PN), t(RN), t(PS), t(RS), beta=0.5, alpha=0.2)
     close(loss, d2o_ref(PN, RN, PS, RS, 0.5, 0.2))

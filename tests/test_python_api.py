@@ -120,11 +120,33 @@ def test_evaluate_takes_model_objects_and_scores_as_from_paths(tiny_model_dir, t
                 assert from_objects["suites"][name][key]["rate"] == suite[key]["rate"]
 
 
-def test_negalign_trainer_built_the_way_trl_trainers_are(tiny_model_dir, tmp_path):
+def _assembly_calls(monkeypatch) -> list[str]:
+    """The negalign.assemble functions called, by name, wherever they are imported."""
+    import negalign.assemble as assemble
+    import negalign.pipeline as pipeline
+    import negalign.trainer as trainer_module
+
+    calls = []
+
+    def recorded(name):
+        real = getattr(assemble, name)
+        return lambda *args, **kwargs: calls.append(name) or real(*args, **kwargs)
+
+    for name, modules in (("training_set", (assemble, pipeline)), ("reference_pass", (assemble, pipeline)),
+                          ("trainer_inputs", (trainer_module,))):
+        spy = recorded(name)
+        for module in modules:
+            monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_negalign_trainer_built_the_way_trl_trainers_are(tiny_model_dir, tmp_path, monkeypatch):
     """NegalignTrainer(model=, args=, train_dataset=, processing_class=) as in a TRL script: the same weights as
-    negalign.train with the same settings and rows."""
+    negalign.train with the same settings and rows, assembled by the same functions (negalign.assemble)."""
     from negalign.config import NegalignConfig
     from negalign.trainer import NegalignTrainer
+
+    calls = _assembly_calls(monkeypatch)
 
     rows = [{"prompt": p, "chosen": "A kind answer.", "rejected": "A rude answer."} for p in PROMPTS]
     settings = {"objective": "dpo", "beta": 0.1, "max_steps": 2, "per_device_train_batch_size": 2,
@@ -134,11 +156,14 @@ def test_negalign_trainer_built_the_way_trl_trainers_are(tiny_model_dir, tmp_pat
                                                               cache_dir=str(tmp_path / "c1"), **settings),
                               train_dataset=datasets.Dataset.from_list(rows),
                               processing_class=load_tokenizer(tiny_model_dir))
+    assert sorted(calls) == ["reference_pass", "trainer_inputs", "training_set"]
     trainer.train()
     assert trainer.state.global_step == 2
+    calls.clear()
     reference = negalign.train({**settings, "output_dir": str(tmp_path / "train"), "cache_dir": str(tmp_path / "c2")},
                                model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                tokenizer=load_tokenizer(tiny_model_dir), train_dataset=rows)
+    assert calls == ["training_set", "reference_pass", "trainer_inputs"]
     theirs = reference.model.state_dict()
     moved = 0.0
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

@@ -27,6 +27,7 @@ import negalign.pipeline as pipeline
 from negalign.cli import main
 from negalign.config import load_config
 from negalign.data import DataError
+from negalign.reference import Reference
 
 HELPER = str(Path(__file__).with_name("killable_cli.py"))
 PROMPTS = [f"Question {i}: {'please ' * (i % 3)}how do I do thing number {i}?" for i in range(6)]
@@ -225,7 +226,7 @@ def no_expensive_work(monkeypatch):
         raise AssertionError("expensive work started before the input was checked")
 
     monkeypatch.setattr(pipeline, "load_model", expensive)
-    monkeypatch.setattr(pipeline.Reference, "prepare", expensive)
+    monkeypatch.setattr(Reference, "prepare", expensive)
     return lambda: monkeypatch.setattr(pipeline, "load_tokenizer", expensive)
 
 

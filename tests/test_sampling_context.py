@@ -298,8 +298,8 @@ def test_trainer_logs_both_terms_and_keeps_kl_only_for_the_references_own_sample
 
 def test_a_mixed_anchors_file_is_recorded_with_both_contexts(tiny, tiny_model_dir, tmp_path):
     # the demo's d2o_anchors.jsonl: anchors drawn under a context, plus benign anchors drawn without one
+    from negalign.anchors import anchor_provenance
     from negalign.config import NegalignConfig
-    from negalign.pipeline import anchor_provenance
     from negalign.provenance import model_card
 
     model, _ = tiny

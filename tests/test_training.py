@@ -339,15 +339,16 @@ def test_kto_scores_mismatched_completions_without_a_graph_and_trains_the_same(t
     graph-carrying slots ends."""
     import dataclasses
 
-    import negalign.trainer as trainer_module
+    import negalign.logprobs as logprobs
 
-    grad_modes, real = [], trainer_module.token_logps
+    grad_modes, real = [], logprobs.token_logps
 
     def recording(model, batch, *args, **kwargs):
-        grad_modes.append(torch.is_grad_enabled())
+        if model.training:  # the training step's forwards (logprobs.slot_logps), not the reference pass (eval mode)
+            grad_modes.append(torch.is_grad_enabled())
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "token_logps", recording)
+    monkeypatch.setattr(logprobs, "token_logps", recording)
     # plain SGD: an update proportional to the gradient, so the two paths' rounding differences stay that small
     # (AdamW's g / sqrt(v) turns a 1e-9 gradient into a full learning-rate step whose sign is rounding noise)
     settings = dict(max_steps=3, learning_rate=1.0, per_device_train_batch_size=4, optim="sgd")

@@ -71,6 +71,9 @@ class Method:
     token_level: bool = False  # the loss reads per-token log-probs, not per-sequence sums
     hyperparameters: tuple[str, ...] = ("beta",)  # shared config fields the loss reads that must be > 0
     own: tuple[Hyperparameter, ...] = ()  # its own hyperparameters, given under `loss:`
+    # (a log line's metric means, the run's anchors record or None) -> the metrics the line shows: a method whose
+    # metrics mean something only under some conditions drops the others here (D2O's kl_on_samples)
+    log_metrics: Callable[[dict, dict | None], dict] | None = None
     demo: dict = field(default_factory=dict)  # the settings `negalign demo` trains it with (the rest is shared)
 
     @property

@@ -57,9 +57,9 @@ def d2o(
     rows (instance-level: of row-sample arguments) with sigmoid(z) > 0.99, whose gradient has all but vanished;
     and ``kl_on_samples`` = mean of exp(h) * h over samples, an importance-weighted estimate of
     KL(pi_theta || pi_ref) that is valid only when the samples were drawn from the reference with no sampling
-    context (the trainer drops it otherwise); 0 when K = 0. ``kl_on_samples_ess`` = (sum w)^2 / (n sum w^2) with
+    context (`d2o_log_metrics` drops it otherwise); 0 when K = 0. ``kl_on_samples_ess`` = (sum w)^2 / (n sum w^2) with
     w = exp(h), the importance weights' effective sample share: near 1/n one anchor carries the estimate and
-    kl_on_samples is not to be read as a drift (the trainer drops it below 0.05, and logs the share).
+    kl_on_samples is not to be read as a drift (`d2o_log_metrics` drops it below 0.05; the share is logged).
     """
     _check_same_shape(policy_negative_logps=policy_negative_logps, ref_negative_logps=ref_negative_logps)
     _check_same_shape(policy_sample_logps=policy_sample_logps, ref_sample_logps=ref_sample_logps)
@@ -132,7 +132,24 @@ def d2o(
     return loss, metrics
 
 
-register(Method("d2o", d2o, ("negative", SAMPLES), DataShape.NEGATIVES_WITH_SAMPLES,
+MIN_WEIGHT_SHARE = 0.05  # kl_on_samples is left out of a log line whose importance-weight share is below this
+
+
+def d2o_log_metrics(merged: dict, anchors: dict | None) -> dict:
+    """What a log line shows of D2O's metrics (their means over the line's steps). exp(h) * h estimates a KL
+    only under the reference's own samples: kl_on_samples and its weight share go unless the anchors record
+    (negalign.anchors.anchor_provenance) says they were drawn from the reference with no sampling context; and
+    kl_on_samples goes when one anchor carries it (weight share below MIN_WEIGHT_SHARE): noise, not drift."""
+    out = dict(merged)
+    if not (anchors and anchors.get("from_reference")):
+        out.pop("kl_on_samples", None)
+        out.pop("kl_on_samples_ess", None)
+    elif out.get("kl_on_samples_ess", 1.0) < MIN_WEIGHT_SHARE:
+        out.pop("kl_on_samples", None)
+    return out
+
+
+register(Method("d2o", d2o, ("negative", SAMPLES), DataShape.NEGATIVES_WITH_SAMPLES, log_metrics=d2o_log_metrics,
                 demo={"beta": 0.1, "alpha": 0.1}, hyperparameters=("beta", "alpha"), plus_reference=("negative",),
                 arguments=lambda c, batch, cfg: dict(
                     policy_negative_logps=c.policy("negative"), ref_negative_logps=c.ref("negative"),

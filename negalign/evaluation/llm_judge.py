@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from negalign.files import atomic_write_text
+
 # the shared HTTP client's errors and helpers, importable from here as before
 from negalign.httpclient import MalformedResponse, RequestFailed, json_body, post_with_retries, shown_url  # noqa: F401
 from negalign.progress import bar

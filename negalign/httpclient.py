@@ -55,10 +55,10 @@ def json_body(response: httpx.Response, url: str) -> dict:
     return body
 
 
-def post_with_retries(http: httpx.Client, url: str, body: dict, *, retries: int, shown: str | None = None,
+def post_with_retries(http: httpx.Client, url: str, body: dict | None, *, retries: int, shown: str | None = None,
                       key_for: str = "--base-url", backoff_s: float = 1.0,
                       abort: threading.Event | None = None) -> httpx.Response:
-    """POST `body` as JSON and return the successful response. 429, 5xx and transport errors (refused, reset,
+    """POST `body` as JSON (GET when it is None) and return the successful response. 429, 5xx and transport errors (refused, reset,
     dropped, timed out) are tried again `retries` times, waiting retry_after; any other status, a redirect, or
     the last failure raises RequestFailed. `abort`, once set by another thread (a sibling request failed for
     good), stops retrying at once: the run is ending and more waiting only delays the one-line error."""
@@ -66,7 +66,7 @@ def post_with_retries(http: httpx.Client, url: str, body: dict, *, retries: int,
     for attempt in range(retries + 1):
         response = None
         try:
-            response = http.post(url, json=body)
+            response = http.post(url, json=body) if body is not None else http.get(url)
         except httpx.TransportError as error:
             if attempt == retries or (abort is not None and abort.is_set()):
                 raise RequestFailed(f"{shown}: {type(error).__name__}: {error or 'connection failed'}") from error

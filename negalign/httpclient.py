@@ -14,14 +14,19 @@ import httpx
 
 class RequestFailed(RuntimeError):
     """A request that gave no usable reply: an HTTP error, a redirect, a dropped connection or a timeout after
-    the retries, or a body that is not what the endpoint should answer."""
+    the retries, or a body that is not what the endpoint should answer. `status`: the HTTP status when the
+    endpoint answered with one (None when it did not answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class MalformedResponse(RequestFailed):
     """The endpoint answered 200, but not with the body the API defines (empty, not JSON, a field missing)."""
 
     def __init__(self, url: str, problem: str, raw: str):
-        super().__init__(f"{url}: {problem}: {raw[:200]!r}" if raw.strip() else f"{url}: {problem}")
+        super().__init__(f"{url}: {problem}: {raw[:200]!r}" if raw.strip() else f"{url}: {problem}", 200)
         self.raw = raw
 
 
@@ -81,7 +86,7 @@ def post_with_retries(http: httpx.Client, url: str, body: dict | None, *, retrie
             retryable = response.status_code == 429 or response.status_code >= 500
             if not retryable or attempt == retries or (abort is not None and abort.is_set()):
                 text = " ".join(response.text[:300].split())
-                raise RequestFailed(f"{shown}: HTTP {response.status_code}: {text}")
+                raise RequestFailed(f"{shown}: HTTP {response.status_code}: {text}", response.status_code)
         wait = retry_after(response, attempt, backoff_s)
         if abort is not None:
             if abort.wait(wait):  # woken early: the run is ending

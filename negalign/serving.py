@@ -173,6 +173,7 @@ class GenerationClient:
         self.abort = threading.Event()  # set when a request failed for good: the others stop retrying
         self.ignores_n = False  # llama.cpp's server answers one choice whatever `n` asks
         self._model = options.served_model
+        self._listed: dict | None = None  # the server's /models entries by name, asked once
         self.checks: dict[str, dict] = {}  # local weights' fingerprint -> the check's record
 
     def close(self) -> None:
@@ -193,29 +194,56 @@ class GenerationClient:
             raise ServerError(f"generation server {error}") from error
 
     def served_model(self) -> str:
-        """The name requests carry: --served-model, else the one model the server lists."""
+        """The name requests carry: --served-model, else the one model the server lists. The list also says
+        which engine serves it (`owned_by`: vllm, sglang, llamacpp ...), which decides how plain sampling is asked
+        for (sampling_options)."""
+        if self._listed is None and self._model is not None:
+            try:
+                self._listed = self._models()
+            except ServerError as error:
+                if isinstance(error.__cause__, RequestFailed) and error.__cause__.status is None:
+                    raise  # no answer at all: the server is down
+                self._listed = {}  # a named model on an endpoint that lists none: the engine stays unknown
+        if self._listed is None:
+            self._listed = self._models()
         if self._model is None:
-            body = self._send("/models", None)
-            listed = body.get("data")
-            names = [m.get("id") for m in listed if isinstance(m, dict)] if isinstance(listed, list) else None
-            if names is None or not all(isinstance(n, str) for n in names):
-                raise ServerError(f"generation server {self.shown}/models: reply is not a model list: "
-                                  f"{str(body)[:200]!r}")
-            if len(names) != 1:
-                raise ServerError(f"generation server {self.shown} serves {len(names)} models ({', '.join(names)}): "
-                                  "name the one to use with --served-model")
-            self._model = names[0]
+            if len(self._listed) != 1:
+                raise ServerError(f"generation server {self.shown} serves {len(self._listed)} models "
+                                  f"({', '.join(self._listed)}): name the one to use with --served-model")
+            self._model = next(iter(self._listed))
         return self._model
+
+    def _models(self) -> dict:
+        body = self._send("/models", None)
+        listed = body.get("data")
+        entries = [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else None
+        if entries is None or not entries or not all(isinstance(m.get("id"), str) for m in entries):
+            raise ServerError(f"generation server {self.shown}/models: reply is not a model list: "
+                              f"{str(body)[:200]!r}")
+        return {m["id"]: m for m in entries}
+
+    @property
+    def engine(self) -> str | None:
+        """The served model's `owned_by` in the server's model list (vllm, sglang, llamacpp, ...), None if unsaid."""
+        owner = (self._listed or {}).get(self.served_model(), {}).get("owned_by")
+        return owner if isinstance(owner, str) else None
+
+    def sampling_options(self) -> dict:
+        """What turns the engine's own sampling extras off, so that temperature and top_p alone decide, as in
+        negalign's decoding: vLLM and SGLang use no top-k, min-p or repetition penalty unless asked (and reject
+        llama.cpp's spelling of "no top-k" in some versions); llama.cpp's servers apply top_k 40, min_p 0.05 and
+        repeat_penalty 1.1 unless told otherwise, and so may another engine: it is told."""
+        if self.engine in ("vllm", "sglang"):
+            return {}
+        return {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 
     def complete(self, prompt: str, *, n: int, max_tokens: int, temperature: float, top_p: float, seed: int,
                  stop: list[str]) -> list[Answer]:
-        """Up to `n` answers to one rendered prompt. Sampling is the plain kind negalign's decoding does: no top-k,
-        min-p or repetition penalty (llama.cpp's server applies top_k 40, min_p 0.05 and repeat_penalty 1.1 unless
-        told otherwise; each engine ignores the other engines' names)."""
+        """Up to `n` answers to one rendered prompt, sampled the plain way negalign's decoding samples
+        (sampling_options)."""
         body = {"model": self.served_model(), "prompt": prompt, "n": n, "max_tokens": max_tokens,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop, "stream": False,
-                "top_k": -1, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0,
-                "presence_penalty": 0.0, "frequency_penalty": 0.0}
+                "presence_penalty": 0.0, "frequency_penalty": 0.0, **self.sampling_options()}
         reply = self._send("/completions", body)
         where = self.shown + "/completions"
         choices = reply.get("choices")

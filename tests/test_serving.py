@@ -177,10 +177,16 @@ def sample_argv(data_file, output, model_dir, url, *extra) -> list[str]:
 
 # ----- the client: retries, errors, a server that ignores n -------------------------------------------------
 
+def models_body(name: str = "m", owned_by: str = "llamacpp") -> str:
+    return json.dumps({"object": "list", "data": [{"id": name, "object": "model", "owned_by": owned_by}]})
+
+
 def test_429_503_and_a_dropped_connection_are_retried_then_answered():
     script = iter([(429, {"Retry-After": "0"}, "slow down"), None, (503, {}, "busy")])
 
     def flaky(request):
+        if request["path"].endswith("/models"):
+            return 200, JSON, models_body()
         return next(script, (200, JSON, completion_body([("Hello there", "stop"), ("Hi", "length")])))
 
     with Loopback(flaky) as server:
@@ -188,11 +194,28 @@ def test_429_503_and_a_dropped_connection_are_retried_then_answered():
         with GenerationClient(options, backoff_s=0.01) as client:
             answers = client.complete("prompt", n=2, max_tokens=4, temperature=0.7, top_p=1.0, seed=3, stop=[])
     assert [(a.text, a.finished) for a in answers] == [("Hello there", True), ("Hi", False)]
-    assert len(server.requests) == 4 and all(r["path"] == "/v1/completions" for r in server.requests)
+    assert [r["path"] for r in server.requests] == ["/v1/models"] + ["/v1/completions"] * 4
     sent = json.loads(server.requests[-1]["body"])
-    # the prompt as rendered, and plain sampling: no engine's own top-k, min-p or repetition penalty
+    # the prompt as rendered, and plain sampling: llama.cpp's own top-k, min-p and repetition penalty turned off
     assert (sent["prompt"], sent["n"], sent["seed"], sent["max_tokens"]) == ("prompt", 2, 3, 4)
-    assert (sent["top_k"], sent["min_p"], sent["repeat_penalty"], sent["repetition_penalty"]) == (-1, 0.0, 1.0, 1.0)
+    assert (sent["top_k"], sent["min_p"], sent["repeat_penalty"]) == (0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_vllm_and_sglang_are_sent_only_the_openai_sampling_fields(engine):
+    """Their defaults are already plain sampling, and some versions refuse llama.cpp's top_k 0."""
+    def reply(request):
+        if request["path"].endswith("/models"):
+            return 200, JSON, models_body("org/model", engine)
+        return 200, JSON, completion_body([("x", "stop")])
+
+    with Loopback(reply) as server, GenerationClient(ServerOptions(generation_server=server.base_url)) as client:
+        client.complete("p", n=1, max_tokens=4, temperature=0.5, top_p=0.9, seed=1, stop=["</s>"])
+        assert client.engine == engine
+    sent = server.completions()[0]
+    assert set(sent) == {"model", "prompt", "n", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+                         "presence_penalty", "frequency_penalty"}
+    assert (sent["model"], sent["temperature"], sent["top_p"], sent["stop"]) == ("org/model", 0.5, 0.9, ["</s>"])
 
 
 def test_retries_run_out_in_one_line():
@@ -200,18 +223,23 @@ def test_retries_run_out_in_one_line():
         options = ServerOptions(generation_server=server.base_url, served_model="m", server_retries=2)
         with GenerationClient(options, backoff_s=0.01) as client, pytest.raises(ServerError) as failed:
             client.complete("p", n=1, max_tokens=4, temperature=0, top_p=1, seed=0, stop=[])
-    assert len(server.requests) == 3  # the first try and two retries
+        # the model list answered 503 too: a named model is asked for all the same, its engine unknown
+        assert client.engine is None and client.sampling_options() == {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+    assert [r["path"] for r in server.requests] == ["/v1/models"] * 3 + ["/v1/completions"] * 3  # 1 try + 2 retries
     assert str(failed.value) == f"generation server {server.base_url}/completions: HTTP 503: <html> overloaded </html>"
 
 
 @pytest.mark.parametrize("body, problem", [("not json {", "reply is not JSON"), ('{"choices": []}', "reply has no choices"),
                                            ('{"choices": [{"text": "x", "finish_reason": null}]}', "not a finished completion")])
 def test_malformed_replies_are_not_retried(body, problem):
-    with Loopback(lambda request: (200, JSON, body)) as server:
+    def reply(request):
+        return (200, JSON, models_body()) if request["path"].endswith("/models") else (200, JSON, body)
+
+    with Loopback(reply) as server:
         options = ServerOptions(generation_server=server.base_url, served_model="m", server_retries=3)
         with GenerationClient(options, backoff_s=0.01) as client, pytest.raises(ServerError) as failed:
             client.complete("p", n=1, max_tokens=4, temperature=0, top_p=1, seed=0, stop=[])
-    assert len(server.requests) == 1 and problem in str(failed.value) and "\n" not in str(failed.value)
+    assert len(server.completions()) == 1 and problem in str(failed.value) and "\n" not in str(failed.value)
 
 
 def test_served_model_is_the_one_the_server_lists_or_must_be_named():
@@ -312,6 +340,8 @@ def test_finished_and_cut_answers_keep_local_decodings_end_handling(models, tmp_
     replies = {PROMPTS[0]: ("  Blue light scatters more.  ", "stop"), PROMPTS[1]: (" Because of", "length")}
 
     def reply(request):
+        if request["path"].endswith("/models"):
+            return 200, JSON, models_body("a")
         body = json.loads(request["body"])
         if body["temperature"] == 0 and body["max_tokens"] == 32:  # the model check: the model's own answers
             return model_server(model, tokenizer)(request)

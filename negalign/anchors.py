@@ -178,6 +178,8 @@ def anchor_provenance(config, policy, fingerprint: str | None = None) -> dict | 
                       and meta.get("weights") == (fingerprint or model_fingerprint(policy)))
     out = {"sampling": "static", "samples": samples, "sampling_context": describe(drawn),
            "samples_model": meta.get("model"), "from_reference": from_reference}
+    if meta.get("server"):  # drawn through a generation server: where, which served model, its model check
+        out["samples_server"] = meta["server"]
     if meta.get("mixed_with"):  # a file of anchors drawn two ways (the demo's harmful and benign anchors)
         out["mixed_with"] = [{"file": m.get("file"), "rows": m.get("rows"),
                               "sampling_context": describe((m.get("sampling_context") or {}).get("messages"))}

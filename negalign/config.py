@@ -19,6 +19,7 @@ from negalign.data.loading import ON_BAD_ROW
 from negalign.files import read_yaml, yaml_scalar
 from negalign.methods import METHODS
 from negalign.models import DTYPES, ModelOptions, check_chat_template
+from negalign.serving import ServerOptions, server_problems
 from negalign.settings import (
     AT_LEAST_1,
     FINITE,
@@ -54,6 +55,7 @@ def recipe_path(name: str) -> str:
     raise FileNotFoundError(f"{name}: no such file, and no packaged recipe of that name (packaged: "
                             f"{', '.join(packaged_recipes())})")
 _SAMPLING = SamplingSettings()  # the one set of sampling defaults (negalign sample uses them too)
+_SERVER = {f.name: f.metadata["help"] for f in fields(ServerOptions)}  # one help text per server setting
 
 
 def _opt(default, help_text, **kwargs):
@@ -107,6 +109,16 @@ class NegalignConfig(TrainingArguments):
                                "not used as negatives keep being pulled towards their anchors (docs/quality.md).")
     sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training): the "
                                      "one-message case of sampling_context.")
+    # where `negalign sample --config` generates the anchors (docs/serving.md); the same group as sample's flags
+    generation_server: str = _opt(None, _SERVER["generation_server"] + ". Read by `negalign sample --config`; "
+                                  "sampling: refresh cannot use it (the server serves the starting weights).")
+    served_model: str = _opt(None, _SERVER["served_model"] + ".")
+    server_api_key_env: str = _opt("NEGALIGN_SERVER_API_KEY", _SERVER["server_api_key_env"] + ".")
+    server_concurrency: int = _opt(8, _SERVER["server_concurrency"] + ".")
+    server_timeout: float = _opt(600.0, _SERVER["server_timeout"] + ".")
+    server_retries: int = _opt(4, _SERVER["server_retries"] + ".")
+    server_check_prompts: int = _opt(4, _SERVER["server_check_prompts"] + ".")
+    server_check_agreement: float = _opt(0.9, _SERVER["server_check_agreement"] + ".")
     max_prompts: int = _opt(None, "Use only the rows of the first N distinct prompts (the same N prompts that "
                             "`negalign sample --max-prompts N` samples).")
     max_examples: int = _opt(None, "Use only the first N training examples (after grouping).")
@@ -266,6 +278,12 @@ class NegalignConfig(TrainingArguments):
                 resolve_context(self.sampling_context, self.sampling_instruction)
             except (ValueError, FileNotFoundError) as error:
                 problems.append(str(error))
+        problems += server_problems(self)
+        if self.generation_server and self.sampling == "refresh":
+            problems.append("sampling: refresh draws anchors from the policy as it trains, which a generation_server "
+                            "still serving the starting weights cannot (negalign does not reload a server's weights): "
+                            "unset generation_server to refresh with negalign's own decoding, or use sampling: static "
+                            "with a samples file drawn through the server (docs/serving.md)")
         if None not in (self.max_prompt_length, self.max_length) and self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         if self.reference == "adapter_disabled" and not self.use_lora:

@@ -14,6 +14,7 @@ from typing import ClassVar
 from negalign.commandline import option, parse_command
 from negalign.data.loading import ON_BAD_ROW
 from negalign.models import ModelOptions
+from negalign.serving import SERVER_FIELDS, ServerOptions
 from negalign.settings import AT_LEAST_1, SamplingSettings, number_problems
 
 _DEFAULTS = SamplingSettings()  # one set of sampling defaults: here, in recipes, in refreshes
@@ -28,7 +29,8 @@ class SampleCommand:
         "sample_batch_size": "batch_size", "max_prompt_length": "max_prompt_length", "max_prompts": "max_prompts",
         "decontaminate": "decontaminate", "sampling_context": "sampling_context",
         "sampling_instruction": "sampling_instruction", "on_bad_row": "on_bad_row",
-        "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"}
+        "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code",
+        **{name: name for name in SERVER_FIELDS}}  # the recipe's generation server draws its anchors
     # taken from a recipe even where it leaves them at their defaults, so that sampling and training agree
     RECIPE_DEFAULTS_TOO: ClassVar[tuple] = ("sample_max_new_tokens", "sample_temperature", "sample_top_p",
                                             "sample_batch_size")
@@ -64,6 +66,7 @@ class SampleCommand:
     anchor_report: bool = option(True, "print the anchor report (refusal share, length, examples beside the human "
                                  "negatives) and save it as OUTPUT.anchors.json")
     model_options: ModelOptions = option(help="", factory=ModelOptions)
+    server: ServerOptions = option(help="", factory=ServerOptions)
 
     def __post_init__(self):
         """Every number checked when the command is read, before any file is touched (settings.number_problems):
@@ -146,10 +149,17 @@ def run_sample(command: SampleCommand) -> int:
         tokenizer = load_tokenizer(command.model, options.trust_remote_code, options.chat_template)
         model = load_model(command.model, options)
         print(f"negalign sample: {command.model} loaded as {loaded_as(model)}", file=sys.stderr)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=command.bf16), \
-                finish_then_stop("batch of samples"):
-            report = sample(model, tokenizer, prompts, command.output, settings, model_id=command.model,
-                            overwrite=command.overwrite, stop_on_signal=True)
+        server = command.server.client()
+        if server is not None:
+            print(f"negalign sample: answers from the generation server {server.shown}", file=sys.stderr)
+        try:
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=command.bf16), \
+                    finish_then_stop("batch of samples" if server is None else "requests to the server"):
+                report = sample(model, tokenizer, prompts, command.output, settings, model_id=command.model,
+                                overwrite=command.overwrite, stop_on_signal=True, server=server)
+        finally:
+            if server is not None:
+                server.close()
         if folder is not None:  # sample() accepted the output (its .meta.json): the record is this output's
             write_record(command.output, folder, removed)
     print(f"negalign: {report.n_rows_written} samples written, {report.n_rows_reused} reused, "

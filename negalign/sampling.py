@@ -189,7 +189,14 @@ def template_fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
+# meta keys that record how this run went rather than what it makes: not compared on a rerun, rewritten by it
+# (a server restarted on another address, or checked again, still continues the file)
+RECORD_KEYS = ("server",)
+
+
+def check_meta(output: Path, meta: dict, overwrite: bool, record: dict | None = None) -> None:
+    """Refuse a file made with other settings; write the meta of a new file. `record` (RECORD_KEYS) is written
+    with it, and replaces an earlier run's when the settings match."""
     meta_path = Path(str(output) + META_SUFFIX)
     if overwrite:
         for path in (output, meta_path):
@@ -199,15 +206,18 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
         from negalign.data.readers import read_json_file
 
         recorded = read_json_file(meta_path, META_REMEDY.format(output=output))
-        old = dict(recorded)
+        old = {k: v for k, v in recorded.items() if k not in RECORD_KEYS}
         stored = old.get("settings")
         if isinstance(stored, dict) and stored.get("temperature") == 0 and "batch_size" in stored:
             # a greedy file written before greedy keys left batch_size out: greedy answers do not depend on it
             old["settings"] = {k: v for k, v in stored.items() if k != "batch_size"}
         # a file written before the template was recorded: it is taken to be the one in use now
         old.setdefault("chat_template", meta.get("chat_template"))
-        if old == meta and old != recorded:  # an older form of these settings: brought to the current one
-            atomic_write_text(meta_path, json.dumps(meta, indent=2))
+        kept = {k: v for k, v in recorded.items() if k in RECORD_KEYS}
+        if old == meta and (old != {k: v for k, v in recorded.items() if k not in RECORD_KEYS}
+                            or (record and record != kept)):
+            # an older form of these settings brought to the current one, or this run's record
+            atomic_write_text(meta_path, json.dumps({**meta, **kept, **(record or {})}, indent=2))
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise ValueError(f"{output} was made with other settings ({', '.join(diff)} differ: "
@@ -217,15 +227,25 @@ def check_meta(output: Path, meta: dict, overwrite: bool) -> None:
         raise ValueError(f"{output} exists without {meta_path.name}: not a negalign samples file; "
                          "use another output path or --overwrite")
     else:
-        atomic_write_text(meta_path, json.dumps(meta, indent=2))
+        atomic_write_text(meta_path, json.dumps({**meta, **(record or {})}, indent=2))
+
+
+def sample_line(prompt: list[dict], completion: str, sample_index: int, n_tokens: int, finished: bool) -> str:
+    """One row of a samples file, the same from negalign's decoding and from a server."""
+    return json.dumps({"prompt": prompt, "completion": completion, "origin": "self", "sample_index": sample_index,
+                       "n_tokens": n_tokens, "finished": finished}) + "\n"
 
 
 def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: SamplingSettings | None = None, *,
            model_id: str = "unknown", overwrite: bool = False, progress: bool = True,
-           stop_on_signal: bool = False) -> SamplingReport:
+           stop_on_signal: bool = False, server=None) -> SamplingReport:
     """Write K samples per prompt to `output` (jsonl), resuming from whatever is already there. With
     `stop_on_signal`, a SIGINT / SIGTERM asked for under negalign.interrupts.finish_then_stop ends it after the
-    batch under way is written, with an Interrupted saying how many rows are kept."""
+    batch under way is written, with an Interrupted saying how many rows are kept.
+
+    `server` (a negalign.serving.GenerationClient): the answers come from that OpenAI-compatible server, after
+    a check that it serves `model` (negalign.serving.check_served_model); the file, its meta, resume and lock
+    are the same as with local decoding."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     settings = settings or SamplingSettings()
@@ -244,11 +264,20 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
                for p in prompts]
     check_prompts_fit(model, [len(ids) for ids in encoded], settings.max_new_tokens,  # before the meta is written
                       lambda i: f"prompt {i + 1} ({prompts[i][-1]['content'][:50]!r})")
-    check_meta(output, meta, overwrite)
+    record = None
+    keys = [prompt_key(p) for p in prompts]
+    if server is not None:
+        from negalign.serving import check_served_model
+
+        meta["engine"] = "server"  # rows drawn by negalign's decoding and by a server are not mixed in one file
+        earlier = {} if overwrite else read_existing(output, repair=False)
+        if any((key, s) not in earlier for key in keys for s in range(settings.k)):  # a finished file needs no server
+            check = check_served_model(server, model, tokenizer, encoded, model_id, meta["weights"])
+            record = {"server": {"url": server.shown, "served_model": check["served_model"], "check": check}}
+    check_meta(output, meta, overwrite, record)
     done = read_existing(output)
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
-    keys = [prompt_key(p) for p in prompts]
     written, tokens, start = 0, 0, time.time()
     was_training = model.training
     model.eval()
@@ -258,6 +287,11 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
 
     with Progress(*columns, disable=not progress or quiet()) as bar, open(output, "a", encoding="utf-8") as sink:
         task = bar.add_task("sampling", total=len(prompts), rate="")
+        if server is not None:
+            written, tokens = _sample_through_server(server, tokenizer, prompts, encoded, keys, done, settings, sink,
+                                                     lambda n, w, t: bar.update(task, advance=n, rate=_rate(w, t, start)),
+                                                     stop_on_signal, output)
+            batches = []  # the server answered every prompt: no local decoding
         for batch_number, batch in enumerate(batches):
             missing = [(i, s) for i in batch for s in range(settings.k) if (keys[i], s) not in done]
             if missing:
@@ -270,9 +304,7 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
                             continue
                         finished = tokenizer.eos_token_id in ids
                         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                        lines.append(json.dumps({"prompt": prompts[i], "completion": text, "origin": "self",
-                                                 "sample_index": s, "n_tokens": len(ids),
-                                                 "finished": finished}) + "\n")
+                        lines.append(sample_line(prompts[i], text, s, len(ids), finished))
                         tokens += len(ids)
                 sink.write("".join(lines))
                 sink.flush()
@@ -287,3 +319,58 @@ def sample(model, tokenizer, prompts, output: str | os.PathLike, settings: Sampl
                        f"{tokens / elapsed:.0f} tok/s" if written else "")
     model.train(was_training)
     return SamplingReport(str(output), len(prompts), written, len(done), time.time() - start, tokens)
+
+
+def _rate(written: int, tokens: int, start: float) -> str:
+    elapsed = time.time() - start
+    return f"{written / elapsed:.1f} samples/s, {tokens / elapsed:.0f} tok/s" if written and elapsed else ""
+
+
+def _sample_through_server(server, tokenizer, prompts, encoded, keys, done, settings, sink, advance,
+                           stop_on_signal: bool, output) -> tuple[int, int]:
+    """The missing rows from the server, each prompt's answers appended (flushed, fsynced) as they arrive, in
+    whatever order the requests finish: a kill loses only the requests in flight, and the rerun asks for the
+    prompts not in the file. Returns (rows written, tokens). A request that fails for good ends the run in one
+    line saying how many rows the file holds."""
+    from negalign.serving import ServerError, prompt_text, run_requests
+
+    stop = [tokenizer.eos_token] if tokenizer.eos_token else []
+    jobs = []
+    for i in range(len(prompts)):
+        missing = [s for s in range(settings.k) if (keys[i], s) not in done]
+        if missing:
+            jobs.append((i, missing))
+    advance(len(prompts) - len(jobs), 0, 0)
+    counts = {"written": 0, "tokens": 0}
+
+    def ask(job):
+        i, missing = job
+        return server.answers(prompt_text(tokenizer, encoded[i]), keys[i], missing, settings, stop)
+
+    def keep(job, answers):
+        i, missing = job
+        lines = []
+        for s, answer in zip(missing, answers):
+            # the answer's length as training encodes its text (the server returns text, not tokens), its end-
+            # of-sequence token counted as local decoding counts it; cut at max_tokens, it is max_tokens long
+            n_tokens = (len(tokenizer.encode(answer.text, add_special_tokens=False)) + 1 if answer.finished
+                        else settings.max_new_tokens)
+            lines.append(sample_line(prompts[i], answer.text.strip(), s, min(n_tokens, settings.max_new_tokens),
+                                     answer.finished))
+            counts["tokens"] += min(n_tokens, settings.max_new_tokens)
+        sink.write("".join(lines))
+        sink.flush()
+        os.fsync(sink.fileno())
+        counts["written"] += len(lines)
+        advance(1, counts["written"], counts["tokens"])
+
+    total = len(prompts) * settings.k
+    try:
+        signum = run_requests(server, jobs, ask, keep, stop_requested if stop_on_signal else None)
+    except ServerError as error:
+        raise ServerError(f"{error}; {len(done) + counts['written']} of {total} rows are kept in {output}: rerun the "
+                          "same command to continue") from error
+    if signum is not None:
+        raise Interrupted(f"stopped by {signal_name(signum)} after {len(done) + counts['written']} of {total} rows, "
+                          f"all kept in {output}: rerun the same command to continue", signum)
+    return counts["written"], counts["tokens"]

@@ -32,6 +32,7 @@ from negalign.evaluation import metrics
 from negalign.evaluation.suites import BUILTIN, HELD_OUT_PAIRS, HH_PAIRS, Suite, held_out_pairs, load_suites
 from negalign.files import atomic_write_text, portable
 from negalign.models import ModelOptions, loaded_as, model_name
+from negalign.serving import ServerOptions
 from negalign.settings import AT_LEAST_1, FINITE, MAX_BATCH_SIZE, MAX_NEW_TOKENS, NON_NEGATIVE, Bound, number_problems
 
 
@@ -81,6 +82,8 @@ class EvalSettings:
     lm_eval_limit: int | None = option(None, "samples per lm-eval task (default: all; a quick look, not a benchmark)")
     model_options: ModelOptions = option(help="dtype, device, attention, remote code, chat template",
                                          factory=ModelOptions)
+    server: ServerOptions = option(help="answers from an OpenAI-compatible server serving --model (docs/serving.md)",
+                                   factory=ServerOptions)
 
     def __post_init__(self):
         """Numbers checked when the settings are made, before the output folder, its lock or the model
@@ -205,7 +208,7 @@ def evaluation_verdict(folder: Path) -> str | None:
 def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, reference=None) -> dict:
     """The evaluation in four stages, each returning its part of eval.json: the answers, their judgement, the
     held-out preference pairs and the KL to the reference."""
-    from negalign.models import load_model, load_tokenizer, model_fingerprint
+    from negalign.models import load_model, load_tokenizer
 
     started = time.time()
     (output / "answers").mkdir(parents=True, exist_ok=True)
@@ -217,9 +220,23 @@ def _evaluate(settings: EvalSettings, output: Path, model=None, tokenizer=None, 
         name = settings.model if model is None else (model_name(model) or settings.model)
         tokenizer = load_tokenizer(name, options.trust_remote_code, options.chat_template)
     model = (load_model(settings.model, options) if model is None else model).eval()
+    server = settings.server.client()  # every answer (suites, IFEval, KL) through it, checked once against `model`
+    try:
+        return _evaluate_with(settings, output, folder, suites, instructions, model, tokenizer, reference, server,
+                              started)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _evaluate_with(settings: EvalSettings, output: Path, folder, suites, instructions, model, tokenizer, reference,
+                   server, started: float) -> dict:
+    from negalign.models import load_model, model_fingerprint
+
+    options = settings.model_options
     gen = dict(model_id=settings.model, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                max_prompt_length=settings.max_prompt_length, seed=settings.seed, overwrite=settings.overwrite,
-               progress=settings.progress)
+               progress=settings.progress, server=server)
     timings: dict[str, float] = {}
 
     clock = time.time()

@@ -23,13 +23,14 @@ def as_messages(prompt: str | list[dict]) -> list[dict]:
 def generate_answers(model, tokenizer, prompts: list[str | list[dict]], output: str | os.PathLike, *,
                      model_id: str, max_new_tokens: int = 256, batch_size: int = 8, max_prompt_length: int = 256,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True) -> tuple[list[dict], SamplingReport]:
-    """One answer per prompt, in prompt order: rows {prompt, completion, n_tokens, finished, ...}."""
+                     progress: bool = True, server=None) -> tuple[list[dict], SamplingReport]:
+    """One answer per prompt, in prompt order: rows {prompt, completion, n_tokens, finished, ...}; with `server`
+    (a negalign.serving.GenerationClient) the answers come from it, as `sample` takes them."""
     messages = [as_messages(p) for p in prompts]
     settings = SamplingSettings(k=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length)
     report = sample(model, tokenizer, messages, output, settings, model_id=model_id, overwrite=overwrite,
-                    progress=progress)
+                    progress=progress, server=server)
     done = read_existing(Path(output))
     return [done[(prompt_key(m), 0)] for m in messages], report
 

@@ -26,13 +26,15 @@ import random
 import re
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 from negalign.files import atomic_write_text
+
+# the shared HTTP client's errors and helpers, importable from here as before
+from negalign.httpclient import MalformedResponse, RequestFailed, json_body, post_with_retries, shown_url  # noqa: F401
 from negalign.progress import bar
 
 DEFAULT_TEMPLATE = """\
@@ -88,35 +90,10 @@ def question_text(prompt) -> str:
     return "\n\n".join(f"{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in turns)
 
 
-class RequestFailed(RuntimeError):
-    """A request that gave no reply to judge: an HTTP error, a redirect, a dropped connection or a timeout
-    after the retries, or a body that is not an OpenAI chat completion. Counted in `n_failed`, never cached
-    (a rerun asks again), never a verdict."""
-
-
-class MalformedResponse(RequestFailed):
-    """The endpoint answered 200, but not with an OpenAI chat-completion body (empty, not JSON, no content)."""
-
-    def __init__(self, url: str, problem: str, raw: str):
-        super().__init__(f"{url}: {problem}: {raw[:200]!r}" if raw.strip() else f"{url}: {problem}")
-        self.raw = raw
-
-
-def shown_url(url: str) -> str:
-    """`url` without a user:password part, for messages and result files."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None)) if parsed.userinfo else url
-
-
 def _reply_text(response: httpx.Response, url: str) -> str:
     """choices[0].message.content of a chat-completion body; anything else is a MalformedResponse."""
     raw = response.text
-    if not raw.strip():
-        raise MalformedResponse(url, "empty reply", raw)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise MalformedResponse(url, "reply is not JSON", raw) from None
+    body = json_body(response, url)
     try:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -124,15 +101,6 @@ def _reply_text(response: httpx.Response, url: str) -> str:
     if not isinstance(content, str) or not content.strip():
         raise MalformedResponse(url, "reply's message content is empty", raw)
     return content
-
-
-def _retry_after(response: httpx.Response | None, attempt: int) -> float:
-    """Seconds to wait before the next try: the server's Retry-After (in seconds, up to 30) or 1, 2, 4 .. 10."""
-    header = response.headers.get("retry-after", "") if response is not None else ""
-    try:
-        return min(max(float(header), 0.0), 30.0)
-    except ValueError:
-        return float(min(2 ** attempt, 10))
 
 
 class ChatClient:
@@ -163,26 +131,8 @@ class ChatClient:
     def complete(self, content: str) -> str:
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "temperature": self.temperature, "max_tokens": self.max_tokens}
-        for attempt in range(self.retries + 1):
-            response = None
-            try:
-                response = self._http.post(self.url, json=body)
-            except httpx.TransportError as error:  # refused, reset, dropped, timed out
-                if attempt == self.retries:
-                    raise RequestFailed(f"{self.shown}: {type(error).__name__}: {error}") from error
-            else:
-                if response.is_redirect:
-                    target = httpx.URL(self.url).join(response.headers.get("location", ""))
-                    raise RequestFailed(f"{self.shown}: HTTP {response.status_code} redirect to {target.netloc.decode()}"
-                                        " not followed (the API key is sent to --base-url's host only); give the "
-                                        "endpoint's final address as --base-url")
-                if response.is_success:
-                    return _reply_text(response, self.shown)
-                retryable = response.status_code == 429 or response.status_code >= 500
-                if not retryable or attempt == self.retries:
-                    raise RequestFailed(f"{self.shown}: HTTP {response.status_code}: {response.text[:300]}")
-            time.sleep(_retry_after(response, attempt))
-        raise AssertionError("unreachable")
+        response = post_with_retries(self._http, self.url, body, retries=self.retries, shown=self.shown)
+        return _reply_text(response, self.shown)
 
 
 def _read_verdicts(cache) -> dict[str, str]:

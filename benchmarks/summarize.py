@@ -25,7 +25,7 @@ def malloc(r: dict) -> str:
     return "" if name.startswith("glibc") else f", {name.split()[0]}"
 
 
-end_to_end, per_step, generation, ablations, cost = [], [], [], [], None
+end_to_end, per_step, generation, serving, ablations, cost = [], [], [], [], [], None
 for path in sorted((HERE / "results").glob("*.json")):
     r = json.loads(path.read_text())
     if "ablation" in r:
@@ -42,6 +42,15 @@ for path in sorted((HERE / "results").glob("*.json")):
             f"{r['prompts']} x K = {r['k']} x {r['max_new_tokens']} | "
             f"{r['negalign_tokens_per_s']} (batch {r['negalign_batch_size']}) | {r['batched_generate']['tokens_per_s']} | "
             f"{r['plain_loop']['tokens_per_s']} | **{r['ratio_vs_batched_generate']}x** | **{r['ratio_vs_plain_loop']}x** | "
+            f"`{r['command']}` |")
+    elif r.get("benchmark", "").startswith("serving"):
+        check = r["server_run"]["model_check"]
+        serving.append(
+            f"| {r['server']['served_model']}{' under the ' + r['sampling_context'] + ' context' if r.get('sampling_context') else ''} | "
+            f"{r['prompts']} x K = {r['k']} x {r['max_new_tokens']}, temperature {r['temperature']:g} | "
+            f"{r['server_tokens_per_s']} | {r['negalign_tokens_per_s']} (batch {r['negalign_batch_size']}) | "
+            f"**{r['ratio_server_over_negalign']}x** | {r['wall_clock_s']['server']:.0f} vs {r['wall_clock_s']['negalign']:.0f} | "
+            f"{check['agreeing']}/{check['tokens']} | {r['torch_cpu_capability']}, {r['torch_threads']} threads | "
             f"`{r['command']}` |")
     elif "competitor_results" in r:  # end to end against TRL's defaults and its fastest settings
         ours, theirs = r["negalign"], r["competitor_results"]
@@ -77,6 +86,13 @@ table += "\n\n" + section("Generation (generated tokens/s, EOS included; one run
                           "same prompts one after the other):",
                           ["workload", "prompts x K x new tokens", "negalign", "batched generate (static cache)",
                            "plain loop", "vs batched", "vs plain", "command"], generation)
+if serving:
+    table += "\n\n" + section("Through a server (benchmarks/serving.py; generated tokens/s, EOS included; the server's "
+                              "run, model check and start included in its wall-clock, then negalign's own engine on the "
+                              "fp32 weights, one after the other):",
+                              ["served model", "prompts x K x new tokens", "server", "negalign", "server / negalign",
+                               "wall-clock s (server vs negalign)", "model check", "torch CPU, threads", "command"],
+                              serving)
 if cost:
     rows = [f"| K = {c['k']}{' (prompts not shared)' if c['unshared'] else ''} | {c['length']} | "
             f"{c['laid_out_tokens_per_step']:.0f} | {c['seconds_per_step']:.2f} | {c['peak_rss_gb']:.2f} |"

@@ -520,8 +520,8 @@ def test_settings_are_checked_and_refresh_with_a_server_is_refused():
 
 
 def test_the_model_card_says_which_server_drew_the_anchors(models, tmp_path):
-    from negalign.config import NegalignConfig
     from negalign.anchors import anchor_provenance
+    from negalign.config import NegalignConfig
     from negalign.provenance import model_card
 
     path, model = models["a"]

@@ -155,7 +155,7 @@ def test_the_48_step_recipe_is_the_demo_without_benign_refusals():
 
     root = Path(__file__).parents[1]
     recipe = yaml.safe_load((root / "configs" / "d2o-48steps.yaml").read_text())
-    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-benign-48steps" /
+    study = yaml.safe_load((root / "study" / "self-negatives" / "runs" / "d2o-selfneg-k2-benign-48steps" /
                             "negalign_config.yaml").read_text())
     mine = _demo_training(DemoSettings(benign_refusals=False, max_steps=48))
     keys = ["k", "max_steps", "per_device_train_batch_size", "learning_rate", "sampling_context", "beta", "alpha",
@@ -382,7 +382,7 @@ def test_the_default_recipe_is_the_study_run_and_the_demo_default():
 
     root = Path(__file__).parents[1]
     config = load_config(str(root / "configs" / "d2o.yaml"))
-    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-144steps" /
+    study = yaml.safe_load((root / "study" / "benign-refusal-negatives" / "runs" / "d2o-selfneg-k2-overrefusal-144steps" /
                             "negalign_config.yaml").read_text())
     keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length",
             "learning_rate", "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora"]
@@ -421,7 +421,7 @@ def test_the_lora_recipe_is_the_study_run_and_the_demo_flags():
 
     root = Path(__file__).parents[1]
     config = load_config(str(root / "configs" / "d2o-lora.yaml"))
-    study = yaml.safe_load((root / "results" / "study" / "d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps" /
+    study = yaml.safe_load((root / "study" / "benign-refusal-negatives" / "runs" / "d2o-selfneg-k2-overrefusal-lora-r16-lr2e-4-144steps" /
                             "negalign_config.yaml").read_text())
     keys = ["objective", "k", "alpha", "beta", "logp_reduction", "max_length", "max_prompt_length", "learning_rate",
             "per_device_train_batch_size", "max_steps", "sampling_context", "use_lora", "lora_r", "lora_alpha",

@@ -75,12 +75,15 @@ class LoopSettings:
     def __post_init__(self):
         from negalign.config import load_config, recipe_path
         from negalign.files import read_yaml
+        from negalign.methods import method
 
         path = recipe_path(self.recipe)
         given = read_yaml(path) or {}
         recipe = load_config(path, {"output_dir": "unused"})
-        if recipe.objective != "d2o":
-            raise ValueError(f"recipe {self.recipe}: the loop trains D2O, the recipe's objective is {recipe.objective}")
+        trained = method(recipe.objective)
+        if not trained.anchored or trained.anchors_in_data:  # the loop draws the anchors into a samples file
+            raise ValueError(f"recipe {self.recipe}: the loop trains D2O (negatives with self-drawn anchors), the "
+                             f"recipe's objective is {recipe.objective}")
         for key, name in self.RECIPE.items():
             if getattr(self, name) is None:
                 setattr(self, name, getattr(recipe, key))

@@ -109,9 +109,11 @@ class NegalignConfig(TrainingArguments):
                                "not used as negatives keep being pulled towards their anchors (docs/quality.md).")
     sampling_instruction: str = _opt(None, "A system prompt present only while sampling (never in training): the "
                                      "one-message case of sampling_context.")
-    # where `negalign sample --config` generates the anchors (docs/serving.md); the same group as sample's flags
-    generation_server: str = _opt(None, _SERVER["generation_server"] + ". Read by `negalign sample --config`; "
-                                  "sampling: refresh cannot use it (the server serves the starting weights).")
+    # where `negalign sample --config` and `negalign demo --config` generate (docs/serving.md); the same group as
+    # their flags
+    generation_server: str = _opt(None, _SERVER["generation_server"] + ". Read by `negalign sample --config` and "
+                                  "`negalign demo --config`; sampling: refresh cannot use it (the server serves the "
+                                  "starting weights).")
     served_model: str = _opt(None, _SERVER["served_model"] + ".")
     server_api_key_env: str = _opt("NEGALIGN_SERVER_API_KEY", _SERVER["server_api_key_env"] + ".")
     server_concurrency: int = _opt(8, _SERVER["server_concurrency"] + ".")

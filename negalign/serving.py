@@ -72,8 +72,12 @@ class ServerOptions:
         return GenerationClient(self, **kwargs) if self.enabled else None
 
     def shown(self) -> dict:
-        """The settings as written into result files: every field (the key's variable name, not the key)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The settings as written into result files: every field (the key's variable name, not the key; the URL
+        without any user:password part)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.generation_server:
+            shown["generation_server"] = _shown_or_raw(self.generation_server)
+        return shown
 
 
 SERVER_FIELDS = tuple(f.name for f in fields(ServerOptions))

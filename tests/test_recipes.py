@@ -232,6 +232,12 @@ def test_demo_benign_refusals_become_negatives_with_the_plain_anchors(tmp_path, 
         def __init__(self, settings, base):
             self.k = settings.k
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
         def __call__(self, prompts, output, what, **changes):
             k, rows = changes.get("k", self.k), []
             for i, prompt in enumerate(prompts):

@@ -15,6 +15,12 @@ trains on D2O's anchors alone (every prompt's K anchors, the benign prompts' inc
 starting model and every trained one are evaluated, and one report with the harm-vs-refusal plot is written.
 Every stage writes its result to the output folder and is skipped when rerun (samples resume, trained
 runs and evaluations are reused), so an interrupted demo continues where it stopped.
+
+With --generation-server (docs/serving.md), an OpenAI-compatible server serving the starting model (vLLM, SGLang,
+llama.cpp) draws what the starting model generates: its answers to the harmful prompts, the anchors, the benign
+anchors and answers, and its own evaluation's answers, after a check that it serves --model. The trained models
+are evaluated by negalign's own decoding (the server serves the starting weights). A folder drawn locally is not
+continued through a server, nor the other way round.
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from negalign.demo.data import DemoFiles, _log, prepare_data, timed
-from negalign.demo.folder import folder_verdict
+from negalign.demo.folder import folder_verdict, settings_record
 from negalign.demo.settings import DemoSettings
 from negalign.files import atomic_write_text
+from negalign.httpclient import shown_url
 from negalign.locks import output_lock
 from negalign.methods import METHODS
 from negalign.outputs import check_place, claim
 from negalign.progress import quiet
+from negalign.serving import ServerOptions
 
 __all__ = ["DemoFiles", "DemoSettings", "run_demo", "cmd_demo", "stale"]
 
@@ -94,7 +101,7 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.time()
-    atomic_write_text(out / "demo_config.json", json.dumps(asdict(settings), indent=2) + "\n")
+    atomic_write_text(out / "demo_config.json", json.dumps(settings_record(settings), indent=2) + "\n")
     base = resolve_model_path(settings.model)
     _log(f"model {base}")
     files = prepare_data(settings, out, base, timings)
@@ -103,8 +110,13 @@ def _run_demo(settings: DemoSettings, out: Path) -> dict:
     for method, run_dir in runs:
         if train_method(settings, method, run_dir, files, timings):
             retrained.add(method)
-    # the starting model's evaluation has no model beside it: it is the run folder itself
-    evaluate_model(settings, "base", out / "runs" / "base", base, None, fresh=False, timings=timings)
+    # the starting model's evaluation has no model beside it: it is the run folder itself; a generation server
+    # answers for it (it serves the starting weights), not for the trained models
+    evaluate_model(settings, "base", out / "runs" / "base", base, None, fresh=False, timings=timings,
+                   server=settings.server)
+    if settings.server.enabled and runs:
+        _log(f"the trained models are evaluated locally: the generation server "
+             f"{shown_url(settings.server.generation_server)} serves the starting weights, not theirs")
     for method, run_dir in runs:
         evaluate_model(settings, method, run_dir / "eval", str(run_dir), base, fresh=method in retrained,
                        timings=timings)
@@ -135,9 +147,10 @@ def train_method(settings: DemoSettings, method: str, run_dir: Path, files: Demo
 
 
 def evaluate_model(settings: DemoSettings, name: str, target: Path, model: str, reference: str | None,
-                   fresh: bool, timings: dict) -> None:
+                   fresh: bool, timings: dict, server: ServerOptions | None = None) -> None:
     """Evaluate `model` (the run `name`) into `target` against `reference`, unless an evaluation of these
-    settings is there; `fresh`: the model was retrained."""
+    settings is there; `fresh`: the model was retrained. `server`: a generation server that serves `model` (the
+    starting model) answers its prompts; without it, negalign's own decoding does."""
     from negalign.evaluation.evaluate import EvalSettings, evaluate
 
     overwrite = evaluation_plan(target / "eval.json", settings, fresh=fresh)
@@ -151,7 +164,8 @@ def evaluate_model(settings: DemoSettings, name: str, target: Path, model: str, 
         evaluate(EvalSettings(model=model, reference=reference, output=str(target),
                               max_prompts=settings.eval_prompts, data_dir=settings.data_dir,
                               max_new_tokens=settings.eval_max_new_tokens, seed=settings.seed,
-                              ifeval=DEMO_IFEVAL, overwrite=overwrite, model_options=settings.model_options))
+                              ifeval=DEMO_IFEVAL, overwrite=overwrite, model_options=settings.model_options,
+                              server=server or ServerOptions()))
 
 
 def write_report(out: Path, run_dirs: list[Path], timings: dict, started: float) -> dict:

@@ -42,10 +42,23 @@ def baseline_rows(negatives: list[dict], anchors: list[dict]) -> list[dict]:
 
 
 class _Sampler:
-    """The starting model, loaded once for the demo's three sampling stages."""
+    """The starting model, loaded once for the demo's sampling stages. With a generation server (settings.server)
+    the answers come from it, through one client for every stage: the served model is checked once against the
+    starting model (negalign.serving.check_served_model), and each samples file's meta records the server as
+    `negalign sample` records it (engine, url, served model, the check; never the key)."""
 
     def __init__(self, settings: DemoSettings, base: str):
         self.settings, self.base, self._loaded = settings, base, None
+        self.server = settings.server.client()
+        if self.server is not None:
+            _log(f"the starting model's answers come from the generation server {self.server.shown}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def __call__(self, prompts, output: Path, what: str, **changes):
         from negalign.models import load_model, load_tokenizer
@@ -59,9 +72,10 @@ class _Sampler:
         sampling = SamplingSettings(**{"k": self.settings.k, "max_new_tokens": self.settings.sample_max_new_tokens,
                                        "seed": self.settings.seed, "max_prompt_length": self.settings.training["max_prompt_length"],
                                        **changes})
-        # samples made otherwise (another model or sampling setting) are refused, not redrawn in place: runs
-        # trained on them may sit in the same folder (demo --overwrite moves the whole folder aside)
-        report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model)
+        # samples made otherwise (another model or sampling setting, or drawn locally where a server now answers:
+        # the meta's engine) are refused, not redrawn in place: runs trained on them may sit in the same folder
+        # (demo --overwrite moves the whole folder aside)
+        report = sample(model, tokenizer, prompts, output, sampling, model_id=self.settings.model, server=self.server)
         _log(f"{what}: {report.n_rows_written} new, {report.n_rows_reused} reused "
              f"({report.tokens_per_second:.0f} tokens/s)")
 
@@ -111,11 +125,19 @@ def demo_files(settings: DemoSettings, out: Path) -> DemoFiles:
 def prepare_data(settings: DemoSettings, out: Path, base: str, timings: dict) -> DemoFiles:
     """Sample the model's answers, flag the complying ones, draw the anchors: the files training reads."""
     from negalign.data.paths import data_dir
+
+    folder, files = data_dir(settings.data_dir), demo_files(settings, out)
+    with _Sampler(settings, base) as sampler:
+        return _prepare(settings, files, sampler, folder, timings)
+
+
+def _prepare(settings: DemoSettings, files: DemoFiles, sampler: _Sampler, folder: Path | None,
+             timings: dict) -> DemoFiles:
+    """prepare_data's stages, with the starting model (or its server) in `sampler`."""
     from negalign.evaluation.judge import HarmJudge
     from negalign.flag import flag_complying
     from negalign.sampling_context import resolve_context
 
-    folder, files, sampler = data_dir(settings.data_dir), demo_files(settings, out), _Sampler(settings, base)
     with timed(timings, "answers"):
         answer_harmful_prompts(settings, files, sampler, folder)
     with timed(timings, "flag"):
@@ -233,7 +255,8 @@ def write_mixed_meta(mixed: Path, harmful: Path, benign: Path, benign_rows: int)
     if meta is None or other is None:  # samples made elsewhere: training says "unknown"
         return
     meta["mixed_with"] = [{"file": benign.name, "rows": benign_rows,
-                           "sampling_context": other.get("sampling_context"), "settings": other.get("settings")}]
+                           "sampling_context": other.get("sampling_context"), "settings": other.get("settings"),
+                           **{key: other[key] for key in ("engine", "server") if key in other}}]
     atomic_write_text(Path(str(mixed) + META_SUFFIX), json.dumps(meta, indent=2) + "\n")
 
 

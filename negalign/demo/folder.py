@@ -10,8 +10,10 @@ under one lock (two demos at once would append every anchor twice):
 - anything else (a folder that a demo did not write): refused unless --overwrite, which moves it aside.
 
 Settings that only add to the folder (more methods) or that each stage checks for itself (the evaluation's
-sizes) are not data settings. A key added to the demo since an earlier record was written counts as no change
-when today's value is the default, so that the committed reference runs stay the reference they are.
+sizes) are not data settings. Of the generation-server settings only one is: whether a server draws the starting
+model's answers at all (answers drawn locally and through a server are not mixed, as in a samples file). A key
+added to the demo since an earlier record was written counts as no change when today's value is the default, so
+that the committed reference runs stay the reference they are.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ RECORD_KEYS = {"output", "methods", "preset", "model", "harmful", "benign"}
 # settings that do not change the data a folder holds: the methods add runs beside the others, each evaluation
 # compares its own sizes (runs/<m>/eval/eval.json), and where the folder is and what to do with it are not data
 NOT_DATA = {"output", "methods", "overwrite", "eval_prompts", "eval_max_new_tokens", "quick"}
+# what draws the starting model's answers: the one server setting compared (a server restarted on another address,
+# or with other timeouts, continues the folder; that it serves the starting model is checked by each stage)
+ENGINES = {"local": "by negalign's own decoding", "server": "by a generation server"}
 
 
 def demo_record(folder: Path) -> dict | None:
@@ -47,11 +52,30 @@ def changed_settings(record: dict, settings: DemoSettings) -> list[str]:
     changes = []
     for key in sorted(set(now) - NOT_DATA):
         then = record.get(key, default[key])
+        if key == "server":  # only where the answers come from (negalign or a server) makes other data
+            then, now_engine = _engine(record.get(key)), _engine(now[key])
+            if then != now_engine:
+                changes.insert(0, f"engine: {then!r} -> {now_engine!r} (the starting model's answers and anchors "
+                               f"drawn {ENGINES[then]} are not mixed with ones drawn {ENGINES[now_engine]})")
+            continue
         if key == "model_options":  # a nested record: compare the options each side has, with the same rule
             then = {name: record.get(key, {}).get(name, value) for name, value in default[key].items()}
         if then != now[key]:
             changes.append(f"{key}: {then!r} -> {now[key]!r}")
     return changes
+
+
+def _engine(server: dict | None) -> str:
+    """What drew a demo's answers, from its `server` settings (None in a record older than the setting)."""
+    return "server" if (server or {}).get("generation_server") else "local"
+
+
+def settings_record(settings: DemoSettings) -> dict:
+    """The settings as demo_config.json records them: every field, the generation server's URL without any
+    user:password part (the API key is never a setting)."""
+    record = asdict(settings)
+    record["server"] = settings.server.shown()
+    return record
 
 
 def folder_verdict(settings: DemoSettings):

@@ -9,6 +9,7 @@ from typing import ClassVar
 from negalign.commandline import option
 from negalign.methods import METHODS
 from negalign.models import ModelOptions
+from negalign.serving import SERVER_FIELDS, ServerOptions
 
 # --quick: a few minutes on 2 CPU cores, the whole path, too small to move anything (wins over the recipe's sizes)
 QUICK = dict(harmful_prompts=12, benign_prompts=8, k=2, sample_max_new_tokens=32, max_steps=4, batch_size=2,
@@ -19,7 +20,7 @@ SIZES = dict(harmful_prompts=400, benign_prompts=192, eval_prompts=50, eval_max_
 # recipe keys the demo sets itself for every method (its own files, names and budget), not passed on from the recipe
 OWN_KEYS = {"data", "samples", "benign_samples", "output_dir", "objective", "model", "k", "sampling_context",
             "sampling_instruction", "max_steps", "per_device_train_batch_size", "learning_rate", "seed",
-            "use_lora", "sample_max_new_tokens", "sample_batch_size", "overwrite"}
+            "use_lora", "sample_max_new_tokens", "sample_batch_size", "overwrite", *SERVER_FIELDS}
 
 
 def _names(text: str) -> list[str]:
@@ -44,7 +45,8 @@ class DemoSettings:
                               "sampling_instruction": "sampling_instruction", "use_lora": "lora",
                               "per_device_train_batch_size": "batch_size",
                               "sample_max_new_tokens": "sample_max_new_tokens",
-                              "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code"}
+                              "attn_implementation": "attn_implementation", "trust_remote_code": "trust_remote_code",
+                              **{name: name for name in SERVER_FIELDS}}  # the recipe's server answers for the demo
 
     output: str | None = option(None, "output folder (default runs/demo, or runs/demo-quick with --quick: places the "
                                 "repository tracks nothing in; results/demo holds the committed reference run)")
@@ -91,6 +93,9 @@ class DemoSettings:
     eval_prompts: int | None = option(None, "prompts per eval suite (default: the preset's)")
     eval_max_new_tokens: int | None = option(None, "tokens per evaluation answer (default: the preset's)")
     model_options: ModelOptions = option(help="", factory=ModelOptions)
+    # the starting model's answers, anchors and evaluation through an OpenAI-compatible server serving --model
+    # (docs/serving.md); the trained models are evaluated locally
+    server: ServerOptions = option(help="", factory=ServerOptions)
     # set from --config (None: the packaged d2o, or d2o-lora with --lora), and what every method trains with
     config: str | None = field(default=None, metadata={"cli": False})
     training: dict = field(default_factory=dict, metadata={"cli": False})
@@ -125,7 +130,7 @@ class DemoSettings:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         for key, name in self.RECIPE.items():
-            owner = self if hasattr(self, name) else self.model_options  # attn_implementation, trust_remote_code
+            owner = next(o for o in (self, self.server, self.model_options) if hasattr(o, name))
             if name == "sampling_context":  # its unset value is "auto" (None means none), taken below
                 continue
             if getattr(owner, name) is None and (key in given or key not in ("seed", "use_lora")):

@@ -281,7 +281,7 @@ def _evaluate_with(settings: EvalSettings, output: Path, folder, suites, instruc
         "data_dir": str(folder) if folder is not None else None,
         **judged, "preference": preference, "kl": kl, "ifeval": ifeval, "lm_eval": lm_eval,
         "generation": {**answered["generation"], **({"ifeval": ifeval.pop("generation")} if ifeval else {})},
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "server": settings.server.shown()},  # no user:password of the URL
         "model_loaded_as": loaded_as(model),
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.time() - started}.items()},
     }

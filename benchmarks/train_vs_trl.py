@@ -138,11 +138,11 @@ def worker(args) -> dict:
     clock, memory = StepClock(), RssTimeline()
     memory.mark("imports")
     if args.worker.startswith("negalign"):
-        from negalign import pipeline, reference, trainer
+        from negalign import assemble, pipeline, reference, trainer
         from negalign.config import parse_overrides
         from negalign.pipeline import train
 
-        memory.wrap(pipeline, "prepare_items", "tokenise")
+        memory.wrap(assemble, "prepare_items", "tokenise")
         memory.wrap(pipeline, "load_model", "load model")
         memory.wrap(reference.Reference, "prepare", "reference pass")
         memory.wrap(trainer.NegalignTrainer, "train", "steps")

@@ -30,6 +30,22 @@ class MalformedResponse(RequestFailed):
         self.raw = raw
 
 
+class HttpSession:
+    """An object that owns one httpx client (`_http`, made by the subclass): closed by close() or at the end of a
+    `with` block, so neither the judge nor the generation client leaks its connection pool."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def shown_url(url: str) -> str:
     """`url` without a user:password part, for messages and result files."""
     parsed = httpx.URL(url)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 
 import httpx
 
-from negalign.httpclient import MalformedResponse, RequestFailed, json_body, post_with_retries, shown_url
+from negalign.httpclient import HttpSession, MalformedResponse, RequestFailed, json_body, post_with_retries, shown_url
 from negalign.settings import Bound, number_problems
 
 CHECK_TOKENS = 32  # tokens per greedy answer of the model check: enough to tell two models apart, cheap to walk
@@ -161,7 +161,7 @@ def _adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-class GenerationClient:
+class GenerationClient(HttpSession):
     """Completions from one OpenAI-compatible server, shared by the worker threads (one httpx connection pool)."""
 
     def __init__(self, options: ServerOptions, *, backoff_s: float = 1.0):
@@ -179,15 +179,6 @@ class GenerationClient:
         self._model = options.served_model
         self._listed: dict | None = None  # the server's /models entries by name, asked once
         self.checks: dict[str, dict] = {}  # local weights' fingerprint -> the check's record
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _send(self, path: str, body: dict | None) -> dict:
         try:

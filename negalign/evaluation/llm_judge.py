@@ -34,7 +34,14 @@ import httpx
 from negalign.files import atomic_write_text
 
 # the shared HTTP client's errors and helpers, importable from here as before
-from negalign.httpclient import MalformedResponse, RequestFailed, json_body, post_with_retries, shown_url  # noqa: F401
+from negalign.httpclient import (  # noqa: F401
+    HttpSession,
+    MalformedResponse,
+    RequestFailed,
+    json_body,
+    post_with_retries,
+    shown_url,
+)
 from negalign.progress import bar
 
 DEFAULT_TEMPLATE = """\
@@ -103,7 +110,7 @@ def _reply_text(response: httpx.Response, url: str) -> str:
     return content
 
 
-class ChatClient:
+class ChatClient(HttpSession):
     """Minimal OpenAI-compatible chat client: `ChatClient(base_url, model, api_key).complete(text)` -> reply.
 
     Redirects are not followed: the API key goes to `base_url`'s host and nowhere else, and a POST is never
@@ -118,15 +125,6 @@ class ChatClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # one client shared by the worker threads (httpx clients may be): one connection pool
         self._http = httpx.Client(timeout=timeout, follow_redirects=False, headers=headers)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def complete(self, content: str) -> str:
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],
